@@ -1,1 +1,3 @@
-//! placeholder
+//! OPI Fleet manager.
+
+pub mod store;

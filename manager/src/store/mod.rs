@@ -1,0 +1,1 @@
+//! Fleet store: placeholder, being written.
