@@ -1,3 +1,19 @@
-//! OPI Fleet manager.
+//! OPI Fleet manager: fleet CA, enrollment, agent sessions, the fleet store and the
+//! operator API, on one TLS port.
+//!
+//! - [`cmd`]: one module per `opi-manager` subcommand;
+//! - [`fleet`]: the fleet's state and every operation on it;
+//! - [`server`]: the gRPC services and the TLS listener;
+//! - [`store`]: the store interface and its backends;
+//! - [`datadir`], [`records`], [`tokens`], [`audit`], [`bundles`]: supporting pieces.
 
+pub mod audit;
+pub mod bundles;
+pub mod cmd;
+pub mod datadir;
+pub mod fleet;
+pub mod records;
+pub mod server;
+pub mod signals;
 pub mod store;
+pub mod tokens;

@@ -1,1 +1,69 @@
-//! placeholder
+//! `opictl`, the operators' CLI of OPI Fleet.
+//!
+//! It reads an operator bundle, opens an mTLS connection to a manager and calls the
+//! `Operator` service. Module map:
+//! - [`cli`]: the clap types;
+//! - [`config`]: finding and reading the operator bundle;
+//! - [`client`]: the connection and one method per RPC;
+//! - [`output`]: tables, JSON, times and sizes;
+//! - one module per subcommand: [`status`], [`nodes`], [`node`], [`token`], [`audit`],
+//!   [`whoami`], each with its own `run`;
+//! - [`error`]: failures, their exit codes and their report.
+
+#![warn(missing_docs)]
+
+pub mod audit;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod node;
+pub mod nodes;
+pub mod output;
+pub mod status;
+pub mod token;
+pub mod whoami;
+
+pub use error::Error;
+
+use cli::{Cli, Command};
+use client::Client;
+use config::Sources;
+use output::Format;
+
+/// What every subcommand needs: how to reach the manager and how to print.
+#[derive(Debug)]
+pub struct Context {
+    sources: Sources,
+    manager: Option<String>,
+    /// The output format chosen with `-o`.
+    pub format: Format,
+}
+
+impl Context {
+    /// Reads the bundle and connects. Subcommands call this after checking their own
+    /// arguments, so a typing mistake is reported before any network wait.
+    pub async fn connect(&self) -> Result<Client, Error> {
+        let (bundle, path) = config::load(&self.sources)?;
+        let endpoint = self.manager.as_deref().unwrap_or(&bundle.endpoint);
+        Client::connect(&bundle, &path, endpoint).await
+    }
+}
+
+/// Runs one `opictl` command line.
+pub async fn run(cli: Cli) -> Result<(), Error> {
+    let context = Context {
+        sources: Sources::from_env(cli.config),
+        manager: cli.manager,
+        format: cli.output,
+    };
+
+    match cli.command {
+        Command::Status => status::run(&context).await,
+        Command::Nodes(args) => nodes::run(&context, args).await,
+        Command::Node(command) => node::run(&context, command).await,
+        Command::Token(command) => token::run(&context, command).await,
+        Command::Audit(args) => audit::run(&context, args).await,
+        Command::Whoami => whoami::run(&context).await,
+    }
+}

@@ -13,10 +13,11 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore, ServerConfig,
-    SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
 };
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -132,15 +133,10 @@ pub fn root_store(bundle_pem: &str) -> Result<RootCertStore, TlsError> {
 pub fn server_config(
     chain_pem: &str,
     key: &SecretPem,
-    trust_bundle_pem: &str,
+    client_auth: Arc<ClientAuth>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let mut chain = parse_certs(chain_pem, "server certificate")?;
-    chain.extend(parse_certs(trust_bundle_pem, "trust bundle")?);
-    let roots = Arc::new(root_store(trust_bundle_pem)?);
-    let client_verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
-        .allow_unauthenticated()
-        .build()
-        .map_err(TlsError::ClientVerifier)?;
+    chain.extend(client_auth.roots_der.iter().cloned());
     let build = |source| TlsError::Build {
         what: "server",
         source,
@@ -148,11 +144,111 @@ pub fn server_config(
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(build)?
-        .with_client_cert_verifier(client_verifier)
+        .with_client_cert_verifier(client_auth)
         .with_single_cert(chain, parse_key(key, "server")?)
         .map_err(build)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Client authentication on the manager's port.
+///
+/// The handshake requires a client that presents a certificate to prove possession of its
+/// key, but lets a certificate that does not chain to the fleet roots through, so that the
+/// caller can be told precisely why it is refused ("expired at…", "not signed by this fleet")
+/// instead of seeing a closed connection. The chain is then checked by [`ClientAuth::verdict`],
+/// and only an `Ok` verdict ever yields an identity.
+#[derive(Debug)]
+pub struct ClientAuth {
+    inner: Arc<dyn ClientCertVerifier>,
+    roots_der: Vec<CertificateDer<'static>>,
+}
+
+impl ClientAuth {
+    /// Trusts the roots of `trust_bundle_pem`.
+    pub fn new(trust_bundle_pem: &str) -> Result<Arc<Self>, TlsError> {
+        let roots_der = parse_certs(trust_bundle_pem, "trust bundle")?;
+        let roots = Arc::new(root_store(trust_bundle_pem)?);
+        let inner = WebPkiClientVerifier::builder_with_provider(roots, provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(TlsError::ClientVerifier)?;
+        Ok(Arc::new(Self { inner, roots_der }))
+    }
+
+    /// Verifies a presented chain (leaf first) and reads its identity, or says why not.
+    pub fn verdict(&self, chain: &[CertificateDer<'_>]) -> Result<PeerCert, String> {
+        let (leaf, intermediates) = chain.split_first().ok_or("empty certificate chain")?;
+        self.inner
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map_err(|e| describe_refusal(&e))?;
+        PeerCert::from_der(leaf).map_err(|e| format!("client certificate refused: {e}"))
+    }
+}
+
+impl ClientCertVerifier for ClientAuth {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // Deferred to `verdict`, which every service consults; see the type's documentation.
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Words a chain verification failure for the client and the manager's log.
+fn describe_refusal(error: &rustls::Error) -> String {
+    let hint = match error {
+        rustls::Error::InvalidCertificate(CertificateError::Expired)
+        | rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
+            "it has expired; a node renews before expiry or re-enrolls, an operator asks for a new bundle"
+        }
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "it is not signed by this fleet's CA"
+        }
+        rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose)
+        | rustls::Error::InvalidCertificate(CertificateError::InvalidPurposeContext { .. }) => {
+            "it is not a client certificate"
+        }
+        _ => "it does not verify against the fleet's CA",
+    };
+    format!("client certificate refused: {hint} ({error})")
 }
 
 /// A client configuration verifying the manager with `verifier`, presenting `client` if given.

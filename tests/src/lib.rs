@@ -1,1 +1,359 @@
-//! placeholder
+//! Harness for end-to-end tests: real `opi-manager`, `opi-agent` and `opictl` processes,
+//! talking real mTLS on loopback, each agent under its own `--root`.
+//!
+//! The binaries come from the workspace's target directory: build them first with
+//! `cargo build --workspace --bins` (the project's test script does).
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub mod grpc;
+
+/// Default bound of [`wait_until`].
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Path of a workspace binary, next to the test executable's `deps/` directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` every 20 ms until it returns true, or panics after `timeout` naming `what`.
+pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a command to completion, capturing its output.
+pub fn run(command: &mut Command) -> Output {
+    command
+        .stdin(Stdio::null())
+        .output()
+        .expect("command can be started")
+}
+
+/// Stdout of a successful command, or a panic showing its stderr.
+pub fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "command failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8 output")
+}
+
+/// Stderr of a command that must fail.
+pub fn fails(output: Output) -> String {
+    assert!(
+        !output.status.success(),
+        "command unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8(output.stderr).expect("utf-8 output")
+}
+
+/// An initialised manager data directory and, when started, its `serve` process.
+pub struct Manager {
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub addr: Option<SocketAddr>,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl Manager {
+    /// Runs `opi-manager init` for fleet `fleet` in `dir/manager`.
+    pub fn init(dir: &Path, fleet: &str) -> Self {
+        let data_dir = dir.join("manager");
+        ok(run(Command::new(bin("opi-manager"))
+            .args([
+                "init",
+                "--fleet",
+                fleet,
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(&data_dir)));
+        let log = dir.join("manager.log");
+        Self {
+            data_dir,
+            log,
+            addr: None,
+            child: None,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Extra `serve` arguments for the next start.
+    pub fn with_args(mut self, args: &[&str]) -> Self {
+        self.extra = args.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    /// Starts `opi-manager serve` on a free loopback port (the same port again after a
+    /// restart) and waits until it accepts connections.
+    pub fn start(&mut self) {
+        let listen = self
+            .addr
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "127.0.0.1:0".into());
+        let addr_file = self.data_dir.join("run/listen-addr");
+        let _ = fs::remove_file(&addr_file);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("manager log");
+        let child = Command::new(bin("opi-manager"))
+            .args(["serve", "--listen", &listen, "--data-dir"])
+            .arg(&self.data_dir)
+            .args(&self.extra)
+            .env("RUST_LOG", "info,opi_manager=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("opi-manager serve starts");
+        self.child = Some(child);
+        wait_until(WAIT, "the manager to listen", || addr_file.exists());
+        let text = fs::read_to_string(&addr_file).expect("listen-addr file");
+        let addr: SocketAddr = text.trim().parse().expect("listen address");
+        wait_until(WAIT, "the manager port to accept", || {
+            std::net::TcpStream::connect(addr).is_ok()
+        });
+        self.addr = Some(addr);
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("https://{}", self.addr.expect("manager started"))
+    }
+
+    /// The admin bundle written by init.
+    pub fn admin_bundle(&self) -> PathBuf {
+        self.data_dir.join("opictl-admin.toml")
+    }
+
+    /// An `opictl` bound to this manager with the admin bundle.
+    pub fn opictl(&self) -> Opictl {
+        Opictl {
+            config: self.admin_bundle(),
+            endpoint: self.endpoint(),
+        }
+    }
+
+    /// Kills the manager with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The manager's log so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The fleet CA pin, read back from the trust bundle.
+    pub fn ca_pin(&self) -> String {
+        let pem =
+            fs::read_to_string(self.data_dir.join("pki/trust-bundle.pem")).expect("trust bundle");
+        let certs = opi_pki::tls::parse_certs(&pem, "trust bundle").expect("trust bundle parses");
+        opi_pki::CaPin::of_cert_der(&certs[0])
+            .expect("pin")
+            .to_string()
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `opictl` with a bundle and an endpoint.
+#[derive(Clone, Debug)]
+pub struct Opictl {
+    pub config: PathBuf,
+    pub endpoint: String,
+}
+
+impl Opictl {
+    /// Runs `opictl ARGS`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        run(Command::new(bin("opictl"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--manager", &self.endpoint])
+            .args(args))
+    }
+
+    /// Runs `opictl ARGS -o json` and parses its output.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let text = ok(self.run(&all));
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("opictl {args:?} printed invalid JSON ({e}): {text}"))
+    }
+
+    /// Creates a token; returns `(id, ID.SECRET)`.
+    pub fn create_token(&self, pool: &str, uses: u32, extra: &[&str]) -> (String, String) {
+        let uses = uses.to_string();
+        let mut args = vec!["token", "create", "--pool", pool, "--uses", &uses];
+        args.extend(extra);
+        let created = self.json(&args);
+        let id = created["id"].as_str().expect("token id").to_string();
+        let secret = created["secret"]
+            .as_str()
+            .expect("token secret")
+            .to_string();
+        (id, secret)
+    }
+
+    /// Nodes as `opictl nodes -o json` prints them.
+    pub fn nodes(&self) -> Vec<Value> {
+        self.json(&["nodes"])
+            .as_array()
+            .expect("nodes array")
+            .clone()
+    }
+}
+
+/// One agent with its own root directory.
+pub struct Agent {
+    pub name: String,
+    pub root: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// An agent rooted at `dir/NAME`.
+    pub fn new(dir: &Path, name: &str) -> Self {
+        let root = dir.join(name);
+        fs::create_dir_all(&root).expect("agent root");
+        Self {
+            name: name.into(),
+            log: dir.join(format!("{name}.log")),
+            root,
+            child: None,
+        }
+    }
+
+    /// The agent's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join("var/lib/opi-agent")
+    }
+
+    /// Runs `opi-agent enroll` with the token passed through a 0600 file.
+    pub fn enroll(&self, endpoint: &str, pin: &str, token: &str) -> Output {
+        let token_file = self.root.join("token");
+        opi_pki::files::write_secret(&token_file, token.as_bytes()).expect("token file");
+        let output = run(Command::new(bin("opi-agent"))
+            .args([
+                "enroll",
+                "--manager",
+                endpoint,
+                "--ca-pin",
+                pin,
+                "--name",
+                &self.name,
+            ])
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--root")
+            .arg(&self.root));
+        self.append_log(&output.stderr);
+        output
+    }
+
+    /// Starts `opi-agent run` in the background.
+    pub fn start(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        let child = Command::new(bin("opi-agent"))
+            .arg("run")
+            .arg("--root")
+            .arg(&self.root)
+            .env("RUST_LOG", "info,opi_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("opi-agent run starts");
+        self.child = Some(child);
+    }
+
+    /// Stops the agent.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The agent's log so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn append_log(&self, bytes: &[u8]) {
+        use std::io::Write;
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        file.write_all(bytes).expect("agent log write");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The node in `nodes` named `name`.
+pub fn node<'a>(nodes: &'a [Value], name: &str) -> Option<&'a Value> {
+    nodes.iter().find(|n| n["name"] == name)
+}
+
+/// Whether every named node shows as online.
+pub fn all_online(opictl: &Opictl, names: &[&str]) -> bool {
+    let nodes = opictl.nodes();
+    names
+        .iter()
+        .all(|name| node(&nodes, name).is_some_and(|n| n["connectivity"] == "online"))
+}

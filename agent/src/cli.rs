@@ -1,0 +1,115 @@
+//! The `opi-agent` command line. Doc comments below are the help text.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use crate::{enroll, health, run, status};
+
+/// Log level used when `RUST_LOG` is unset.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+
+/// OPI Fleet node agent: enrolls this node into a fleet and keeps it connected to its managers.
+///
+/// Results go to standard output; logs and errors go to standard error. The log level comes
+/// from RUST_LOG (default: info).
+#[derive(Debug, Parser)]
+#[command(name = "opi-agent", version)]
+pub struct Cli {
+    /// Format of the logs written to standard error
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The agent's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Enroll this node with a bootstrap token, trusting the manager through a CA pin
+    Enroll(enroll::EnrollArgs),
+    /// Stay connected to the managers: heartbeats, health and certificate renewal
+    Run(run::RunArgs),
+    /// Show this node's local identity: node, pool, fleet, managers and certificate
+    Status(status::StatusArgs),
+    /// Show this node's health summary as it would be sent now
+    Health(health::HealthArgs),
+}
+
+/// Format of the logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines
+    Text,
+    /// One JSON object per line
+    Json,
+}
+
+/// Sends tracing events to standard error, filtered by `RUST_LOG` (default [`DEFAULT_LOG_LEVEL`]).
+pub fn init_logging(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_LEVEL));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn enroll_requires_exactly_one_token_source() {
+        let base = ["opi-agent", "enroll", "--manager", "https://m:7443"];
+        let pin = format!("sha256:{}", "ab".repeat(32));
+        let with = |extra: &[&str]| {
+            let mut args: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+            args.extend(["--ca-pin".to_string(), pin.clone()]);
+            args.extend(extra.iter().map(|s| s.to_string()));
+            Cli::try_parse_from(args)
+        };
+        assert!(with(&[]).is_err());
+        assert!(with(&["--token", "a.b", "--token-file", "/t"]).is_err());
+        assert!(with(&["--token", "-"]).is_ok());
+        assert!(with(&["--token-file", "/t"]).is_ok());
+    }
+
+    #[test]
+    fn enroll_rejects_malformed_pin_and_endpoint_as_usage_errors() {
+        let bad_pin = Cli::try_parse_from([
+            "opi-agent",
+            "enroll",
+            "--manager",
+            "https://m:7443",
+            "--ca-pin",
+            "sha256:zz",
+            "--token",
+            "-",
+        ]);
+        assert_eq!(bad_pin.unwrap_err().exit_code(), 2);
+        let pin = format!("sha256:{}", "ab".repeat(32));
+        let bad_endpoint = Cli::try_parse_from([
+            "opi-agent",
+            "enroll",
+            "--manager",
+            "m:7443",
+            "--ca-pin",
+            &pin,
+            "--token",
+            "-",
+        ]);
+        assert_eq!(bad_endpoint.unwrap_err().exit_code(), 2);
+    }
+}

@@ -1,0 +1,265 @@
+//! One session with a manager: hello, heartbeats at the interval the manager asks for, and
+//! the manager's messages (welcome, renew now) on the same stream.
+
+use std::time::{Duration, Instant};
+
+use opi_pki::channel::ChannelError;
+use opi_pki::tls::{ManagerRefused, TlsError};
+use opi_proto::v1::agent_client::AgentClient;
+use opi_proto::v1::agent_message::Body as AgentBody;
+use opi_proto::v1::manager_message::Body as ManagerBody;
+use opi_proto::v1::{AgentMessage, Heartbeat, Hello, ManagerMessage, Welcome};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio::time::{interval_at, Interval, MissedTickBehavior};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::Streaming;
+use tracing::{debug, info, warn};
+
+use super::Agent;
+use crate::rpc::{self, RpcError};
+use crate::ErrorChain;
+
+/// Messages queued for the manager before heartbeats are skipped rather than piled up.
+pub const OUTBOX_CAPACITY: usize = 4;
+/// Time allowed for the manager to accept the stream.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a session ended without failing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The certificate was renewed: reconnect at once with the new one.
+    Renewed,
+    /// The manager ended the stream.
+    Closed,
+}
+
+/// Why a session could not be opened or broke.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The TLS configuration could not be built.
+    #[error("cannot build the TLS configuration")]
+    BuildTls(#[source] TlsError),
+    /// The manager's certificate failed verification.
+    #[error("refusing manager {endpoint}")]
+    RefuseManager {
+        /// The manager endpoint.
+        endpoint: String,
+        /// The cause.
+        #[source]
+        source: ManagerRefused,
+    },
+    /// TCP or TLS failed.
+    #[error(transparent)]
+    Connect(ChannelError),
+    /// The manager did not accept the stream.
+    #[error("cannot open the session with {endpoint}")]
+    OpenSession {
+        /// The manager endpoint.
+        endpoint: String,
+        /// The cause.
+        #[source]
+        source: RpcError,
+    },
+    /// The stream broke.
+    #[error("the session with {endpoint} broke")]
+    ReceiveMessage {
+        /// The manager endpoint.
+        endpoint: String,
+        /// The cause.
+        #[source]
+        source: RpcError,
+    },
+}
+
+impl SessionError {
+    /// Whether the manager refused this node itself (revoked, unknown): an operator must act.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            SessionError::OpenSession { source, .. }
+            | SessionError::ReceiveMessage { source, .. } => source.is_refusal(),
+            SessionError::BuildTls(_)
+            | SessionError::RefuseManager { .. }
+            | SessionError::Connect(_) => false,
+        }
+    }
+}
+
+impl Agent {
+    /// Serves one session on `channel` until it ends, fails, or the certificate is renewed.
+    pub(super) async fn session(
+        &mut self,
+        endpoint: &str,
+        channel: Channel,
+    ) -> Result<SessionEnd, SessionError> {
+        let (outbox, mut inbound) = self.open(endpoint, &channel).await?;
+        self.session_opened = Some(Instant::now());
+        info!(endpoint = %endpoint, "session open");
+
+        let mut heartbeat = heartbeat_timer(self.heartbeat);
+        let mut seq = 0u64;
+        loop {
+            tokio::select! {
+                _ = heartbeat.tick() => {
+                    seq += 1;
+                    self.send_heartbeat(&outbox, seq);
+                }
+                received = inbound.message() => {
+                    let received = received.map_err(|status| SessionError::ReceiveMessage {
+                        endpoint: endpoint.to_string(),
+                        source: RpcError::from_status(status),
+                    })?;
+                    let Some(message) = received else {
+                        return Ok(SessionEnd::Closed);
+                    };
+                    if self.on_message(endpoint, &channel, message, &mut heartbeat).await {
+                        return Ok(SessionEnd::Renewed);
+                    }
+                }
+                () = sleep_until(self.renew_at) => {
+                    if self.renew(endpoint, channel.clone()).await {
+                        return Ok(SessionEnd::Renewed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens the stream, the hello queued first.
+    async fn open(
+        &mut self,
+        endpoint: &str,
+        channel: &Channel,
+    ) -> Result<(mpsc::Sender<AgentMessage>, Streaming<ManagerMessage>), SessionError> {
+        let (outbox, queue) = mpsc::channel(OUTBOX_CAPACITY);
+        outbox
+            .try_send(self.hello())
+            .expect("a new queue has room for the hello");
+        let mut client = AgentClient::new(channel.clone());
+        let inbound = rpc::with_deadline(OPEN_TIMEOUT, client.session(ReceiverStream::new(queue)))
+            .await
+            .map_err(|source| SessionError::OpenSession {
+                endpoint: endpoint.to_string(),
+                source,
+            })?;
+        Ok((outbox, inbound))
+    }
+
+    fn hello(&mut self) -> AgentMessage {
+        AgentMessage {
+            body: Some(AgentBody::Hello(Hello {
+                agent_version: crate::AGENT_VERSION.to_string(),
+                boot_id: self.boot_id.clone(),
+                applied_generation: 0,
+                facts: Some(self.facts.clone()),
+                summary: Some(self.health.summary()),
+            })),
+        }
+    }
+
+    /// Queues a heartbeat; skips it if the stream is not draining (keep-alives will notice a
+    /// dead manager).
+    fn send_heartbeat(&mut self, outbox: &mpsc::Sender<AgentMessage>, seq: u64) {
+        let message = AgentMessage {
+            body: Some(AgentBody::Heartbeat(Heartbeat {
+                seq,
+                summary: Some(self.health.summary()),
+            })),
+        };
+        if outbox.try_send(message).is_err() {
+            debug!(seq, "heartbeat skipped: the stream is not draining");
+        }
+    }
+
+    /// Handles a manager message. Returns whether the certificate was renewed.
+    async fn on_message(
+        &mut self,
+        endpoint: &str,
+        channel: &Channel,
+        message: ManagerMessage,
+        heartbeat: &mut Interval,
+    ) -> bool {
+        match message.body {
+            Some(ManagerBody::Welcome(welcome)) => {
+                self.on_welcome(endpoint, welcome, heartbeat);
+                false
+            }
+            Some(ManagerBody::RenewNow(renew)) => {
+                info!(
+                    endpoint = %endpoint,
+                    reason = %renew.reason,
+                    "the manager asks for a certificate renewal now",
+                );
+                self.renew(endpoint, channel.clone()).await
+            }
+            None => {
+                debug!(endpoint = %endpoint, "ignoring an empty or unknown manager message");
+                false
+            }
+        }
+    }
+
+    fn on_welcome(&mut self, endpoint: &str, welcome: Welcome, heartbeat: &mut Interval) {
+        info!(endpoint = %endpoint, pool = %welcome.pool, "welcomed by the manager");
+        let asked = Duration::from_secs(welcome.heartbeat_interval_secs.into());
+        if !asked.is_zero() && asked != self.heartbeat {
+            info!(interval = ?asked, "heartbeat interval set by the manager");
+            self.heartbeat = asked;
+            *heartbeat = heartbeat_timer(asked);
+        }
+        let endpoints = welcome.manager_endpoints;
+        if !endpoints.is_empty() && endpoints != self.state.config.managers {
+            self.update_endpoints(endpoints);
+        }
+    }
+
+    /// Stores the manager endpoints the fleet announced, if they are all usable.
+    fn update_endpoints(&mut self, endpoints: Vec<String>) {
+        if let Some(bad) = endpoints
+            .iter()
+            .find(|endpoint| opi_pki::channel::host_port(endpoint).is_err())
+        {
+            warn!(
+                endpoint = %bad,
+                "ignoring announced manager endpoints: one is not an https://HOST:PORT URL",
+            );
+            return;
+        }
+        let mut config = self.state.config.clone();
+        config.managers = endpoints;
+        let path = self.paths.config();
+        match config.store(&path) {
+            Ok(()) => {
+                info!(
+                    managers = ?config.managers,
+                    path = %path.display(),
+                    "manager endpoints updated",
+                );
+                self.state.config = config;
+            }
+            Err(failure) => {
+                warn!(
+                    path = %path.display(),
+                    error = %ErrorChain(&failure),
+                    "cannot store the announced manager endpoints",
+                );
+            }
+        }
+    }
+}
+
+/// A heartbeat timer whose first tick is one period from now.
+fn heartbeat_timer(period: Duration) -> Interval {
+    let mut timer = interval_at(tokio::time::Instant::now() + period, period);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    timer
+}
+
+/// Sleeps until a wall-clock time; returns at once if it has passed.
+fn sleep_until(at: OffsetDateTime) -> tokio::time::Sleep {
+    let remaining = (at - OffsetDateTime::now_utc())
+        .try_into()
+        .unwrap_or(Duration::ZERO);
+    tokio::time::sleep(remaining)
+}

@@ -1,0 +1,210 @@
+//! `opi-manager demo`: a manager with its embedded store and a small local fleet, enrolled
+//! through a real token over real mTLS, each agent a real process with its own `--root`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use opi_pki::files;
+use tokio::process::{Child, Command};
+use tracing::{info, warn};
+
+use super::init::{self, InitArgs};
+use super::serve::{self, ServeArgs};
+use crate::datadir::DataDir;
+use crate::fleet::TokenSpec;
+
+/// Most nodes the demo starts.
+pub const MAX_DEMO_NODES: usize = 50;
+
+/// Arguments of `opi-manager demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Number of local agents to enroll and run.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Data directory [default: a new directory under the system temp dir, kept on exit].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address the demo manager listens on.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub listen: SocketAddr,
+    /// The `opi-agent` binary [default: next to this binary, else on PATH].
+    #[arg(long)]
+    pub agent_bin: Option<PathBuf>,
+}
+
+/// Runs the demo until Ctrl-C.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if args.nodes == 0 || args.nodes > MAX_DEMO_NODES {
+        bail!("--nodes must be between 1 and {MAX_DEMO_NODES}");
+    }
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let dir = DataDir::new(&data_dir);
+    if !dir.config().exists() {
+        init::run(init_args(&data_dir, args.listen)).await?;
+    }
+    let running = serve::start(&serve_args(&data_dir, args.listen)).await?;
+    let endpoint = running.endpoints[0].clone();
+    let pin = running.fleet.authority().pin.to_string();
+
+    let spec = TokenSpec {
+        pool: "demo".into(),
+        ttl: Duration::from_secs(3600),
+        uses: args.nodes as u32,
+        labels: BTreeMap::from([("env".to_string(), "demo".to_string())]),
+        description: "opi-manager demo".into(),
+    };
+    let token = running
+        .fleet
+        .create_token(spec, "local:demo", "local")
+        .await?;
+    let token_file = data_dir.join("demo-token");
+    files::write_secret(&token_file, token.token.expose().as_bytes())?;
+
+    let agent_bin = args.agent_bin.clone().unwrap_or_else(find_agent_bin);
+    let mut agents = Vec::new();
+    for i in 1..=args.nodes {
+        let node = Node {
+            name: format!("demo-node-{i}"),
+            root: data_dir.join("nodes").join(format!("node-{i}")),
+        };
+        node.enroll(&agent_bin, &endpoint, &pin, &token_file)
+            .await?;
+        agents.push(node.spawn(&agent_bin)?);
+    }
+
+    print_instructions(&dir, &endpoint, args.nodes);
+    crate::signals::terminated().await;
+    info!("stopping the demo fleet");
+    for mut agent in agents {
+        let _ = agent.kill().await;
+    }
+    running.stop().await
+}
+
+struct Node {
+    name: String,
+    root: PathBuf,
+}
+
+impl Node {
+    async fn enroll(
+        &self,
+        bin: &Path,
+        endpoint: &str,
+        pin: &str,
+        token_file: &Path,
+    ) -> anyhow::Result<()> {
+        if self.root.join("var/lib/opi-agent/agent.toml").exists() {
+            info!(node = %self.name, "already enrolled");
+            return Ok(());
+        }
+        files::create_dir(&self.root, 0o755)?;
+        let output = Command::new(bin)
+            .args([
+                "enroll",
+                "--manager",
+                endpoint,
+                "--ca-pin",
+                pin,
+                "--name",
+                &self.name,
+            ])
+            .arg("--token-file")
+            .arg(token_file)
+            .arg("--root")
+            .arg(&self.root)
+            .output()
+            .await
+            .with_context(|| format!("cannot run {}; pass --agent-bin", bin.display()))?;
+        if !output.status.success() {
+            bail!(
+                "enrolling {} failed: {}",
+                self.name,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    fn spawn(&self, bin: &Path) -> anyhow::Result<Child> {
+        let log_path = self.root.join("agent.log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        let child = Command::new(bin)
+            .arg("run")
+            .arg("--root")
+            .arg(&self.root)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        info!(node = %self.name, log = %log_path.display(), "agent started");
+        Ok(child)
+    }
+}
+
+fn init_args(data_dir: &Path, listen: SocketAddr) -> InitArgs {
+    InitArgs {
+        data_dir: data_dir.to_path_buf(),
+        fleet: "demo".into(),
+        replica: "manager".into(),
+        sans: Vec::new(),
+        listen,
+        advertise: Vec::new(),
+        admin_ttl: Duration::from_secs(24 * 3600),
+    }
+}
+
+fn serve_args(data_dir: &Path, listen: SocketAddr) -> ServeArgs {
+    ServeArgs {
+        data_dir: data_dir.to_path_buf(),
+        listen: Some(listen),
+        advertise: Vec::new(),
+        store: None,
+        node_cert_ttl: Duration::from_secs(24 * 3600),
+        heartbeat: Duration::from_secs(10),
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    std::env::temp_dir().join(format!("opi-demo-{stamp}"))
+}
+
+/// `opi-agent` beside this binary (as cargo builds them), else from PATH.
+fn find_agent_bin() -> PathBuf {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("opi-agent")));
+    match beside {
+        Some(path) if path.exists() => path,
+        _ => {
+            warn!("opi-agent not found next to opi-manager; using the one on PATH");
+            PathBuf::from("opi-agent")
+        }
+    }
+}
+
+fn print_instructions(dir: &DataDir, endpoint: &str, nodes: usize) {
+    let config = dir.admin_bundle();
+    println!();
+    println!(
+        "demo fleet running: manager at {endpoint}, {nodes} agent(s), data in {}",
+        dir.root().display()
+    );
+    println!("in another terminal:");
+    println!("  export OPICTL_CONFIG={}", config.display());
+    println!("  opictl status");
+    println!("  opictl nodes");
+    println!(
+        "agent logs: {}/nodes/node-N/agent.log; stop with Ctrl-C",
+        dir.root().display()
+    );
+}

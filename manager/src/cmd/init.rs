@@ -1,0 +1,191 @@
+//! `opi-manager init`: creates the fleet root CA, this replica's issuing CA, the server
+//! certificate, the store and the admin operator bundle.
+//!
+//! Everything is written into a temporary directory first and moved into place at the end,
+//! so an interrupted init leaves no half-made CA behind.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use opi_pki::ca::{self, CertifiedKey, SERVER_CERT_TTL};
+use opi_pki::files::{self, write_public, write_secret};
+use opi_pki::{CaPin, Issuer, Role};
+
+use crate::audit;
+use crate::bundles;
+use crate::datadir::{self, DataDir, ManagerConfig, CONFIG_VERSION};
+
+/// Arguments of `opi-manager init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Data directory to create (configuration, CA material, store).
+    #[arg(long, env = "OPI_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Fleet name: a DNS label, part of every identity (`spiffe://FLEET/...`).
+    #[arg(long)]
+    pub fleet: String,
+    /// This manager replica's name [default: "manager"].
+    #[arg(long, default_value = "manager")]
+    pub replica: String,
+    /// Extra host name or IP address the server certificate must cover (repeatable).
+    #[arg(long = "san")]
+    pub sans: Vec<String>,
+    /// Address `serve` listens on unless told otherwise.
+    #[arg(long, default_value = datadir::DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// URL agents and operators use to reach this manager (repeatable).
+    #[arg(long)]
+    pub advertise: Vec<String>,
+    /// Lifetime of the admin operator certificate.
+    #[arg(long, default_value = "8h", value_parser = humantime::parse_duration)]
+    pub admin_ttl: Duration,
+}
+
+/// Runs `init` and prints what was created.
+pub async fn run(args: InitArgs) -> anyhow::Result<()> {
+    let dir = DataDir::new(&args.data_dir);
+    let config = ManagerConfig {
+        version: CONFIG_VERSION,
+        fleet: args.fleet.clone(),
+        replica: args.replica.clone(),
+        listen: args.listen.to_string(),
+        advertise: args.advertise.clone(),
+    };
+    let problems = config.problems();
+    if !problems.is_empty() {
+        bail!("invalid init arguments: {}", problems.join("; "));
+    }
+    if dir.pki().exists() || dir.config().exists() {
+        bail!(
+            "refusing to overwrite the fleet CA: {} already holds a manager data directory; \
+             choose another --data-dir or remove it if this fleet is to be discarded",
+            dir.root().display()
+        );
+    }
+
+    files::create_dir(dir.root(), 0o750)?;
+    let pin = write_pki(&dir, &config, &args.sans)?;
+    write_config(&dir, &config)?;
+    let endpoint = datadir::endpoints(&config.advertise, args.listen).remove(0);
+    let store = crate::store::open(&dir.default_store_url()).await?;
+    audit::Entry::ok(&local_actor(), "fleet.init", &config.fleet, "local")
+        .write(&*store)
+        .await;
+    write_admin_bundle(&dir, &config, &endpoint, args.admin_ttl, &*store).await?;
+
+    println!(
+        "fleet {} initialised in {}",
+        config.fleet,
+        dir.root().display()
+    );
+    println!("fleet CA pin:  {pin}");
+    println!(
+        "admin bundle:  {} (valid {})",
+        dir.admin_bundle().display(),
+        humantime::format_duration(args.admin_ttl)
+    );
+    println!(
+        "start the manager with: opi-manager serve --data-dir {}",
+        dir.root().display()
+    );
+    Ok(())
+}
+
+/// The actor recorded for commands run on the manager host.
+pub fn local_actor() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| format!("uid-{}", nix::unistd::getuid()));
+    format!("local:{user}")
+}
+
+/// Creates root CA, issuing CA and server certificate in a staging dir, then moves it in.
+fn write_pki(dir: &DataDir, config: &ManagerConfig, sans: &[String]) -> anyhow::Result<CaPin> {
+    let staging = dir
+        .root()
+        .join(format!(".pki.staging{}", std::process::id()));
+    files::create_dir(&staging, 0o700)?;
+
+    let root = ca::create_root_ca(&config.fleet)?;
+    let issuing = ca::create_issuing_ca(&config.fleet, &config.replica, &root)?;
+    let issuer = Issuer::new(&config.fleet, &issuing)?;
+    let (server, server_key) =
+        issuer.issue_server(&config.replica, &server_names(sans), SERVER_CERT_TTL)?;
+
+    write_pair(&staging, "root-ca", &root)?;
+    write_pair(&staging, "issuing-ca", &issuing)?;
+    write_public(&staging.join("server.pem"), server.chain_pem.as_bytes())?;
+    write_secret(&staging.join("server.key"), server_key.expose().as_bytes())?;
+    write_public(&staging.join("trust-bundle.pem"), root.cert_pem.as_bytes())?;
+    std::fs::rename(&staging, dir.pki()).with_context(|| {
+        format!(
+            "cannot move {} to {}",
+            staging.display(),
+            dir.pki().display()
+        )
+    })?;
+
+    let root_der = opi_pki::tls::parse_certs(&root.cert_pem, "root CA")?;
+    Ok(CaPin::of_cert_der(&root_der[0])?)
+}
+
+fn write_pair(dir: &std::path::Path, stem: &str, pair: &CertifiedKey) -> anyhow::Result<()> {
+    write_public(&dir.join(format!("{stem}.pem")), pair.cert_pem.as_bytes())?;
+    write_secret(
+        &dir.join(format!("{stem}.key")),
+        pair.key_pem.expose().as_bytes(),
+    )?;
+    Ok(())
+}
+
+fn write_config(dir: &DataDir, config: &ManagerConfig) -> anyhow::Result<()> {
+    let text = toml::to_string(config).context("cannot encode manager.toml")?;
+    write_public(&dir.config(), text.as_bytes())?;
+    Ok(())
+}
+
+async fn write_admin_bundle(
+    dir: &DataDir,
+    config: &ManagerConfig,
+    endpoint: &str,
+    ttl: Duration,
+    store: &dyn crate::store::Store,
+) -> anyhow::Result<()> {
+    let authority = dir.load_authority(config)?;
+    let (bundle, cert) = bundles::issue(
+        &authority.issuer,
+        &authority.trust_bundle_pem,
+        endpoint,
+        "admin",
+        Role::Admin,
+        ttl,
+    )?;
+    bundle.write(&dir.admin_bundle())?;
+    audit::Entry::ok(&local_actor(), "operator.issue", "admin", "local")
+        .detail(format!(
+            "role admin, serial {}, until {}",
+            cert.serial, cert.not_after
+        ))
+        .write(store)
+        .await;
+    Ok(())
+}
+
+/// Names the server certificate covers: loopback, the host name, and any `--san`.
+fn server_names(sans: &[String]) -> Vec<String> {
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    if let Ok(host) = hostname::get() {
+        names.push(host.to_string_lossy().into_owned());
+    }
+    for san in sans {
+        if !names.contains(san) {
+            names.push(san.clone());
+        }
+    }
+    names
+}

@@ -1,0 +1,6 @@
+//! One module per `opi-manager` subcommand.
+
+pub mod demo;
+pub mod init;
+pub mod operator;
+pub mod serve;

@@ -1,0 +1,273 @@
+//! Enrollment: a bootstrap token and a CSR in, a node certificate out.
+//!
+//! The token is read from the store on every attempt and consumed with a compare-and-swap in
+//! the same transaction that records the node and the audit entry, so a single-use token can
+//! never enroll two nodes and a refused attempt changes nothing but the audit log.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use opi_pki::csr::check_node_csr;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use tracing::{info, warn};
+
+use super::{Fleet, FleetError};
+use crate::audit;
+use crate::records::{
+    node_key, token_key, Facts, NodeRecord, NodeState, TokenEnrollment, TokenRecord,
+};
+use crate::store::{get_json, to_json, Txn, TxnOutcome};
+use crate::tokens::BootstrapToken;
+
+/// An enrollment request, as received.
+#[derive(Clone, Debug)]
+pub struct EnrollInput {
+    /// The presented token; never logged.
+    pub token: String,
+    pub csr_der: Vec<u8>,
+    /// Requested name; empty means the node's host name.
+    pub name: String,
+    pub facts: Facts,
+    pub remote: SocketAddr,
+}
+
+/// A granted enrollment.
+#[derive(Clone, Debug)]
+pub struct EnrollOutput {
+    pub node: String,
+    pub pool: String,
+    pub cert_chain_pem: String,
+}
+
+impl Fleet {
+    /// Enrolls a node, or says precisely why not. Refusals are audited and rate-limited.
+    pub async fn enroll(&self, input: EnrollInput) -> Result<EnrollOutput, FleetError> {
+        let ip = input.remote.ip();
+        if !self
+            .limiter
+            .lock()
+            .expect("limiter lock poisoned")
+            .allows(ip, Instant::now())
+        {
+            warn!(remote = %input.remote, "enrollment refused: too many failed attempts");
+            return Err(FleetError::TooManyFailures {
+                addr: ip.to_string(),
+            });
+        }
+        let result = self.try_enroll(&input).await;
+        if let Err(error) = &result {
+            if error.is_failed_attempt() {
+                self.limiter
+                    .lock()
+                    .expect("limiter lock poisoned")
+                    .record_failure(ip, Instant::now());
+            }
+            let actor = token_actor(&input.token);
+            let subject = requested_name(&input);
+            warn!(remote = %input.remote, %actor, node = %subject, error = %error, "enrollment refused");
+            audit::Entry::refused(
+                &actor,
+                "node.enroll",
+                &subject,
+                &input.remote.to_string(),
+                &error.to_string(),
+            )
+            .write(self.store())
+            .await;
+        }
+        result
+    }
+
+    async fn try_enroll(&self, input: &EnrollInput) -> Result<EnrollOutput, FleetError> {
+        let token: BootstrapToken = input.token.parse()?;
+        let name = requested_name(input);
+        opi_pki::identity::validate_name(&name).map_err(|source| FleetError::InvalidName {
+            what: "node name",
+            source,
+        })?;
+        let csr = check_node_csr(&input.csr_der, self.fleet_name(), &name)?;
+        let spki_sha256 = data_encoding::HEXLOWER.encode(&Sha256::digest(&csr.spki_der));
+
+        for _ in 0..super::CAS_ATTEMPTS {
+            let key = token_key(token.id());
+            let current = get_json::<TokenRecord>(self.store(), &key)
+                .await?
+                .ok_or_else(|| FleetError::UnknownToken {
+                    id: token.id().into(),
+                })?;
+            let record = current.value;
+            check_token(&token, &record)?;
+            if let Some(previous) = record
+                .enrollments
+                .iter()
+                .find(|e| e.spki_sha256 == spki_sha256)
+            {
+                return self.answer_retry(&record, previous, input).await;
+            }
+            check_token_usable(&record)?;
+            if self
+                .nodes
+                .read()
+                .expect("fleet lock poisoned")
+                .contains_key(&name)
+            {
+                return Err(FleetError::NameTaken { name });
+            }
+
+            let issued = self.authority.issuer.issue_node(
+                &name,
+                &csr.public_key,
+                self.settings.node_cert_ttl,
+            )?;
+            let now = OffsetDateTime::now_utc();
+            let node = new_node_record(&name, &record, input, &issued, now);
+            let mut token_record = record.clone();
+            token_record.used += 1;
+            token_record.enrollments.push(TokenEnrollment {
+                spki_sha256: spki_sha256.clone(),
+                node: name.clone(),
+                cert_chain_pem: issued.chain_pem.clone(),
+                at: now,
+            });
+
+            let txn = Txn::new()
+                .when_revision(&key, current.mod_revision)
+                .when_absent(node_key(&name))
+                .put(&key, to_json(&token_record))
+                .put(node_key(&name), to_json(&node));
+            let entry = audit::Entry::ok(
+                &token_actor(&input.token),
+                "node.enroll",
+                &name,
+                &input.remote.to_string(),
+            )
+            .detail(format!(
+                "pool {}, serial {}, until {}",
+                record.pool, issued.serial, issued.not_after
+            ));
+            match self.store.txn(entry.into_txn(txn)).await? {
+                TxnOutcome::Committed(revision) => {
+                    self.replace_record(node, revision);
+                    info!(node = %name, pool = %record.pool, token = %record.id, remote = %input.remote, "node enrolled");
+                    return Ok(EnrollOutput {
+                        node: name,
+                        pool: record.pool,
+                        cert_chain_pem: issued.chain_pem,
+                    });
+                }
+                TxnOutcome::Conflict { key } if key == node_key(&name) => {
+                    return Err(FleetError::NameTaken { name });
+                }
+                TxnOutcome::Conflict { .. } => continue,
+            }
+        }
+        Err(FleetError::Conflict {
+            what: format!("bootstrap token {}", token.id()),
+        })
+    }
+
+    /// Answers a retried enrollment (same token, same key) with the certificate already issued.
+    async fn answer_retry(
+        &self,
+        token: &TokenRecord,
+        previous: &TokenEnrollment,
+        input: &EnrollInput,
+    ) -> Result<EnrollOutput, FleetError> {
+        let node = self.node(&previous.node)?;
+        if node.record.state == NodeState::Revoked {
+            let reason = node.record.revoked_reason.unwrap_or_default();
+            return Err(FleetError::NodeRevoked {
+                name: previous.node.clone(),
+                reason,
+            });
+        }
+        audit::Entry::ok(
+            &token_actor(&input.token),
+            "node.enroll",
+            &previous.node,
+            &input.remote.to_string(),
+        )
+        .detail("retry with the same key: same certificate returned, no token use consumed")
+        .write(self.store())
+        .await;
+        info!(node = %previous.node, token = %token.id, "enrollment retried; same answer returned");
+        Ok(EnrollOutput {
+            node: previous.node.clone(),
+            pool: token.pool.clone(),
+            cert_chain_pem: previous.cert_chain_pem.clone(),
+        })
+    }
+}
+
+fn check_token(token: &BootstrapToken, record: &TokenRecord) -> Result<(), FleetError> {
+    if !token.matches(&record.secret_sha256) {
+        return Err(FleetError::TokenSecretMismatch {
+            id: record.id.clone(),
+        });
+    }
+    if record.revoked {
+        return Err(FleetError::TokenRevoked {
+            id: record.id.clone(),
+        });
+    }
+    Ok(())
+}
+
+fn check_token_usable(record: &TokenRecord) -> Result<(), FleetError> {
+    if OffsetDateTime::now_utc() >= record.expires_at {
+        return Err(FleetError::TokenExpired {
+            id: record.id.clone(),
+            at: record.expires_at,
+        });
+    }
+    if record.used >= record.uses {
+        return Err(FleetError::TokenUsedUp {
+            id: record.id.clone(),
+            uses: record.uses,
+        });
+    }
+    Ok(())
+}
+
+fn new_node_record(
+    name: &str,
+    token: &TokenRecord,
+    input: &EnrollInput,
+    issued: &opi_pki::IssuedCert,
+    now: OffsetDateTime,
+) -> NodeRecord {
+    NodeRecord {
+        name: name.into(),
+        pool: token.pool.clone(),
+        labels: token.labels.clone(),
+        facts: input.facts.clone(),
+        enrolled_at: now,
+        token_id: token.id.clone(),
+        state: NodeState::Active,
+        revoked_reason: None,
+        revoked_at: None,
+        serials: vec![issued.serial.clone()],
+        cert_not_after: issued.not_after,
+        last_seen: None,
+        boot_id: String::new(),
+        remote_addr: input.remote.to_string(),
+    }
+}
+
+/// The name a request asks for: explicit, else the host name in lowercase.
+fn requested_name(input: &EnrollInput) -> String {
+    if input.name.is_empty() {
+        input.facts.hostname.to_lowercase()
+    } else {
+        input.name.clone()
+    }
+}
+
+/// Audit actor of an enrollment: the token id, never its secret.
+fn token_actor(token: &str) -> String {
+    match token.parse::<BootstrapToken>() {
+        Ok(token) => format!("token:{}", token.id()),
+        Err(_) => "token:malformed".into(),
+    }
+}

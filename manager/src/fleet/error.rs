@@ -1,0 +1,73 @@
+//! What can go wrong in fleet operations, worded for the caller who must act on it.
+
+use time::OffsetDateTime;
+
+use crate::store::StoreError;
+
+/// A fleet operation that was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error(transparent)]
+    MalformedToken(#[from] crate::tokens::MalformedToken),
+    #[error("bootstrap token {id} is unknown; create one with `opictl token create`")]
+    UnknownToken { id: String },
+    #[error("bootstrap token {id} has a wrong secret; copy the whole token again from `opictl token create`")]
+    TokenSecretMismatch { id: String },
+    #[error("bootstrap token {id} was revoked; create a new one with `opictl token create`")]
+    TokenRevoked { id: String },
+    #[error("bootstrap token {id} expired at {at}; create a new one with `opictl token create`")]
+    TokenExpired { id: String, at: OffsetDateTime },
+    #[error("bootstrap token {id} is used up ({uses} of {uses} uses); create a new one with `opictl token create`")]
+    TokenUsedUp { id: String, uses: u32 },
+    #[error("too many failed enrollment attempts from {addr}; wait a minute before trying again")]
+    TooManyFailures { addr: String },
+    #[error("invalid CSR: {0}")]
+    BadCsr(#[from] opi_pki::csr::CsrError),
+    #[error("invalid {what}: {source}")]
+    InvalidName {
+        what: &'static str,
+        #[source]
+        source: opi_pki::identity::IdentityError,
+    },
+    #[error("node name {name} is already enrolled; pick another --name, or free it with `opictl node remove {name}`")]
+    NameTaken { name: String },
+    #[error("node {name} is not enrolled in this fleet")]
+    UnknownNode { name: String },
+    #[error("node {name} was revoked ({reason}); to bring it back, `opictl node remove {name}` and enroll it again with a new token")]
+    NodeRevoked { name: String, reason: String },
+    #[error("certificate {serial} is not a current certificate of node {name} (renewed, or the node was removed); re-enroll the node")]
+    StaleCertificate { name: String, serial: String },
+    #[error("this call needs a client certificate: an operator bundle (`opictl --config`) or an enrolled node's certificate")]
+    NoClientCertificate,
+    #[error("{0}")]
+    CertificateRefused(String),
+    #[error("this call needs {expected} certificate, but the caller presented {got}")]
+    WrongIdentity { expected: &'static str, got: String },
+    #[error("role {role} may not {action}; ask an admin for a bundle with a role that may (see the role table in the README)")]
+    Forbidden { role: String, action: &'static str },
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("bootstrap token {id} does not exist")]
+    NoSuchToken { id: String },
+    #[error("{what} changed concurrently; try again")]
+    Conflict { what: String },
+    #[error("fleet store error")]
+    Store(#[from] StoreError),
+    #[error("cannot issue a certificate")]
+    Issue(#[from] opi_pki::ca::CaError),
+}
+
+impl FleetError {
+    /// Whether the failure counts against the caller's enrollment attempts.
+    pub fn is_failed_attempt(&self) -> bool {
+        matches!(
+            self,
+            FleetError::MalformedToken(_)
+                | FleetError::UnknownToken { .. }
+                | FleetError::TokenSecretMismatch { .. }
+                | FleetError::TokenRevoked { .. }
+                | FleetError::TokenExpired { .. }
+                | FleetError::TokenUsedUp { .. }
+        )
+    }
+}

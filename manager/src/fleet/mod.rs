@@ -1,0 +1,184 @@
+//! The fleet as the manager holds it: node records from the store, plus live sessions and
+//! heartbeats in memory. Every change goes to the store first (compare-and-swap, with its
+//! audit entry in the same transaction), then to memory.
+
+mod enroll;
+mod error;
+mod limiter;
+mod nodes;
+mod sessions;
+mod tokens;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use opi_proto::v1::{HealthSummary, ManagerMessage};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, Notify};
+use tonic::Status;
+
+use crate::datadir::Authority;
+use crate::records::{NodeRecord, NODES};
+use crate::store::{list_json, Revision, Store};
+
+pub use enroll::{EnrollInput, EnrollOutput};
+pub use error::FleetError;
+pub use limiter::FailureLimiter;
+pub use sessions::{Session, SessionHello};
+pub use tokens::{NewToken, TokenSpec};
+
+/// Compare-and-swap attempts before a concurrent update is reported to the caller.
+const CAS_ATTEMPTS: usize = 8;
+
+/// Default interval between agent heartbeats.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// Settings the fleet runs with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub node_cert_ttl: Duration,
+    pub heartbeat: Duration,
+    /// Endpoints handed to agents and printed in enrollment lines.
+    pub endpoints: Vec<String>,
+}
+
+/// The manager's view of its fleet.
+pub struct Fleet {
+    store: Arc<dyn Store>,
+    authority: Authority,
+    settings: Settings,
+    nodes: RwLock<HashMap<String, NodeEntry>>,
+    next_session: AtomicU64,
+    limiter: Mutex<FailureLimiter>,
+}
+
+/// A node record with its store revision and, when connected, its live session.
+#[derive(Clone)]
+struct NodeEntry {
+    record: NodeRecord,
+    revision: Revision,
+    live: Option<Live>,
+}
+
+/// What only memory knows about a connected node.
+#[derive(Clone)]
+struct Live {
+    session: u64,
+    last_seen: OffsetDateTime,
+    summary: Option<HealthSummary>,
+    remote_addr: String,
+    outbound: mpsc::Sender<Result<ManagerMessage, Status>>,
+    closed: Arc<Notify>,
+}
+
+/// A node as operators see it: its record plus live state.
+#[derive(Clone, Debug)]
+pub struct NodeView {
+    pub record: NodeRecord,
+    pub online: bool,
+    pub last_seen: Option<OffsetDateTime>,
+    pub summary: Option<HealthSummary>,
+    pub remote_addr: String,
+}
+
+impl Fleet {
+    /// Loads every node record from the store.
+    pub async fn load(
+        store: Arc<dyn Store>,
+        authority: Authority,
+        settings: Settings,
+    ) -> Result<Arc<Self>, FleetError> {
+        let records = list_json::<NodeRecord>(&*store, NODES).await?;
+        let nodes = records
+            .into_iter()
+            .map(|v| {
+                let entry = NodeEntry {
+                    record: v.value,
+                    revision: v.mod_revision,
+                    live: None,
+                };
+                (entry.record.name.clone(), entry)
+            })
+            .collect();
+        Ok(Arc::new(Self {
+            store,
+            authority,
+            settings,
+            nodes: RwLock::new(nodes),
+            next_session: AtomicU64::new(1),
+            limiter: Mutex::new(FailureLimiter::default()),
+        }))
+    }
+
+    pub fn fleet_name(&self) -> &str {
+        &self.authority.fleet
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    /// Every node, sorted by name, optionally only those of `pool`.
+    pub fn nodes(&self, pool: Option<&str>) -> Vec<NodeView> {
+        let nodes = self.nodes.read().expect("fleet lock poisoned");
+        let mut views: Vec<NodeView> = nodes
+            .values()
+            .filter(|e| pool.is_none_or(|p| e.record.pool == p))
+            .map(NodeEntry::view)
+            .collect();
+        views.sort_by(|a, b| a.record.name.cmp(&b.record.name));
+        views
+    }
+
+    /// One node.
+    pub fn node(&self, name: &str) -> Result<NodeView, FleetError> {
+        let nodes = self.nodes.read().expect("fleet lock poisoned");
+        nodes
+            .get(name)
+            .map(NodeEntry::view)
+            .ok_or_else(|| FleetError::UnknownNode { name: name.into() })
+    }
+
+    fn replace_record(&self, record: NodeRecord, revision: Revision) {
+        let mut nodes = self.nodes.write().expect("fleet lock poisoned");
+        match nodes.get_mut(&record.name) {
+            Some(entry) => {
+                entry.record = record;
+                entry.revision = revision;
+            }
+            None => {
+                let entry = NodeEntry {
+                    record,
+                    revision,
+                    live: None,
+                };
+                nodes.insert(entry.record.name.clone(), entry);
+            }
+        }
+    }
+}
+
+impl NodeEntry {
+    fn view(&self) -> NodeView {
+        let live = self.live.as_ref();
+        NodeView {
+            record: self.record.clone(),
+            online: live.is_some(),
+            last_seen: live.map(|l| l.last_seen).or(self.record.last_seen),
+            summary: live.and_then(|l| l.summary),
+            remote_addr: live
+                .map(|l| l.remote_addr.clone())
+                .unwrap_or_else(|| self.record.remote_addr.clone()),
+        }
+    }
+}

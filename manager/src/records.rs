@@ -1,0 +1,129 @@
+//! What the manager stores, as JSON values under typed keys.
+//!
+//! Keys: `tokens/ID`, `nodes/NAME`, `audit/TIME-RAND` (time-ordered). Records keep their
+//! upstream-neutral shape so that both store backends hold the same bytes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Key prefix of bootstrap tokens.
+pub const TOKENS: &str = "tokens/";
+/// Key prefix of enrolled nodes.
+pub const NODES: &str = "nodes/";
+/// Key prefix of audit entries.
+pub const AUDIT: &str = "audit/";
+
+/// Key of a token.
+pub fn token_key(id: &str) -> String {
+    format!("{TOKENS}{id}")
+}
+
+/// Key of a node.
+pub fn node_key(name: &str) -> String {
+    format!("{NODES}{name}")
+}
+
+/// A new, time-ordered audit key.
+pub fn audit_key(at: OffsetDateTime) -> String {
+    let nanos = at.unix_timestamp_nanos().max(0);
+    format!("{AUDIT}{nanos:020}-{:08x}", rand::random::<u32>())
+}
+
+/// A bootstrap token. The secret itself is never stored, only its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub secret_sha256: String,
+    pub pool: String,
+    pub labels: BTreeMap<String, String>,
+    pub uses: u32,
+    pub used: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    pub revoked: bool,
+    pub created_by: String,
+    pub description: String,
+    /// Answers already given, so a retried enrollment gets the same answer.
+    pub enrollments: Vec<TokenEnrollment>,
+}
+
+/// One enrollment made with a token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenEnrollment {
+    /// SHA-256 of the node key's SubjectPublicKeyInfo, hex.
+    pub spki_sha256: String,
+    pub node: String,
+    pub cert_chain_pem: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// What a node said about itself at enrollment and at its last hello.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Facts {
+    pub hostname: String,
+    pub os: String,
+    pub kernel: String,
+    pub machine_id: String,
+    pub arch: String,
+    pub agent_version: String,
+}
+
+/// Whether a node may still authenticate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    Active,
+    Revoked,
+}
+
+/// An enrolled node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub pool: String,
+    pub labels: BTreeMap<String, String>,
+    pub facts: Facts,
+    #[serde(with = "time::serde::rfc3339")]
+    pub enrolled_at: OffsetDateTime,
+    pub token_id: String,
+    pub state: NodeState,
+    pub revoked_reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Serials (hex) of the certificates this node may authenticate with, newest first.
+    pub serials: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub cert_not_after: OffsetDateTime,
+    /// Written at connect and disconnect only; heartbeats stay in memory.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_seen: Option<OffsetDateTime>,
+    pub boot_id: String,
+    pub remote_addr: String,
+}
+
+/// One audit entry: who did what, when, from where, with what outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// Certificate identity of the caller, `token:ID` for enrollments, `local:USER` for CLI.
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    /// `ok` or `refused`.
+    pub outcome: String,
+    pub detail: String,
+    pub remote_addr: String,
+}
+
+impl NodeRecord {
+    /// Whether `serial` is one of the certificates this node may use now.
+    pub fn accepts_serial(&self, serial: &str) -> bool {
+        self.state == NodeState::Active && self.serials.iter().any(|s| s == serial)
+    }
+}

@@ -1,0 +1,150 @@
+//! The Agent service: each node's long-lived session, and certificate renewal.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opi_proto::v1::agent_message::Body as AgentBody;
+use opi_proto::v1::agent_server::Agent;
+use opi_proto::v1::manager_message::Body as ManagerBody;
+use opi_proto::v1::{AgentMessage, ManagerMessage, RenewRequest, RenewResponse, Welcome};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info_span, Instrument};
+
+use super::convert::facts_from_proto;
+use super::peer::{self, Caller};
+use crate::fleet::{Fleet, FleetError, Session, SessionHello};
+
+/// Time an agent has to say hello after opening its session.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages queued towards one agent at most.
+const OUTBOUND_QUEUE: usize = 16;
+
+type Outbound = Pin<Box<dyn Stream<Item = Result<ManagerMessage, Status>> + Send>>;
+
+/// Serves agent sessions and renewals.
+pub struct AgentService {
+    pub fleet: Arc<Fleet>,
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    type SessionStream = Outbound;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let caller = peer::node(&request, &self.fleet)?;
+        let remote = peer::peer_info(&request).remote;
+        let mut inbound = request.into_inner();
+        let hello = read_hello(&mut inbound, &caller).await?;
+
+        let (outbound, receiver) = mpsc::channel(OUTBOUND_QUEUE);
+        let session = self
+            .fleet
+            .attach(&caller.cert, hello, remote, outbound.clone())
+            .await?;
+        let _ = outbound.send(Ok(welcome(&self.fleet, &session))).await;
+
+        let span = info_span!("session", node = %session.node, session = session.id);
+        let fleet = self.fleet.clone();
+        let not_after = caller.cert.not_after;
+        tokio::spawn(serve_session(fleet, session, inbound, outbound, not_after).instrument(span));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<RenewRequest>,
+    ) -> Result<Response<RenewResponse>, Status> {
+        let caller = peer::node(&request, &self.fleet)?;
+        let csr = request.into_inner().csr_der;
+        let chain = self.fleet.renew(&caller.cert, &csr, &caller.remote).await?;
+        Ok(Response::new(RenewResponse {
+            cert_chain_pem: chain,
+            ca_bundle_pem: self.fleet.authority().trust_bundle_pem.clone(),
+        }))
+    }
+}
+
+async fn read_hello(
+    inbound: &mut Streaming<AgentMessage>,
+    caller: &Caller,
+) -> Result<SessionHello, Status> {
+    let name = &caller.cert.identity.name;
+    let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "node {name} sent no hello within {HELLO_TIMEOUT:?}"
+            ))
+        })??;
+    match first.and_then(|m| m.body) {
+        Some(AgentBody::Hello(hello)) => Ok(SessionHello {
+            boot_id: hello.boot_id,
+            facts: facts_from_proto(hello.facts.unwrap_or_default()),
+            summary: hello.summary,
+        }),
+        _ => Err(FleetError::InvalidArgument(format!(
+            "node {name} must open its session with a hello"
+        ))
+        .into()),
+    }
+}
+
+fn welcome(fleet: &Fleet, session: &Session) -> ManagerMessage {
+    let record = fleet.node(&session.node).map(|v| v.record);
+    ManagerMessage {
+        body: Some(ManagerBody::Welcome(Welcome {
+            node_name: session.node.clone(),
+            pool: record.map(|r| r.pool).unwrap_or_default(),
+            heartbeat_interval_secs: fleet.settings().heartbeat.as_secs() as u32,
+            manager_endpoints: fleet.settings().endpoints.clone(),
+        })),
+    }
+}
+
+/// Reads heartbeats until the agent leaves, the manager closes the session, or the
+/// certificate the session was opened with expires.
+async fn serve_session(
+    fleet: Arc<Fleet>,
+    session: Session,
+    mut inbound: Streaming<AgentMessage>,
+    outbound: mpsc::Sender<Result<ManagerMessage, Status>>,
+    not_after: OffsetDateTime,
+) {
+    let expires_in = (not_after - OffsetDateTime::now_utc())
+        .try_into()
+        .unwrap_or(Duration::ZERO);
+    let expiry = tokio::time::sleep(expires_in);
+    tokio::pin!(expiry);
+    loop {
+        tokio::select! {
+            message = inbound.message() => match message {
+                Ok(Some(AgentMessage { body: Some(AgentBody::Heartbeat(beat)) })) => {
+                    if !fleet.heartbeat(&session, beat.summary) {
+                        break;
+                    }
+                }
+                Ok(Some(other)) => debug!(message = ?other.body.map(|_| "unexpected"), "ignored message"),
+                Ok(None) => break,
+                Err(status) => {
+                    debug!(error = %status, "session stream ended with an error");
+                    break;
+                }
+            },
+            _ = session.closed.notified() => break,
+            _ = &mut expiry => {
+                let message = format!("certificate of node {} expired at {not_after}; renew it", session.node);
+                let _ = outbound.send(Err(Status::unauthenticated(message))).await;
+                break;
+            }
+        }
+    }
+    fleet.detach(&session).await;
+}

@@ -1,0 +1,106 @@
+//! Who may do what: the one table of operator permissions (mirrored in the README).
+
+use opi_pki::Role;
+
+use Role::{Admin, Alerting, Operator, Viewer};
+
+/// Every operator call, named as in `opictl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Status,
+    ListNodes,
+    ShowNode,
+    RevokeNode,
+    RemoveNode,
+    CreateToken,
+    ListTokens,
+    RevokeToken,
+    ListAudit,
+    Watch,
+    WhoAmI,
+}
+
+impl Action {
+    /// Every action, in table order.
+    pub const ALL: [Action; 11] = [
+        Action::Status,
+        Action::ListNodes,
+        Action::ShowNode,
+        Action::RevokeNode,
+        Action::RemoveNode,
+        Action::CreateToken,
+        Action::ListTokens,
+        Action::RevokeToken,
+        Action::ListAudit,
+        Action::Watch,
+        Action::WhoAmI,
+    ];
+
+    /// The roles allowed to perform this action.
+    pub fn roles(self) -> &'static [Role] {
+        match self {
+            Action::Status | Action::ListNodes | Action::ShowNode => &[Admin, Operator, Viewer],
+            Action::ListTokens => &[Admin, Operator, Viewer],
+            Action::CreateToken | Action::RevokeToken => &[Admin, Operator],
+            Action::RevokeNode => &[Admin, Operator],
+            Action::RemoveNode => &[Admin],
+            Action::ListAudit => &[Admin, Operator],
+            Action::Watch => &[Admin, Operator, Viewer, Alerting],
+            Action::WhoAmI => &[Admin, Operator, Viewer, Alerting],
+        }
+    }
+
+    /// What the action does, as said in refusals ("role viewer may not create tokens").
+    pub fn describe(self) -> &'static str {
+        match self {
+            Action::Status => "read fleet status",
+            Action::ListNodes => "list nodes",
+            Action::ShowNode => "show nodes",
+            Action::RevokeNode => "revoke nodes",
+            Action::RemoveNode => "remove nodes",
+            Action::CreateToken => "create tokens",
+            Action::ListTokens => "list tokens",
+            Action::RevokeToken => "revoke tokens",
+            Action::ListAudit => "read the audit log",
+            Action::Watch => "watch events",
+            Action::WhoAmI => "ask who it is",
+        }
+    }
+
+    /// Whether `role` may perform this action.
+    pub fn allows(self, role: Role) -> bool {
+        self.roles().contains(&role)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_may_do_everything() {
+        assert!(Action::ALL.iter().all(|a| a.allows(Admin)));
+    }
+
+    #[test]
+    fn viewer_cannot_create_tokens_or_revoke() {
+        for action in [
+            Action::CreateToken,
+            Action::RevokeToken,
+            Action::RevokeNode,
+            Action::RemoveNode,
+        ] {
+            assert!(!action.allows(Viewer), "{action:?}");
+        }
+        assert!(Action::ListNodes.allows(Viewer));
+    }
+
+    #[test]
+    fn alerting_can_only_watch() {
+        let allowed: Vec<_> = Action::ALL
+            .into_iter()
+            .filter(|a| a.allows(Alerting))
+            .collect();
+        assert_eq!(allowed, vec![Action::Watch, Action::WhoAmI]);
+    }
+}

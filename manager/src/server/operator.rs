@@ -1,0 +1,203 @@
+//! The Operator service: what `opictl` calls, authorised by role.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opi_proto::v1 as pb;
+use opi_proto::v1::operator_server::Operator;
+use tonic::{Request, Response, Status};
+
+use super::authz::Action;
+use super::convert::{audit_to_proto, node_to_proto, timestamp, token_to_proto};
+use super::peer;
+use crate::fleet::{Fleet, FleetError, TokenSpec};
+use crate::records::{AuditRecord, NodeState, AUDIT};
+use crate::store::decode;
+
+/// Audit entries returned when the caller names no limit.
+const DEFAULT_AUDIT_LIMIT: usize = 50;
+/// Most audit entries returned by one call.
+const MAX_AUDIT_LIMIT: usize = 1000;
+
+/// Serves operators.
+pub struct OperatorService {
+    pub fleet: Arc<Fleet>,
+}
+
+#[tonic::async_trait]
+impl Operator for OperatorService {
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        peer::operator(&request, &self.fleet, Action::Status)?;
+        let mut pools: BTreeMap<String, pb::PoolStatus> = BTreeMap::new();
+        for view in self.fleet.nodes(None) {
+            let pool = pools
+                .entry(view.record.pool.clone())
+                .or_insert_with(|| pb::PoolStatus {
+                    pool: view.record.pool.clone(),
+                    ..Default::default()
+                });
+            pool.nodes += 1;
+            if view.record.state == NodeState::Revoked {
+                pool.revoked += 1;
+            } else if view.online {
+                pool.online += 1;
+            } else {
+                pool.offline += 1;
+            }
+        }
+        let pools: Vec<pb::PoolStatus> = pools.into_values().collect();
+        Ok(Response::new(pb::StatusResponse {
+            fleet: self.fleet.fleet_name().into(),
+            nodes: pools.iter().map(|p| p.nodes).sum(),
+            online: pools.iter().map(|p| p.online).sum(),
+            offline: pools.iter().map(|p| p.offline).sum(),
+            revoked: pools.iter().map(|p| p.revoked).sum(),
+            pools,
+            manager_version: env!("CARGO_PKG_VERSION").into(),
+            store_revision: self
+                .fleet
+                .store()
+                .revision()
+                .await
+                .map_err(FleetError::from)?,
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        peer::operator(&request, &self.fleet, Action::ListNodes)?;
+        let pool = request.into_inner().pool;
+        let pool = (!pool.is_empty()).then_some(pool.as_str());
+        let nodes = self.fleet.nodes(pool).iter().map(node_to_proto).collect();
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn get_node(
+        &self,
+        request: Request<pb::GetNodeRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        peer::operator(&request, &self.fleet, Action::ShowNode)?;
+        let view = self.fleet.node(&request.into_inner().name)?;
+        Ok(Response::new(node_to_proto(&view)))
+    }
+
+    async fn revoke_node(
+        &self,
+        request: Request<pb::RevokeNodeRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let (caller, _) = peer::operator(&request, &self.fleet, Action::RevokeNode)?;
+        let body = request.into_inner();
+        let actor = caller.cert.identity.uri();
+        let view = self
+            .fleet
+            .revoke(&body.name, &body.reason, &actor, &caller.remote)
+            .await?;
+        Ok(Response::new(node_to_proto(&view)))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let (caller, _) = peer::operator(&request, &self.fleet, Action::RemoveNode)?;
+        let name = request.into_inner().name;
+        self.fleet
+            .remove(&name, &caller.cert.identity.uri(), &caller.remote)
+            .await?;
+        Ok(Response::new(pb::RemoveNodeResponse {}))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let (caller, _) = peer::operator(&request, &self.fleet, Action::CreateToken)?;
+        let body = request.into_inner();
+        let spec = TokenSpec {
+            pool: body.pool,
+            ttl: Duration::from_secs(body.ttl_secs),
+            uses: body.uses,
+            labels: body.labels.into_iter().collect(),
+            description: body.description,
+        };
+        let created = self
+            .fleet
+            .create_token(spec, &caller.cert.identity.uri(), &caller.remote)
+            .await?;
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: Some(token_to_proto(&created.record)),
+            secret: created.token.expose(),
+            manager_endpoints: self.fleet.settings().endpoints.clone(),
+            ca_pin: self.fleet.authority().pin.to_string(),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        peer::operator(&request, &self.fleet, Action::ListTokens)?;
+        let tokens = self
+            .fleet
+            .tokens()
+            .await?
+            .iter()
+            .map(token_to_proto)
+            .collect();
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::Token>, Status> {
+        let (caller, _) = peer::operator(&request, &self.fleet, Action::RevokeToken)?;
+        let id = request.into_inner().id;
+        let record = self
+            .fleet
+            .revoke_token(&id, &caller.cert.identity.uri(), &caller.remote)
+            .await?;
+        Ok(Response::new(token_to_proto(&record)))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        peer::operator(&request, &self.fleet, Action::ListAudit)?;
+        let limit = match request.into_inner().limit as usize {
+            0 => DEFAULT_AUDIT_LIMIT,
+            n => n.min(MAX_AUDIT_LIMIT),
+        };
+        let values = self
+            .fleet
+            .store()
+            .list_last(AUDIT, limit)
+            .await
+            .map_err(FleetError::from)?;
+        let mut entries = Vec::with_capacity(values.len());
+        for kv in values {
+            let entry = decode::<AuditRecord>(self.fleet.store(), &kv).map_err(FleetError::from)?;
+            entries.push(audit_to_proto(&entry.value, entry.mod_revision));
+        }
+        Ok(Response::new(pb::ListAuditResponse { entries }))
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let (caller, role) = peer::operator(&request, &self.fleet, Action::WhoAmI)?;
+        Ok(Response::new(pb::WhoAmIResponse {
+            identity: caller.cert.identity.uri(),
+            role: role.to_string(),
+            not_after: Some(timestamp(caller.cert.not_after)),
+        }))
+    }
+}

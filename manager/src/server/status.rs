@@ -1,0 +1,50 @@
+//! The one mapping from fleet errors to gRPC statuses.
+
+use tonic::{Code, Status};
+
+use crate::fleet::FleetError;
+
+impl From<FleetError> for Status {
+    fn from(error: FleetError) -> Self {
+        let code = match &error {
+            FleetError::MalformedToken(_) => Code::InvalidArgument,
+            FleetError::UnknownToken { .. } => Code::Unauthenticated,
+            FleetError::TokenSecretMismatch { .. } => Code::Unauthenticated,
+            FleetError::TokenRevoked { .. } => Code::Unauthenticated,
+            FleetError::TokenExpired { .. } => Code::Unauthenticated,
+            FleetError::TokenUsedUp { .. } => Code::Unauthenticated,
+            FleetError::TooManyFailures { .. } => Code::ResourceExhausted,
+            FleetError::BadCsr(_) => Code::InvalidArgument,
+            FleetError::InvalidName { .. } => Code::InvalidArgument,
+            FleetError::NameTaken { .. } => Code::AlreadyExists,
+            FleetError::UnknownNode { .. } => Code::NotFound,
+            FleetError::NodeRevoked { .. } => Code::PermissionDenied,
+            FleetError::StaleCertificate { .. } => Code::PermissionDenied,
+            FleetError::NoClientCertificate => Code::Unauthenticated,
+            FleetError::CertificateRefused(_) => Code::Unauthenticated,
+            FleetError::WrongIdentity { .. } => Code::PermissionDenied,
+            FleetError::Forbidden { .. } => Code::PermissionDenied,
+            FleetError::InvalidArgument(_) => Code::InvalidArgument,
+            FleetError::NoSuchToken { .. } => Code::NotFound,
+            FleetError::Conflict { .. } => Code::Aborted,
+            FleetError::Store(_) => Code::Unavailable,
+            FleetError::Issue(_) => Code::Internal,
+        };
+        Status::new(code, message(&error))
+    }
+}
+
+/// The error and its causes on one line, each said once.
+fn message(error: &FleetError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,283 @@
+//! What can go wrong in `opictl`, the exit code each failure maps to, and how a failure is
+//! reported on stderr.
+
+use std::error::Error as StdError;
+use std::path::PathBuf;
+
+use opi_pki::bundle::BundleError;
+use opi_pki::tls::{ManagerRefused, TlsError};
+
+use crate::config::Origin;
+use crate::output::sanitize;
+
+/// Exit code of usage and configuration errors: the command cannot work as typed.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code of runtime failures: the manager was unreachable or refused the request.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// A failed `opictl` command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The operator bundle does not exist where it was looked for.
+    #[error(
+        "no operator bundle at {path} ({origin}); pass --config FILE or set OPICTL_CONFIG: \
+         `opi-manager init` writes DATA_DIR/opictl-admin.toml and \
+         `opi-manager operator issue NAME --role ROLE` writes bundles for others"
+    )]
+    BundleMissing {
+        /// The path that was tried.
+        path: PathBuf,
+        /// Why that path was chosen.
+        origin: Origin,
+    },
+    /// No bundle was named and there is no home directory to look in.
+    #[error(
+        "no operator bundle given and HOME is not set; pass --config FILE or set OPICTL_CONFIG"
+    )]
+    NoHome,
+    /// The bundle exists but cannot be used as it is.
+    #[error(transparent)]
+    ReadBundle(BundleError),
+    /// The bundle's CA, certificate or key cannot make a TLS configuration.
+    #[error("the operator bundle {path} holds unusable TLS material; ask an admin for a new one")]
+    BundleTls {
+        /// The bundle file.
+        path: PathBuf,
+        /// What rustls or the PEM parser refused.
+        #[source]
+        source: TlsError,
+    },
+    /// The operator certificate of the bundle has expired.
+    #[error(
+        "the operator certificate in {path} expired at {expired_at}; ask an admin for a new \
+         bundle with `opi-manager operator issue`"
+    )]
+    CertificateExpired {
+        /// The bundle file.
+        path: PathBuf,
+        /// When the certificate stopped being valid, RFC 3339.
+        expired_at: String,
+    },
+    /// The manager URL (from the bundle or `--manager`) is not usable.
+    #[error(
+        "manager endpoint `{0}` is not a valid https://HOST:PORT URL; fix --manager or the \
+         bundle's `endpoint`"
+    )]
+    BadEndpoint(String),
+    /// The command line is well formed but asks for something contradictory.
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    /// The manager could not be reached.
+    #[error(
+        "cannot connect to the manager at {endpoint}; check that it runs and that --manager or \
+         the bundle's `endpoint` is right"
+    )]
+    Connect {
+        /// The endpoint that was dialled.
+        endpoint: String,
+        /// The transport failure.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The server answered but its certificate is not that of a manager of our fleet.
+    #[error("refused the certificate of the server at {endpoint}: {reason}")]
+    ServerRefused {
+        /// The endpoint that was dialled.
+        endpoint: String,
+        /// Why its certificate was refused.
+        reason: ManagerRefused,
+    },
+    /// The manager answered the request with an error status.
+    #[error("the manager refused {what}: {message} ({code:?}){hint}", hint = code_hint(*.code))]
+    Refused {
+        /// What was asked, as a phrase following "refused" ("to list nodes").
+        what: String,
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The status message, stripped of control characters.
+        message: String,
+    },
+    /// The connection failed under a request, before the manager could answer it.
+    #[error(
+        "lost the connection to the manager at {endpoint} while asking {what}: {cause}; if this \
+         repeats, the manager may refuse your operator certificate (revoked, or of another \
+         fleet): ask an admin for a new bundle"
+    )]
+    Lost {
+        /// What was asked, as a phrase following "asking" ("to list nodes").
+        what: String,
+        /// The endpoint of the connection.
+        endpoint: String,
+        /// The innermost transport failure. Text, not a source: tonic lends it, never gives it.
+        cause: String,
+    },
+    /// Writing the result to stdout failed.
+    #[error("cannot write the result to stdout")]
+    Output(#[source] std::io::Error),
+}
+
+/// A command line that parses but cannot be acted on.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    /// The same label key was given twice.
+    #[error("label `{0}` is given twice; give each key once")]
+    DuplicateLabel(String),
+}
+
+impl Error {
+    /// The process exit code for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::BundleMissing { .. }
+            | Error::NoHome
+            | Error::ReadBundle(_)
+            | Error::BundleTls { .. }
+            | Error::CertificateExpired { .. }
+            | Error::BadEndpoint(_)
+            | Error::Usage(_) => EXIT_USAGE,
+            Error::Connect { .. }
+            | Error::ServerRefused { .. }
+            | Error::Refused { .. }
+            | Error::Lost { .. }
+            | Error::Output(_) => EXIT_FAILURE,
+        }
+    }
+
+    /// Maps the failure of a request to `endpoint` asking `what` ("to list nodes"): a lost
+    /// connection when the status comes from the transport, else the manager's refusal.
+    pub fn failed(what: impl Into<String>, endpoint: &str, status: tonic::Status) -> Self {
+        let Some(mut cause) = StdError::source(&status) else {
+            return Self::refused(what, status);
+        };
+        while let Some(deeper) = cause.source() {
+            cause = deeper;
+        }
+        Error::Lost {
+            what: what.into(),
+            endpoint: endpoint.to_string(),
+            cause: sanitize(&cause.to_string()),
+        }
+    }
+
+    /// Maps a status the manager answered with to a refusal of `what` ("to list nodes").
+    pub fn refused(what: impl Into<String>, status: tonic::Status) -> Self {
+        let message = match status.message() {
+            "" => status.code().description().to_string(),
+            text => sanitize(text),
+        };
+        Error::Refused {
+            what: what.into(),
+            code: status.code(),
+            message,
+        }
+    }
+}
+
+/// The report printed on stderr: the error, then each distinct cause on its own line.
+pub fn report(error: &(dyn StdError + 'static)) -> String {
+    let mut text = format!("error: {error}");
+    let mut previous = error.to_string();
+    let mut cause = error.source();
+    while let Some(current) = cause {
+        let line = current.to_string();
+        // Some libraries repeat their cause in their own message; print each text once.
+        if !previous.contains(&line) {
+            text.push_str(&format!("\n  caused by: {line}"));
+        }
+        previous = line;
+        cause = current.source();
+    }
+    text
+}
+
+/// A hint, appended to a refusal, for the codes where the operator can act.
+fn code_hint(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+            "; `opictl whoami` shows the role your bundle carries"
+        }
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+            "; check that the manager runs and is reachable, then retry"
+        }
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_names_what_was_asked_the_message_and_the_code() {
+        let status = tonic::Status::not_found("node `web-9` is not enrolled");
+        let error = Error::refused("to show node `web-9`", status);
+
+        assert_eq!(
+            error.to_string(),
+            "the manager refused to show node `web-9`: node `web-9` is not enrolled (NotFound)"
+        );
+        assert_eq!(error.exit_code(), EXIT_FAILURE);
+    }
+
+    #[test]
+    fn refusal_for_lack_of_permission_hints_at_whoami() {
+        let error = Error::refused(
+            "to remove node `a`",
+            tonic::Status::permission_denied("viewer"),
+        );
+
+        assert!(error
+            .to_string()
+            .ends_with("(PermissionDenied); `opictl whoami` shows the role your bundle carries"));
+    }
+
+    #[test]
+    fn refusal_strips_control_characters_from_the_managers_message() {
+        let error = Error::refused(
+            "to list nodes",
+            tonic::Status::internal("bad\u{1b}[2Jthing"),
+        );
+
+        assert!(!error.to_string().contains('\u{1b}'));
+    }
+
+    #[test]
+    fn status_from_the_transport_reads_as_a_lost_connection() {
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "stream closed");
+        let status = tonic::Status::from_error(Box::new(io));
+
+        let error = Error::failed("to list nodes", "https://m1:7443", status);
+        let text = error.to_string();
+        let expected = "lost the connection to the manager at https://m1:7443 while asking to \
+                        list nodes: stream closed;";
+        assert!(text.starts_with(expected), "{text}");
+        assert_eq!(error.exit_code(), EXIT_FAILURE);
+    }
+
+    #[test]
+    fn status_answered_by_the_manager_reads_as_a_refusal() {
+        let status = tonic::Status::failed_precondition("token `k3x9q` is used up");
+
+        let error = Error::failed("to revoke token `k3x9q`", "https://m1:7443", status);
+        assert!(matches!(error, Error::Refused { .. }), "{error}");
+    }
+
+    #[test]
+    fn usage_and_config_errors_exit_with_two() {
+        assert_eq!(Error::NoHome.exit_code(), EXIT_USAGE);
+        assert_eq!(Error::BadEndpoint("m".into()).exit_code(), EXIT_USAGE);
+        let duplicate = Error::from(UsageError::DuplicateLabel("zone".into()));
+        assert_eq!(duplicate.exit_code(), EXIT_USAGE);
+    }
+
+    #[test]
+    fn report_prints_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "pipe closed");
+        let report = report(&Error::Output(io));
+
+        assert_eq!(
+            report,
+            "error: cannot write the result to stdout\n  caused by: pipe closed"
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! `opictl status`: the fleet's totals and the node counts of each pool.
+
+use opi_proto::v1::{PoolStatus, StatusResponse};
+use serde::Serialize;
+
+use crate::output::{self, fields, Format, Table};
+use crate::{Context, Error};
+
+/// The JSON shape of `opictl status`.
+#[derive(Debug, Serialize)]
+pub struct StatusView {
+    /// Fleet name.
+    pub fleet: String,
+    /// Nodes in every pool.
+    pub nodes: u32,
+    /// Nodes connected now.
+    pub online: u32,
+    /// Nodes not heard from within the grace period.
+    pub offline: u32,
+    /// Nodes whose certificates are refused.
+    pub revoked: u32,
+    /// Revision of the manager's store when it answered.
+    pub store_revision: u64,
+    /// Version of the manager that answered.
+    pub manager_version: String,
+    /// Counts per pool.
+    pub pools: Vec<PoolView>,
+}
+
+/// The node counts of one pool.
+#[derive(Debug, Serialize)]
+pub struct PoolView {
+    /// Pool name.
+    pub pool: String,
+    /// Nodes in the pool.
+    pub nodes: u32,
+    /// Nodes connected now.
+    pub online: u32,
+    /// Nodes not heard from within the grace period.
+    pub offline: u32,
+    /// Nodes whose certificates are refused.
+    pub revoked: u32,
+}
+
+/// Runs `opictl status`.
+pub async fn run(context: &Context) -> Result<(), Error> {
+    let status = context.connect().await?.status().await?;
+    let view = StatusView::from(status);
+
+    match context.format {
+        Format::Json => output::print_json(&view),
+        Format::Table => output::print(&render(&view)),
+    }
+}
+
+impl From<StatusResponse> for StatusView {
+    fn from(status: StatusResponse) -> Self {
+        Self {
+            fleet: status.fleet,
+            nodes: status.nodes,
+            online: status.online,
+            offline: status.offline,
+            revoked: status.revoked,
+            store_revision: status.store_revision,
+            manager_version: status.manager_version,
+            pools: status.pools.into_iter().map(PoolView::from).collect(),
+        }
+    }
+}
+
+impl From<PoolStatus> for PoolView {
+    fn from(pool: PoolStatus) -> Self {
+        Self {
+            pool: pool.pool,
+            nodes: pool.nodes,
+            online: pool.online,
+            offline: pool.offline,
+            revoked: pool.revoked,
+        }
+    }
+}
+
+/// The totals as a field list, then one row per pool.
+fn render(view: &StatusView) -> String {
+    let mut text = fields(&[
+        ("fleet", view.fleet.clone()),
+        ("nodes", view.nodes.to_string()),
+        ("online", view.online.to_string()),
+        ("offline", view.offline.to_string()),
+        ("revoked", view.revoked.to_string()),
+        ("manager", view.manager_version.clone()),
+        ("revision", view.store_revision.to_string()),
+    ]);
+    if view.pools.is_empty() {
+        text.push_str("\nno pools yet: enroll a node with `opictl token create --pool POOL`\n");
+        return text;
+    }
+
+    let mut table = Table::new(&["POOL", "NODES", "ONLINE", "OFFLINE", "REVOKED"]);
+    for pool in &view.pools {
+        let counts = [pool.nodes, pool.online, pool.offline, pool.revoked];
+        let mut row = vec![pool.pool.clone()];
+        row.extend(counts.iter().map(u32::to_string));
+        table.row(row);
+    }
+    text.push('\n');
+    text.push_str(&table.render());
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> StatusResponse {
+        StatusResponse {
+            fleet: "prod".into(),
+            pools: vec![PoolStatus {
+                pool: "workers".into(),
+                nodes: 3,
+                online: 2,
+                offline: 1,
+                revoked: 0,
+            }],
+            nodes: 3,
+            online: 2,
+            offline: 1,
+            revoked: 0,
+            manager_version: "0.1.0".into(),
+            store_revision: 42,
+        }
+    }
+
+    #[test]
+    fn status_json_has_totals_revision_version_and_pools() {
+        let json = serde_json::to_value(StatusView::from(status())).unwrap();
+
+        assert_eq!(json["fleet"], "prod");
+        assert_eq!(json["nodes"], 3);
+        assert_eq!(json["online"], 2);
+        assert_eq!(json["offline"], 1);
+        assert_eq!(json["revoked"], 0);
+        assert_eq!(json["store_revision"], 42);
+        assert_eq!(json["manager_version"], "0.1.0");
+        assert_eq!(json["pools"][0]["pool"], "workers");
+        assert_eq!(json["pools"][0]["offline"], 1);
+    }
+
+    #[test]
+    fn status_table_shows_fleet_then_one_row_per_pool() {
+        let text = render(&StatusView::from(status()));
+
+        assert!(text.starts_with("fleet      prod\n"), "{text}");
+        assert!(
+            text.contains("POOL      NODES   ONLINE   OFFLINE   REVOKED\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("workers   3       2        1         0\n"),
+            "{text}"
+        );
+    }
+}

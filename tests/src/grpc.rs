@@ -1,0 +1,87 @@
+//! Direct gRPC clients, for tests that send what our own binaries never would.
+
+use std::path::Path;
+
+use opi_pki::tls::{client_config, ManagerVerifier};
+use opi_pki::SecretPem;
+use opi_proto::v1::agent_client::AgentClient;
+use opi_proto::v1::enrollment_client::EnrollmentClient;
+use opi_proto::v1::operator_client::OperatorClient;
+use tonic::transport::Channel;
+
+/// A channel that trusts the pinned CA and presents no client certificate.
+pub async fn anonymous(endpoint: &str, pin: &str) -> anyhow::Result<Channel> {
+    let verifier = ManagerVerifier::with_pin(pin.parse()?);
+    Ok(opi_pki::channel::connect(endpoint, client_config(verifier, None)?).await?)
+}
+
+/// A channel presenting `chain_pem`/`key_pem`, trusting the manager data dir's bundle.
+pub async fn with_cert(
+    endpoint: &str,
+    manager_dir: &Path,
+    fleet: &str,
+    chain_pem: &str,
+    key_pem: &str,
+) -> anyhow::Result<Channel> {
+    let bundle = std::fs::read_to_string(manager_dir.join("pki/trust-bundle.pem"))?;
+    let verifier = ManagerVerifier::with_roots(&bundle, fleet)?;
+    let key = SecretPem::new(key_pem.to_string());
+    Ok(
+        opi_pki::channel::connect(endpoint, client_config(verifier, Some((chain_pem, &key)))?)
+            .await?,
+    )
+}
+
+/// A channel presenting an enrolled agent's own certificate.
+pub async fn as_node(
+    endpoint: &str,
+    manager_dir: &Path,
+    fleet: &str,
+    state_dir: &Path,
+) -> anyhow::Result<Channel> {
+    let chain = std::fs::read_to_string(state_dir.join("node.pem"))?;
+    let key = std::fs::read_to_string(state_dir.join("node.key"))?;
+    with_cert(endpoint, manager_dir, fleet, &chain, &key).await
+}
+
+/// Enrollment client on an anonymous channel.
+pub async fn enrollment(endpoint: &str, pin: &str) -> anyhow::Result<EnrollmentClient<Channel>> {
+    Ok(EnrollmentClient::new(anonymous(endpoint, pin).await?))
+}
+
+/// Agent client for an enrolled node.
+pub async fn agent(
+    endpoint: &str,
+    manager_dir: &Path,
+    fleet: &str,
+    state_dir: &Path,
+) -> anyhow::Result<AgentClient<Channel>> {
+    Ok(AgentClient::new(
+        as_node(endpoint, manager_dir, fleet, state_dir).await?,
+    ))
+}
+
+/// Operator client presenting the given credentials.
+pub async fn operator(
+    endpoint: &str,
+    manager_dir: &Path,
+    fleet: &str,
+    chain_pem: &str,
+    key_pem: &str,
+) -> anyhow::Result<OperatorClient<Channel>> {
+    Ok(OperatorClient::new(
+        with_cert(endpoint, manager_dir, fleet, chain_pem, key_pem).await?,
+    ))
+}
+
+/// The fleet's issuing CA, loaded from a manager data dir, to mint certificates a test needs.
+pub fn issuer(manager_dir: &Path, fleet: &str) -> opi_pki::Issuer {
+    let ca = opi_pki::ca::CertifiedKey {
+        cert_pem: std::fs::read_to_string(manager_dir.join("pki/issuing-ca.pem"))
+            .expect("issuing CA"),
+        key_pem: SecretPem::new(
+            std::fs::read_to_string(manager_dir.join("pki/issuing-ca.key")).expect("issuing key"),
+        ),
+    };
+    opi_pki::Issuer::new(fleet, &ca).expect("issuing CA loads")
+}
