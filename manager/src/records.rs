@@ -127,3 +127,13 @@ impl NodeRecord {
         self.state == NodeState::Active && self.serials.iter().any(|s| s == serial)
     }
 }
+
+/// A time as RFC 3339 in UTC to the second, as shown to operators.
+pub fn rfc3339(at: OffsetDateTime) -> String {
+    let at = at
+        .to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .unwrap_or(at);
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| at.unix_timestamp().to_string())
+}

@@ -110,8 +110,24 @@ fn rejects_expired_token() {
             .to_string()
             .contains("expired")
     });
-    let error = f.enroll("late", &token);
+    let agent = Agent::new(f.dir.path(), "late");
+    let refused = agent.enroll(&f.manager.endpoint(), &f.manager.ca_pin(), &token);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "a refusal is a runtime failure"
+    );
+    let error = String::from_utf8_lossy(&refused.stderr);
     assert!(error.contains("expired"), "{error}");
+    assert!(
+        error.contains("opictl token create"),
+        "says what to do: {error}"
+    );
+    assert!(
+        error.contains("Unauthenticated"),
+        "names the gRPC code: {error}"
+    );
+    assert!(!agent.state_dir().join("agent.toml").exists());
     assert_eq!(f.token_used(&id), 0);
     assert!(f.opictl.nodes().is_empty());
 }
@@ -156,7 +172,10 @@ fn refuses_manager_whose_ca_does_not_match_the_pin_and_sends_nothing() {
     let agent = Agent::new(f.dir.path(), "n1");
     let wrong_pin = format!("sha256:{}", "ab".repeat(32));
     let error = fails(agent.enroll(&f.manager.endpoint(), &wrong_pin, &token));
-    assert!(error.contains("pin"), "{error}");
+    assert!(error.contains(&wrong_pin), "names the pin given: {error}");
+    assert!(error.contains("--ca-pin"), "says what to check: {error}");
+    assert!(!agent.state_dir().join("agent.toml").exists());
+    assert!(!agent.state_dir().join("node.pem").exists());
     assert_eq!(f.token_used(&id), 0);
     let audit = ok(f.opictl.run(&["audit", "--limit", "200"]));
     assert!(
@@ -400,4 +419,56 @@ fn error_chain(status: &tonic::Status) -> String {
         source = cause.source();
     }
     text
+}
+
+#[test]
+fn rate_limits_failed_enrollment_attempts_per_address() {
+    let f = fleet();
+    let (id, token) = f.opictl.create_token("workers", 1, &[]);
+    let forged = format!("{id}.{}", "a".repeat(32));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (failures, limited, with_real_token) = runtime.block_on(async {
+        let mut client = grpc::enrollment(&f.manager.endpoint(), &f.manager.ca_pin())
+            .await
+            .unwrap();
+        let mut failures = Vec::new();
+        for _ in 0..10 {
+            let request = EnrollRequest {
+                token: forged.clone(),
+                ..Default::default()
+            };
+            failures.push(client.enroll(request).await.unwrap_err().code());
+        }
+        let request = EnrollRequest {
+            token: forged.clone(),
+            ..Default::default()
+        };
+        let limited = client.enroll(request).await.unwrap_err();
+        let csr = opi_pki::csr::make_node_csr(&p256(), "n1").unwrap();
+        let request = EnrollRequest {
+            token,
+            csr_der: csr,
+            name: "n1".into(),
+            facts: None,
+        };
+        let with_real_token = client.enroll(request).await.unwrap_err();
+        (failures, limited, with_real_token)
+    });
+    assert!(
+        failures.iter().all(|c| *c == Code::Unauthenticated),
+        "{failures:?}"
+    );
+    assert_eq!(limited.code(), Code::ResourceExhausted, "{limited}");
+    assert!(
+        limited
+            .message()
+            .contains("too many failed enrollment attempts"),
+        "{limited}"
+    );
+    assert_eq!(
+        with_real_token.code(),
+        Code::ResourceExhausted,
+        "blocked address stays blocked"
+    );
+    assert_eq!(f.token_used(&id), 0);
 }

@@ -17,6 +17,7 @@ use opi_pki::{CaPin, Issuer, Role};
 use crate::audit;
 use crate::bundles;
 use crate::datadir::{self, DataDir, ManagerConfig, CONFIG_VERSION};
+use crate::records::rfc3339;
 
 /// Arguments of `opi-manager init`.
 #[derive(Debug, Args)]
@@ -165,7 +166,8 @@ async fn write_admin_bundle(
     audit::Entry::ok(&local_actor(), "operator.issue", "admin", "local")
         .detail(format!(
             "role admin, serial {}, until {}",
-            cert.serial, cert.not_after
+            cert.serial,
+            rfc3339(cert.not_after)
         ))
         .write(store)
         .await;

@@ -11,6 +11,7 @@ use crate::audit;
 use crate::bundles;
 use crate::cmd::init::local_actor;
 use crate::datadir::{self, DataDir};
+use crate::records::rfc3339;
 
 /// `opi-manager operator …`.
 #[derive(Debug, Subcommand)]
@@ -73,7 +74,9 @@ async fn issue(args: IssueArgs) -> anyhow::Result<()> {
     audit::Entry::ok(&local_actor(), "operator.issue", &args.name, "local")
         .detail(format!(
             "role {}, serial {}, until {}",
-            args.role, cert.serial, cert.not_after
+            args.role,
+            cert.serial,
+            rfc3339(cert.not_after)
         ))
         .write(&*store)
         .await;
@@ -82,7 +85,7 @@ async fn issue(args: IssueArgs) -> anyhow::Result<()> {
         args.name,
         args.role,
         out.display(),
-        cert.not_after
+        rfc3339(cert.not_after)
     );
     Ok(())
 }

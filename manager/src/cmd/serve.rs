@@ -18,7 +18,7 @@ use crate::fleet::{Fleet, Settings};
 use crate::server::{self, ServeError};
 
 /// Shortest node certificate lifetime accepted (renewal happens at 60–80 % of it).
-pub const MIN_NODE_CERT_TTL: Duration = Duration::from_secs(60);
+pub const MIN_NODE_CERT_TTL: Duration = Duration::from_secs(10);
 /// Longest node certificate lifetime accepted.
 pub const MAX_NODE_CERT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -137,7 +137,7 @@ impl Running {
 fn check_args(args: &ServeArgs) -> anyhow::Result<()> {
     let mut problems = Vec::new();
     if args.node_cert_ttl < MIN_NODE_CERT_TTL || args.node_cert_ttl > MAX_NODE_CERT_TTL {
-        problems.push("--node-cert-ttl must be between 1m and 30days".to_string());
+        problems.push("--node-cert-ttl must be between 10s and 30days".to_string());
     }
     if args.heartbeat < Duration::from_secs(1) || args.heartbeat > Duration::from_secs(300) {
         problems.push("--heartbeat must be between 1s and 5m".to_string());

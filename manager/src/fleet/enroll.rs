@@ -15,9 +15,9 @@ use tracing::{info, warn};
 use super::{Fleet, FleetError};
 use crate::audit;
 use crate::records::{
-    node_key, token_key, Facts, NodeRecord, NodeState, TokenEnrollment, TokenRecord,
+    node_key, rfc3339, token_key, Facts, NodeRecord, NodeState, TokenEnrollment, TokenRecord,
 };
-use crate::store::{get_json, to_json, Txn, TxnOutcome};
+use crate::store::{get_json, to_json, Txn, TxnOutcome, Versioned};
 use crate::tokens::BootstrapToken;
 
 /// An enrollment request, as received.
@@ -81,6 +81,8 @@ impl Fleet {
 
     async fn try_enroll(&self, input: &EnrollInput) -> Result<EnrollOutput, FleetError> {
         let token: BootstrapToken = input.token.parse()?;
+        // The token is checked before anything else, so that guessing costs a failed attempt.
+        self.load_token(&token).await?;
         let name = requested_name(input);
         opi_pki::identity::validate_name(&name).map_err(|source| FleetError::InvalidName {
             what: "node name",
@@ -91,13 +93,8 @@ impl Fleet {
 
         for _ in 0..super::CAS_ATTEMPTS {
             let key = token_key(token.id());
-            let current = get_json::<TokenRecord>(self.store(), &key)
-                .await?
-                .ok_or_else(|| FleetError::UnknownToken {
-                    id: token.id().into(),
-                })?;
+            let current = self.load_token(&token).await?;
             let record = current.value;
-            check_token(&token, &record)?;
             if let Some(previous) = record
                 .enrollments
                 .iter()
@@ -144,7 +141,9 @@ impl Fleet {
             )
             .detail(format!(
                 "pool {}, serial {}, until {}",
-                record.pool, issued.serial, issued.not_after
+                record.pool,
+                issued.serial,
+                rfc3339(issued.not_after)
             ));
             match self.store.txn(entry.into_txn(txn)).await? {
                 TxnOutcome::Committed(revision) => {
@@ -165,6 +164,20 @@ impl Fleet {
         Err(FleetError::Conflict {
             what: format!("bootstrap token {}", token.id()),
         })
+    }
+
+    /// Reads a token and checks its secret and revocation.
+    async fn load_token(
+        &self,
+        token: &BootstrapToken,
+    ) -> Result<Versioned<TokenRecord>, FleetError> {
+        let current = get_json::<TokenRecord>(self.store(), &token_key(token.id()))
+            .await?
+            .ok_or_else(|| FleetError::UnknownToken {
+                id: token.id().into(),
+            })?;
+        check_token(token, &current.value)?;
+        Ok(current)
     }
 
     /// Answers a retried enrollment (same token, same key) with the certificate already issued.

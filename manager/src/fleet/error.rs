@@ -15,7 +15,7 @@ pub enum FleetError {
     TokenSecretMismatch { id: String },
     #[error("bootstrap token {id} was revoked; create a new one with `opictl token create`")]
     TokenRevoked { id: String },
-    #[error("bootstrap token {id} expired at {at}; create a new one with `opictl token create`")]
+    #[error("bootstrap token {id} expired at {}; create a new one with `opictl token create`", crate::records::rfc3339(*at))]
     TokenExpired { id: String, at: OffsetDateTime },
     #[error("bootstrap token {id} is used up ({uses} of {uses} uses); create a new one with `opictl token create`")]
     TokenUsedUp { id: String, uses: u32 },

@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use super::{Fleet, FleetError, NodeView};
 use crate::audit;
-use crate::records::{node_key, NodeRecord, NodeState};
+use crate::records::{node_key, rfc3339, NodeRecord, NodeState};
 use crate::store::{to_json, Txn, TxnOutcome};
 
 /// Certificates a node may hold at once: the newest and the one it still runs a session with.
@@ -53,7 +53,9 @@ impl Fleet {
         let actor = cert.identity.uri();
         let detail = format!(
             "serial {} replaces {}, until {}",
-            issued.serial, cert.serial, issued.not_after
+            issued.serial,
+            cert.serial,
+            rfc3339(issued.not_after)
         );
         self.update_node(&name, &actor, "node.renew", from, &detail, |record| {
             if !record.accepts_serial(&cert.serial) {

@@ -8,7 +8,7 @@ use tracing::info;
 
 use super::{Fleet, FleetError};
 use crate::audit;
-use crate::records::{token_key, TokenRecord, TOKENS};
+use crate::records::{rfc3339, token_key, TokenRecord, TOKENS};
 use crate::store::{get_json, list_json, to_json, Txn, TxnOutcome};
 use crate::tokens::BootstrapToken;
 
@@ -89,7 +89,9 @@ impl Fleet {
         };
         let entry = audit::Entry::ok(actor, "token.create", &record.id, from).detail(format!(
             "pool {}, {} use(s), expires {}",
-            record.pool, record.uses, record.expires_at
+            record.pool,
+            record.uses,
+            rfc3339(record.expires_at)
         ));
         let txn = Txn::new()
             .when_absent(token_key(&record.id))

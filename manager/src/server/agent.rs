@@ -18,6 +18,7 @@ use tracing::{debug, info_span, Instrument};
 use super::convert::facts_from_proto;
 use super::peer::{self, Caller};
 use crate::fleet::{Fleet, FleetError, Session, SessionHello};
+use crate::records::rfc3339;
 
 /// Time an agent has to say hello after opening its session.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -140,7 +141,7 @@ async fn serve_session(
             },
             _ = session.closed.notified() => break,
             _ = &mut expiry => {
-                let message = format!("certificate of node {} expired at {not_after}; renew it", session.node);
+                let message = format!("certificate of node {} expired at {}; renew it", session.node, rfc3339(not_after));
                 let _ = outbound.send(Err(Status::unauthenticated(message))).await;
                 break;
             }
