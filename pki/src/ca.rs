@@ -25,7 +25,8 @@ pub const SERVER_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 pub const DEFAULT_NODE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Default lifetime of an operator certificate.
 pub const DEFAULT_OPERATOR_TTL: Duration = Duration::from_secs(8 * 3600);
-/// Backdating of `notBefore`, to absorb clock skew between manager and node.
+/// Backdating of `notBefore`, to absorb clock skew between manager and node (at most a tenth
+/// of the certificate's lifetime).
 pub const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 
 /// Why a key or certificate could not be made.
@@ -308,8 +309,11 @@ fn set_validity(params: &mut CertificateParams, ttl: Duration, what: &str) -> Re
     let out_of_range = || CaError::Validity {
         what: what.to_string(),
     };
+    // Backdate by at most a tenth of the lifetime: a short-lived certificate must not spend
+    // most of its life before it was issued, or renewal at 60-80 % would fall in the past.
+    let backdate = CLOCK_SKEW.min(ttl / 10);
     params.not_before = now
-        .checked_sub(CLOCK_SKEW.try_into().map_err(|_| out_of_range())?)
+        .checked_sub(backdate.try_into().map_err(|_| out_of_range())?)
         .ok_or_else(out_of_range)?;
     params.not_after = now
         .checked_add(ttl.try_into().map_err(|_| out_of_range())?)
@@ -341,4 +345,38 @@ fn host_san(name: &str) -> Result<SanType, CaError> {
         .try_into()
         .map_err(|_| CaError::InvalidSan(name.to_string()))?;
     Ok(SanType::DnsName(dns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issue(ttl: Duration) -> IssuedCert {
+        let root = create_root_ca("f").unwrap();
+        let issuing = create_issuing_ca("f", "m", &root).unwrap();
+        let issuer = Issuer::new("f", &issuing).unwrap();
+        issuer
+            .issue_node("n1", &generate_key().unwrap(), ttl)
+            .unwrap()
+    }
+
+    fn lifetime(cert: &IssuedCert) -> Duration {
+        let der = crate::tls::parse_certs(&cert.cert_pem, "leaf").unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der[0]).unwrap();
+        let validity = parsed.validity();
+        let seconds = validity.not_after.timestamp() - validity.not_before.timestamp();
+        Duration::from_secs(seconds as u64)
+    }
+
+    #[test]
+    fn long_lived_certificates_are_backdated_by_the_clock_skew() {
+        let ttl = Duration::from_secs(24 * 3600);
+        assert_eq!(lifetime(&issue(ttl)), ttl + CLOCK_SKEW);
+    }
+
+    #[test]
+    fn short_lived_certificates_are_backdated_by_a_tenth_of_their_life_at_most() {
+        let ttl = Duration::from_secs(10);
+        assert_eq!(lifetime(&issue(ttl)), ttl + Duration::from_secs(1));
+    }
 }

@@ -6,6 +6,7 @@
 
 use std::fs;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +17,11 @@ pub mod grpc;
 
 /// Default bound of [`wait_until`].
 pub const WAIT: Duration = Duration::from_secs(10);
+/// Pause between two checks of [`wait_until`].
+pub const POLL: Duration = Duration::from_millis(20);
+/// Pause between two checks that start a process (`opictl`), so that polling does not starve
+/// the manager and agents of the machine's few cores.
+pub const POLL_OPICTL: Duration = Duration::from_millis(200);
 
 /// Path of a workspace binary, next to the test executable's `deps/` directory.
 pub fn bin(name: &str) -> PathBuf {
@@ -33,8 +39,18 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// Polls `check` every 20 ms until it returns true, or panics after `timeout` naming `what`.
-pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+/// Polls `check` every [`POLL`] until it returns true, or panics after `timeout` naming `what`.
+pub fn wait_until(timeout: Duration, what: &str, check: impl FnMut() -> bool) -> Duration {
+    wait_until_every(POLL, timeout, what, check)
+}
+
+/// [`wait_until`], checking every `period`.
+pub fn wait_until_every(
+    period: Duration,
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> bool,
+) -> Duration {
     let start = Instant::now();
     loop {
         if check() {
@@ -44,8 +60,14 @@ pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool
             start.elapsed() < timeout,
             "timed out after {timeout:?} waiting for {what}"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(period);
     }
+}
+
+/// Permission bits of a file or directory.
+pub fn mode(path: &Path) -> u32 {
+    let metadata = fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    metadata.permissions().mode() & 0o777
 }
 
 /// Runs a command to completion, capturing its output.
@@ -273,6 +295,22 @@ impl Agent {
         self.root.join("var/lib/opi-agent")
     }
 
+    /// What `opi-agent status -o json` prints: the node's identity, managers and certificate.
+    pub fn status(&self) -> Value {
+        let text = ok(run(Command::new(bin("opi-agent"))
+            .args(["status", "-o", "json", "--root"])
+            .arg(&self.root)));
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("opi-agent status printed invalid JSON ({e}): {text}"))
+    }
+
+    /// The node certificate in `node.pem`, as the manager reads it.
+    pub fn leaf(&self) -> opi_pki::tls::PeerCert {
+        let pem = fs::read_to_string(self.state_dir().join("node.pem")).expect("node.pem");
+        let chain = opi_pki::tls::parse_certs(&pem, "node certificate").expect("node.pem parses");
+        opi_pki::tls::PeerCert::from_der(&chain[0]).expect("node certificate")
+    }
+
     /// Runs `opi-agent enroll` with the token passed through a 0600 file.
     pub fn enroll(&self, endpoint: &str, pin: &str, token: &str) -> Output {
         let token_file = self.root.join("token");
@@ -313,6 +351,13 @@ impl Agent {
             .spawn()
             .expect("opi-agent run starts");
         self.child = Some(child);
+    }
+
+    /// Whether `opi-agent run` was started and has not exited.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().expect("agent status").is_none())
     }
 
     /// Stops the agent.

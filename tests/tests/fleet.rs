@@ -145,9 +145,15 @@ fn revoked_node_session_closes_within_one_second_and_stays_refused() {
     assert!(status.message().contains("revoked"), "{status}");
 
     agent.start();
-    wait_until(WAIT, "the agent to log the refusal", || {
-        agent.log_text().contains("revoked")
+    // Refused, the agent neither exits nor gives up: it retries with backoff.
+    wait_until(WAIT, "the agent to be refused twice", || {
+        let log = agent.log_text();
+        let refusals = log
+            .lines()
+            .filter(|l| l.contains("the manager refuses this node") && l.contains("revoked"));
+        refusals.count() >= 2
     });
+    assert!(agent.running(), "a refused agent keeps running");
     let nodes = opictl.nodes();
     assert_eq!(node(&nodes, "victim").unwrap()["connectivity"], "offline");
 }

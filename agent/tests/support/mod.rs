@@ -2,8 +2,6 @@
 //! configuration, on `127.0.0.1:0`, with a CA made in the test. It serves `Enrollment` and
 //! `Agent` as scripted by the test and reports what the agent sent as [`Event`]s.
 
-#![allow(dead_code)]
-
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
@@ -40,36 +38,21 @@ pub const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// What the agent did, as the fake manager saw it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    Enroll {
-        token: String,
-        spki: Vec<u8>,
-    },
-    Hello {
-        serial: String,
-        boot_id: String,
-        has_summary: bool,
-    },
-    Heartbeat {
-        serial: String,
-        seq: u64,
-    },
-    Renew {
-        serial: String,
-    },
-    SessionRefused,
+    /// An enrollment, with the key it asks a certificate for.
+    Enroll { spki: Vec<u8> },
+    /// A session opened with the certificate of this serial.
+    Hello { serial: String },
+    /// A renewal authenticated with the certificate of this serial.
+    Renew { serial: String },
 }
 
 /// What the fake answers.
 #[derive(Default)]
 pub struct Script {
-    /// Answers given to enrollments before a successful one.
+    /// Answers given to enrollments, after committing them, before a successful one.
     pub enroll_failures: Mutex<VecDeque<Status>>,
-    /// Endpoints announced in Welcome; the fake's own if empty.
-    pub announced: Mutex<Vec<String>>,
     /// Ask for a renewal once, after the first hello.
     pub renew_now: AtomicBool,
-    /// Refuse every session with this status.
-    pub refuse_sessions: Mutex<Option<Status>>,
 }
 
 /// A running fake manager.
@@ -187,16 +170,12 @@ impl Service {
     }
 
     fn welcome(&self, peer: &PeerCert) -> ManagerMessage {
-        let mut announced = self.script.announced.lock().unwrap().clone();
-        if announced.is_empty() {
-            announced.push(self.endpoint.clone());
-        }
         ManagerMessage {
             body: Some(ManagerBody::Welcome(Welcome {
                 node_name: peer.identity.name.clone(),
                 pool: "workers".into(),
-                heartbeat_interval_secs: 1,
-                manager_endpoints: announced,
+                heartbeat_interval_secs: 10,
+                manager_endpoints: vec![self.endpoint.clone()],
             })),
         }
     }
@@ -214,10 +193,7 @@ impl Enrollment for Service {
             name => name.to_string(),
         };
         let (chain, spki) = self.issue(&name, &request.csr_der)?;
-        let _ = self.events.send(Event::Enroll {
-            token: request.token,
-            spki,
-        });
+        let _ = self.events.send(Event::Enroll { spki });
         if let Some(failure) = self.script.enroll_failures.lock().unwrap().pop_front() {
             return Err(failure);
         }
@@ -243,10 +219,6 @@ impl Agent for Service {
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let peer = Self::peer(&request)?;
-        if let Some(refusal) = self.script.refuse_sessions.lock().unwrap().clone() {
-            let _ = self.events.send(Event::SessionRefused);
-            return Err(refusal);
-        }
         let (outbox, queue) = mpsc::channel(8);
         outbox.send(Ok(self.welcome(&peer))).await.unwrap();
         tokio::spawn(relay(
@@ -274,7 +246,8 @@ impl Agent for Service {
     }
 }
 
-/// Reports the agent's messages; asks for a renewal after the hello if scripted.
+/// Reports the agent's hello (heartbeats are read and dropped); asks for a renewal after the
+/// hello if scripted.
 async fn relay(
     mut inbound: Streaming<AgentMessage>,
     outbox: mpsc::Sender<Result<ManagerMessage, Status>>,
@@ -282,22 +255,13 @@ async fn relay(
     service: Service,
 ) {
     while let Ok(Some(message)) = inbound.message().await {
-        let serial = serial.clone();
-        let event = match message.body {
-            Some(AgentBody::Hello(hello)) => Event::Hello {
-                serial,
-                boot_id: hello.boot_id,
-                has_summary: hello.summary.is_some(),
-            },
-            Some(AgentBody::Heartbeat(beat)) => Event::Heartbeat {
-                serial,
-                seq: beat.seq,
-            },
-            None => continue,
+        let Some(AgentBody::Hello(_)) = message.body else {
+            continue;
         };
-        let is_hello = matches!(event, Event::Hello { .. });
-        let _ = service.events.send(event);
-        if is_hello && service.script.renew_now.swap(false, Ordering::SeqCst) {
+        let _ = service.events.send(Event::Hello {
+            serial: serial.clone(),
+        });
+        if service.script.renew_now.swap(false, Ordering::SeqCst) {
             let renew = ManagerBody::RenewNow(RenewNow {
                 reason: "test".into(),
             });
