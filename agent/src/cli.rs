@@ -33,7 +33,7 @@ pub enum Command {
     Run(run::RunArgs),
     /// Show this node's local identity: node, pool, fleet, managers and certificate
     Status(status::StatusArgs),
-    /// Show this node's health summary as it would be sent now
+    /// Show this node's health summary and conditions as they would be sent now
     Health(health::HealthArgs),
 }
 

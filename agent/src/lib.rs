@@ -1,5 +1,5 @@
 //! OPI Fleet node agent: enrollment, the node's identity store, the stream to the manager and
-//! the health summary it carries.
+//! the health summary and node conditions it carries.
 //!
 //! Module map:
 //! - [`cli`]: the command line, parsed by `main.rs`;
@@ -11,15 +11,19 @@
 //! - [`cert`]: reading and checking the node certificates the manager issues;
 //! - [`token`]: bootstrap tokens, kept out of logs;
 //! - [`facts`]: what the node says about itself;
+//! - [`conditions`]: the node conditions (kubelet, containerd, disks, memory, clock…), their
+//!   collectors, settings and history; [`conditions::clock`] holds the crate's only `unsafe`;
 //! - [`backoff`]: exponential backoff with full jitter;
 //! - [`rpc`]: telling a manager's answer from a broken transport;
 //! - [`output`]: `-o table|json` results on stdout.
 
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 
 pub mod backoff;
 pub mod cert;
 pub mod cli;
+pub mod conditions;
 pub mod config;
 pub mod enroll;
 pub mod facts;

@@ -26,6 +26,33 @@ pub fn write_table(out: &mut impl Write, rows: &[(&str, String)]) -> io::Result<
     Ok(())
 }
 
+/// Prints `rows` under `headers` in aligned columns; the last column is not padded.
+pub fn write_columns(
+    out: &mut impl Write,
+    headers: &[&str],
+    rows: &[Vec<String>],
+) -> io::Result<()> {
+    let mut widths: Vec<usize> = headers.iter().map(|header| header.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let header: Vec<String> = headers.iter().map(|header| header.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let last = row.len().saturating_sub(1);
+        let mut line = String::new();
+        for (column, cell) in row.iter().enumerate() {
+            match column == last {
+                true => line.push_str(cell),
+                false => line.push_str(&format!("{cell:<width$}  ", width = widths[column])),
+            }
+        }
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
 /// Prints `value` as pretty JSON.
 pub fn write_json(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
     serde_json::to_writer_pretty(&mut *out, value).map_err(io::Error::other)?;
@@ -68,6 +95,24 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "node       n1\nnot after  t\n"
+        );
+    }
+
+    #[test]
+    fn columns_align_under_their_headers() {
+        let mut out = Vec::new();
+        let rows = [
+            vec![
+                "DiskPressure".to_string(),
+                "/var".to_string(),
+                "97 % full".to_string(),
+            ],
+            vec!["Clock".to_string(), "-".to_string(), "ok".to_string()],
+        ];
+        write_columns(&mut out, &["TYPE", "SUBJECT", "MESSAGE"], &rows).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "TYPE          SUBJECT  MESSAGE\nDiskPressure  /var     97 % full\nClock         -        ok\n"
         );
     }
 

@@ -20,6 +20,8 @@ pub const NODE_CERT: &str = "node.pem";
 pub const CA_BUNDLE: &str = "ca.pem";
 /// The agent's settings; written last, its presence means "enrolled".
 pub const AGENT_CONFIG: &str = "agent.toml";
+/// When each node condition last changed status, kept across agent restarts.
+pub const CONDITIONS_FILE: &str = "conditions.json";
 /// Suffix of a key made for an enrollment that has not completed yet.
 pub const PENDING_SUFFIX: &str = ".pending";
 /// Suffix of a renewed key or certificate not yet moved in place.
@@ -92,6 +94,11 @@ impl StatePaths {
     /// `agent.toml`.
     pub fn config(&self) -> PathBuf {
         self.dir.join(AGENT_CONFIG)
+    }
+
+    /// `conditions.json`.
+    pub fn conditions(&self) -> PathBuf {
+        self.dir.join(CONDITIONS_FILE)
     }
 
     /// `node.key.pending`.

@@ -99,7 +99,7 @@ pub fn run(args: StatusArgs) -> Result<(), StatusError> {
         not_before: timestamp(leaf.not_before),
         not_after: timestamp(leaf.not_after),
         expired: leaf.expired_at(now),
-        renewal_planned_at: timestamp(renewal::planned_at(&leaf)),
+        renewal_planned_at: timestamp(renewal::planned_at(&leaf, now)),
         enrolled_at: timestamp(config.enrolled_at),
         state_dir: paths.dir.display().to_string(),
     };

@@ -1,6 +1,7 @@
 //! A fake manager stands in only for what the real one cannot be made to do today: lose an
-//! enrollment answer after committing it (the agent retries with the same key), and send
-//! `RenewNow` (no operator call triggers it yet); everything else is in `tests/tests/agent.rs`.
+//! enrollment answer after committing it (the agent retries with the same key), send
+//! `RenewNow` (no operator call triggers it yet), and show each message the agent sends
+//! (hello, report, heartbeat) as it comes; everything else is in `tests/tests/agent.rs`.
 
 mod support;
 
@@ -10,6 +11,7 @@ use clap::Parser;
 use opi_agent::cli::Cli;
 use opi_agent::paths::{StatePaths, DEFAULT_STATE_DIR};
 use opi_agent::{store, Error};
+use opi_proto::v1::ConditionStatus;
 use support::{Event, FakeManager};
 use tokio::task::JoinHandle;
 
@@ -53,6 +55,13 @@ impl Node {
         ])
         .unwrap();
         opi_agent::run(cli).await
+    }
+
+    /// Writes `health.toml` under the root.
+    fn health_settings(&self, text: &str) {
+        let path = self.root().join("etc/opi-agent/health.toml");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
     }
 
     fn start_agent(&self) -> Agent {
@@ -124,4 +133,54 @@ async fn agent_renews_on_request_and_reconnects_with_the_new_certificate() {
         unreachable!()
     };
     assert_eq!(store::load(&node.paths()).unwrap().leaf.serial, serial);
+}
+
+#[tokio::test]
+async fn agent_sends_its_conditions_at_hello_and_again_when_one_changes() {
+    let mut manager = FakeManager::start("prod").await;
+    manager
+        .script
+        .heartbeat_secs
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let node = Node::new();
+    node.enroll(&manager, manager.pin.to_string())
+        .await
+        .unwrap();
+    node.health_settings("version = 1\nchecks = [\"RebootRequired\"]\n");
+    std::fs::create_dir_all(node.root().join("var/run")).unwrap();
+    let _agent = node.start_agent();
+
+    let reboot = |status| ("RebootRequired".to_string(), status);
+    let hello = manager
+        .expect(|e| matches!(e, Event::Conditions { from: "hello", .. }))
+        .await;
+    let Event::Conditions { conditions, .. } = hello else {
+        unreachable!()
+    };
+    assert!(
+        conditions.contains(&reboot(ConditionStatus::Ok)),
+        "{conditions:?}"
+    );
+    let beat = manager
+        .expect(|e| matches!(e, Event::Heartbeat { .. }))
+        .await;
+    assert_eq!(
+        beat,
+        Event::Heartbeat {
+            conditions_observed: true
+        }
+    );
+
+    std::fs::write(node.root().join("var/run/reboot-required"), "").unwrap();
+    let report = manager
+        .expect(|e| matches!(e, Event::Conditions { from: "report", .. }))
+        .await;
+    let Event::Conditions { conditions, .. } = report else {
+        unreachable!()
+    };
+    assert!(
+        conditions.contains(&reboot(ConditionStatus::Problem)),
+        "{conditions:?}"
+    );
+    assert!(node.paths().conditions().exists());
 }

@@ -5,13 +5,17 @@
 //! - [`fleet`]: the fleet's state and every operation on it;
 //! - [`server`]: the gRPC services and the TLS listener;
 //! - [`store`]: the store interface and its backends;
+//! - [`metrics`], [`alerts`]: the Prometheus metrics page and the alerts pushed to Alertmanager;
 //! - [`datadir`], [`records`], [`tokens`], [`audit`], [`bundles`]: supporting pieces.
 
+pub mod alerts;
 pub mod audit;
 pub mod bundles;
 pub mod cmd;
 pub mod datadir;
+pub mod events;
 pub mod fleet;
+pub mod metrics;
 pub mod records;
 pub mod server;
 pub mod signals;

@@ -104,6 +104,131 @@ pub struct NodeRecord {
     pub last_seen: Option<OffsetDateTime>,
     pub boot_id: String,
     pub remote_addr: String,
+    /// Supervised state, persisted so that each transition is one event, across restarts.
+    #[serde(default)]
+    pub supervision: Supervision,
+}
+
+/// Connectivity of a node, after the grace period.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Connectivity {
+    Online,
+    #[default]
+    Offline,
+}
+
+/// Health of a node, from its last fresh report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Healthy,
+    Degraded,
+    #[default]
+    Unknown,
+}
+
+/// Status of one condition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConditionStatus {
+    Ok,
+    Problem,
+    #[default]
+    Unknown,
+}
+
+/// How bad a problem is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    #[default]
+    None,
+    Info,
+    Warning,
+    Critical,
+}
+
+/// A condition as last reported by the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConditionRecord {
+    pub kind: String,
+    pub subject: String,
+    pub status: ConditionStatus,
+    pub severity: Severity,
+    pub reason: String,
+    pub message: String,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_transition: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_observed: Option<OffsetDateTime>,
+}
+
+/// Who put a node in maintenance, why and since when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceRecord {
+    pub by: String,
+    pub reason: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+}
+
+/// The supervised axes of a node and its last known conditions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Supervision {
+    pub connectivity: Connectivity,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub connectivity_since: Option<OffsetDateTime>,
+    pub health: Health,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub health_since: Option<OffsetDateTime>,
+    pub conditions: Vec<ConditionRecord>,
+    /// When the conditions were last observed, as of the last persisted report.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub conditions_observed_at: Option<OffsetDateTime>,
+    pub maintenance: Option<MaintenanceRecord>,
+}
+
+impl ConditionRecord {
+    /// `Type` or `Type:subject`: how events and filters name the condition.
+    pub fn key(&self) -> String {
+        if self.subject.is_empty() {
+            self.kind.clone()
+        } else {
+            format!("{}:{}", self.kind, self.subject)
+        }
+    }
+
+    /// Whether this condition makes the node degraded.
+    pub fn degrades(&self) -> bool {
+        self.status == ConditionStatus::Problem && self.severity >= Severity::Warning
+    }
+}
+
+/// Key prefix of events.
+pub const EVENTS: &str = "events/";
+
+/// Key of the event with `revision`; zero-padded so key order is revision order.
+pub fn event_key(revision: u64) -> String {
+    format!("{EVENTS}{revision:020}")
+}
+
+/// One change of a node's supervised state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub revision: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    pub node: String,
+    pub pool: String,
+    /// `connectivity`, `health`, `condition`, `flapping`, `maintenance` or `lifecycle`.
+    pub kind: String,
+    pub subject: String,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    pub message: String,
+    pub severity: Severity,
 }
 
 /// One audit entry: who did what, when, from where, with what outcome.

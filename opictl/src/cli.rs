@@ -3,9 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::builder::RangedI64ValueParser;
+use clap::builder::{NonEmptyStringValueParser, RangedI64ValueParser};
 use clap::{Args, Parser, Subcommand};
 
+use crate::filter::{
+    parse_condition_type, parse_revision, ConnectivityFilter, EventKind, HealthFilter,
+    SeverityFilter,
+};
 use crate::output::Format;
 use crate::token::args::{parse_label, parse_ttl, Label};
 
@@ -15,7 +19,7 @@ pub const MAX_AUDIT_LIMIT: i64 = 10_000;
 /// Heading of the options every subcommand accepts.
 const GLOBAL: &str = "Global options";
 
-/// Operate an OPI fleet: its nodes, enrollment tokens and audit log.
+/// Operate an OPI fleet: its nodes, their health and events, enrollment tokens and audit log.
 ///
 /// opictl talks to the manager over mTLS with an operator bundle, which `opi-manager init`
 /// (the first admin) or `opi-manager operator issue` (everyone else) writes.
@@ -43,13 +47,21 @@ pub struct Cli {
 /// The subcommands of `opictl`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show the fleet's totals and the node counts of each pool
+    /// Show the fleet's totals and the node and health counts of each pool
     Status,
-    /// List nodes
+    /// List nodes with their health and problems
     Nodes(NodesArgs),
-    /// Show, revoke or remove one node
+    /// Show one node, or change it: maintenance, pool, revocation, removal
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Follow the fleet's events as they happen, until Ctrl-C
+    ///
+    /// Prints one line per event: connectivity, health, condition, flapping, maintenance and
+    /// lifecycle changes. `-o json` prints one JSON object per line (JSON Lines) and keeps
+    /// notes on stderr. If the connection breaks, opictl reconnects (every 1 s to 10 s) and
+    /// resumes after the last event it printed, so no event is skipped or printed twice. If
+    /// the manager no longer keeps the events asked for, opictl says so and exits with 1.
+    Watch(WatchArgs),
     /// Create, list and revoke enrollment tokens
     #[command(subcommand)]
     Token(TokenCommand),
@@ -65,6 +77,46 @@ pub struct NodesArgs {
     /// Only list the nodes of this pool
     #[arg(long, value_name = "POOL")]
     pub pool: Option<String>,
+
+    /// Only list the nodes with this health
+    #[arg(long, value_name = "HEALTH", value_enum)]
+    pub health: Option<HealthFilter>,
+
+    /// Only list the nodes with this connectivity
+    #[arg(long, value_name = "CONNECTIVITY", value_enum)]
+    pub connectivity: Option<ConnectivityFilter>,
+
+    /// Only list the nodes where a condition of this type is a problem (DiskPressure…)
+    #[arg(long, value_name = "TYPE", value_parser = parse_condition_type)]
+    pub condition: Option<String>,
+}
+
+/// Arguments of `opictl watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only events of the nodes of this pool; repeat for several
+    #[arg(long = "pool", value_name = "POOL")]
+    pub pools: Vec<String>,
+
+    /// Only events of this node; repeat for several
+    #[arg(long = "node", value_name = "NAME")]
+    pub nodes: Vec<String>,
+
+    /// Only events of this kind; repeat for several
+    #[arg(long = "kind", value_name = "KIND", value_enum)]
+    pub kinds: Vec<EventKind>,
+
+    /// Only events at least this severe; events without a severity are then left out
+    #[arg(long, value_name = "LEVEL", value_enum)]
+    pub severity: Option<SeverityFilter>,
+
+    /// Start with the events after this revision (REV in tables, `revision` in JSON)
+    #[arg(long, value_name = "REV", value_parser = parse_revision)]
+    pub since: Option<u64>,
+
+    /// Start by replaying the fleet's last N events, those that pass the filters
+    #[arg(long, value_name = "N", value_parser = at_least_one(), conflicts_with = "since")]
+    pub last: Option<u32>,
 }
 
 /// `opictl node …`.
@@ -88,6 +140,45 @@ pub enum NodeCommand {
         /// Node name
         name: String,
     },
+    /// Put a node in maintenance, or take it out: on-call sees that its problems are expected
+    Maintenance {
+        /// `on` to start maintenance, `off` to end it
+        #[arg(value_enum)]
+        switch: Switch,
+        /// Node name
+        name: String,
+        /// Why, shown with the node and kept in the audit log; required with `on`
+        #[arg(long, value_name = "TEXT", required_if_eq("switch", "on"))]
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        reason: Option<String>,
+    },
+    /// Revoke a node and forget it at once; its audit entries and events are kept
+    ///
+    /// Asks for no confirmation.
+    Delete {
+        /// Node name
+        name: String,
+        /// Why, kept in the audit log
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Move a node to another pool
+    Move {
+        /// Node name
+        name: String,
+        /// The pool the node joins
+        #[arg(long, value_name = "POOL", value_parser = NonEmptyStringValueParser::new())]
+        pool: String,
+    },
+}
+
+/// `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// Start
+    On,
+    /// End
+    Off,
 }
 
 /// `opictl token …`.

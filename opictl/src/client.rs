@@ -9,22 +9,34 @@ use opi_pki::channel::{self, ChannelError};
 use opi_pki::tls::{self, ManagerVerifier};
 use opi_proto::v1::operator_client::OperatorClient;
 use opi_proto::v1::{
-    AuditEntry, CreateTokenRequest, CreateTokenResponse, GetNodeRequest, ListAuditRequest,
-    ListNodesRequest, ListTokensRequest, Node, RemoveNodeRequest, RevokeNodeRequest,
-    RevokeTokenRequest, StatusRequest, StatusResponse, Token, WhoAmIRequest, WhoAmIResponse,
+    AuditEntry, CreateTokenRequest, CreateTokenResponse, DeleteNodeRequest, Event, GetNodeRequest,
+    ListAuditRequest, ListEventsRequest, ListNodesRequest, ListTokensRequest, MoveNodeRequest,
+    Node, RemoveNodeRequest, RevokeNodeRequest, RevokeTokenRequest, SetMaintenanceRequest,
+    StatusRequest, StatusResponse, Token, WatchRequest, WhoAmIRequest, WhoAmIResponse,
 };
 use tonic::transport::Channel;
+use tonic::Streaming;
 use tracing::debug;
 
 use crate::error::Error;
 
 /// How long one request may take before it is given up, so on-call never waits forever.
+/// A watch has no such bound: HTTP/2 keep-alive pings detect a dead manager instead.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// What a failed watch was asking, as in errors.
+const WATCH: &str = "to watch events";
 
 /// A connection to one manager, authenticated both ways.
 #[derive(Debug)]
 pub struct Client {
     inner: OperatorClient<Channel>,
+    endpoint: String,
+}
+
+/// The events of an open watch, as the manager sends them.
+#[derive(Debug)]
+pub struct EventStream {
+    inner: Streaming<Event>,
     endpoint: String,
 }
 
@@ -72,9 +84,8 @@ impl Client {
         self.answer("to show the fleet status", answer)
     }
 
-    /// Nodes of `pool`, or of every pool when it is empty.
-    pub async fn list_nodes(&mut self, pool: &str) -> Result<Vec<Node>, Error> {
-        let message = ListNodesRequest { pool: pool.into() };
+    /// The nodes that pass the filters of `message`; empty filters pass every node.
+    pub async fn list_nodes(&mut self, message: ListNodesRequest) -> Result<Vec<Node>, Error> {
         let answer = self.inner.list_nodes(request(message)).await;
         Ok(self.answer("to list nodes", answer)?.nodes)
     }
@@ -102,6 +113,69 @@ impl Client {
         let answer = self.inner.remove_node(request(message)).await;
         self.answer(format!("to remove node `{name}`"), answer)?;
         Ok(())
+    }
+
+    /// Revokes a node and forgets it, keeping its audit entries and events.
+    pub async fn delete_node(&mut self, name: &str, reason: &str) -> Result<(), Error> {
+        let message = DeleteNodeRequest {
+            name: name.into(),
+            reason: reason.into(),
+        };
+        let answer = self.inner.delete_node(request(message)).await;
+        self.answer(format!("to delete node `{name}`"), answer)?;
+        Ok(())
+    }
+
+    /// Starts (`on`) or ends a node's maintenance and returns the node as it is now.
+    pub async fn set_maintenance(
+        &mut self,
+        name: &str,
+        on: bool,
+        reason: &str,
+    ) -> Result<Node, Error> {
+        let message = SetMaintenanceRequest {
+            name: name.into(),
+            on,
+            reason: reason.into(),
+        };
+        let answer = self.inner.set_maintenance(request(message)).await;
+        let what = match on {
+            true => format!("to put node `{name}` in maintenance"),
+            false => format!("to take node `{name}` out of maintenance"),
+        };
+        self.answer(what, answer)
+    }
+
+    /// Moves a node to `pool` and returns it as moved.
+    pub async fn move_node(&mut self, name: &str, pool: &str) -> Result<Node, Error> {
+        let message = MoveNodeRequest {
+            name: name.into(),
+            pool: pool.into(),
+        };
+        let answer = self.inner.move_node(request(message)).await;
+        self.answer(format!("to move node `{name}` to pool `{pool}`"), answer)
+    }
+
+    /// The last `limit` events of a node, oldest first.
+    pub async fn list_events(&mut self, node: &str, limit: u32) -> Result<Vec<Event>, Error> {
+        let message = ListEventsRequest {
+            node: node.into(),
+            limit,
+        };
+        let answer = self.inner.list_events(request(message)).await;
+        Ok(self
+            .answer(format!("to list the events of node `{node}`"), answer)?
+            .events)
+    }
+
+    /// Opens a watch. It has no deadline: it lasts until the manager ends it or the
+    /// connection breaks.
+    pub async fn watch(&mut self, message: WatchRequest) -> Result<EventStream, Error> {
+        let answer = self.inner.watch(tonic::Request::new(message)).await;
+        Ok(EventStream {
+            inner: self.answer(WATCH, answer)?,
+            endpoint: self.endpoint.clone(),
+        })
     }
 
     /// Creates a token; the answer holds its secret.
@@ -151,6 +225,21 @@ impl Client {
         answer
             .map(tonic::Response::into_inner)
             .map_err(|status| Error::failed(what, &self.endpoint, status))
+    }
+}
+
+impl EventStream {
+    /// The endpoint the events come from.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The next event; `None` when the manager ended the watch.
+    pub async fn next(&mut self) -> Result<Option<Event>, Error> {
+        self.inner
+            .message()
+            .await
+            .map_err(|status| Error::failed(WATCH, &self.endpoint, status))
     }
 }
 

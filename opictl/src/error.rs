@@ -111,6 +111,15 @@ pub enum Error {
         /// The innermost transport failure. Text, not a source: tonic lends it, never gives it.
         cause: String,
     },
+    /// A watch asked to start after a revision older than the manager keeps: the events in
+    /// between are gone.
+    #[error("the manager no longer keeps the events after revision {after}: {message}")]
+    EventsGone {
+        /// The revision the watch asked to start after.
+        after: u64,
+        /// The manager's message, stripped of control characters.
+        message: String,
+    },
     /// Writing the result to stdout failed.
     #[error("cannot write the result to stdout")]
     Output(#[source] std::io::Error),
@@ -139,6 +148,7 @@ impl Error {
             | Error::ServerRefused { .. }
             | Error::Refused { .. }
             | Error::Lost { .. }
+            | Error::EventsGone { .. }
             | Error::Output(_) => EXIT_FAILURE,
         }
     }

@@ -6,8 +6,10 @@
 //! - [`config`]: finding and reading the operator bundle;
 //! - [`client`]: the connection and one method per RPC;
 //! - [`output`]: tables, JSON, times and sizes;
-//! - one module per subcommand: [`status`], [`nodes`], [`node`], [`token`], [`audit`],
-//!   [`whoami`], each with its own `run`;
+//! - [`filter`]: the values of filter options, checked while parsing;
+//! - [`health`] and [`event`]: how health, conditions and events read, shared by commands;
+//! - one module per subcommand: [`status`], [`nodes`], [`node`], [`watch`], [`token`],
+//!   [`audit`], [`whoami`], each with its own `run`;
 //! - [`error`]: failures, their exit codes and their report.
 
 #![warn(missing_docs)]
@@ -17,11 +19,15 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod event;
+pub mod filter;
+pub mod health;
 pub mod node;
 pub mod nodes;
 pub mod output;
 pub mod status;
 pub mod token;
+pub mod watch;
 pub mod whoami;
 
 pub use error::Error;
@@ -62,6 +68,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Status => status::run(&context).await,
         Command::Nodes(args) => nodes::run(&context, args).await,
         Command::Node(command) => node::run(&context, command).await,
+        Command::Watch(args) => watch::run(&context, args).await,
         Command::Token(command) => token::run(&context, command).await,
         Command::Audit(args) => audit::run(&context, args).await,
         Command::Whoami => whoami::run(&context).await,

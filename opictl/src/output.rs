@@ -24,11 +24,11 @@ pub enum Format {
     /// Aligned columns for people.
     #[default]
     Table,
-    /// Pretty-printed JSON for programs.
+    /// JSON for programs: pretty-printed, or one object per line for `watch`.
     Json,
 }
 
-/// A table with a header row, rendered as left-aligned columns.
+/// A table, with or without a header row, rendered as left-aligned columns.
 #[derive(Debug)]
 pub struct Table {
     headers: Vec<&'static str>,
@@ -42,6 +42,11 @@ impl Table {
             headers: headers.to_vec(),
             rows: Vec::new(),
         }
+    }
+
+    /// An empty table without a header row, for aligned lines under a heading of their own.
+    pub fn headless() -> Self {
+        Self::new(&[])
     }
 
     /// Appends a row; empty cells show as [`NONE`].
@@ -62,7 +67,8 @@ impl Table {
     /// The table as text, one line per row, without trailing spaces.
     pub fn render(&self) -> String {
         let header: Vec<String> = self.headers.iter().map(|h| h.to_string()).collect();
-        let lines = std::iter::once(&header).chain(&self.rows);
+        let header = Some(&header).filter(|header| !header.is_empty());
+        let lines = header.into_iter().chain(&self.rows);
         let widths = self.widths();
 
         let mut text = String::new();
@@ -81,6 +87,10 @@ impl Table {
 
     fn widths(&self) -> Vec<usize> {
         let mut widths: Vec<usize> = self.headers.iter().map(|h| h.len()).collect();
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        if widths.len() < columns {
+            widths.resize(columns, 0);
+        }
         for row in &self.rows {
             for (width, cell) in widths.iter_mut().zip(row) {
                 *width = (*width).max(cell.chars().count());
@@ -107,13 +117,20 @@ pub fn fields(pairs: &[(&str, String)]) -> String {
 
 /// Writes text to stdout. A reader that went away (`opictl nodes | head`) is not an error.
 pub fn print(text: &str) -> Result<(), Error> {
+    write_out(text).map(|_| ())
+}
+
+/// Writes text to stdout and flushes it, so that a stream reaches its reader at once;
+/// `Ok(false)` when the reader went away (`opictl watch | head -1`), so a stream can stop.
+pub fn write_out(text: &str) -> Result<bool, Error> {
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
     {
-        Err(error) if error.kind() != ErrorKind::BrokenPipe => Err(Error::Output(error)),
-        _ => Ok(()),
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == ErrorKind::BrokenPipe => Ok(false),
+        Err(error) => Err(Error::Output(error)),
     }
 }
 
@@ -146,6 +163,13 @@ pub fn sanitize(text: &str) -> String {
 pub fn system_time(ts: Option<&Timestamp>) -> Option<SystemTime> {
     let ts = ts.filter(|ts| ts.seconds != 0 || ts.nanos != 0)?;
     SystemTime::try_from(*ts).ok()
+}
+
+/// How long ago a protobuf timestamp was, or `None` when unset. A time ahead of ours (another
+/// machine's clock) reads as zero rather than as a negative age.
+pub fn age(ts: Option<&Timestamp>, now: SystemTime) -> Option<Duration> {
+    let then = system_time(ts)?;
+    Some(now.duration_since(then).unwrap_or_default())
 }
 
 /// A time in RFC 3339, UTC, to the second.
@@ -289,6 +313,30 @@ mod tests {
         table.row(vec!["db".into(), String::new()]);
 
         assert_eq!(table.render(), "NAME    POOL\nweb-1   workers\ndb      -\n");
+    }
+
+    #[test]
+    fn headless_table_aligns_rows_without_a_header() {
+        let mut table = Table::headless();
+        table.row(vec!["DiskPressure".into(), "/var".into()]);
+        table.row(vec!["KubeletHealthy".into(), String::new()]);
+
+        assert_eq!(
+            table.render(),
+            "DiskPressure     /var\nKubeletHealthy   -\n"
+        );
+    }
+
+    #[test]
+    fn age_is_zero_for_a_time_ahead_of_ours_and_none_when_unset() {
+        let ahead = Timestamp {
+            seconds: 1_060,
+            nanos: 0,
+        };
+
+        assert_eq!(age(Some(&ahead), at(1_000)), Some(Duration::ZERO));
+        assert_eq!(age(Some(&ahead), at(1_300)), Some(Duration::from_secs(240)));
+        assert_eq!(age(None, at(1_000)), None);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `opictl status`: the fleet's totals and the node counts of each pool.
+//! `opictl status`: the fleet's totals and the node and health counts of each pool.
 
 use opi_proto::v1::{PoolStatus, StatusResponse};
 use serde::Serialize;
@@ -19,8 +19,18 @@ pub struct StatusView {
     pub offline: u32,
     /// Nodes whose certificates are refused.
     pub revoked: u32,
+    /// Nodes with a fresh report and no problem.
+    pub healthy: u32,
+    /// Nodes with a fresh report and at least one problem.
+    pub degraded: u32,
+    /// Nodes without a fresh report.
+    pub unknown: u32,
+    /// Nodes in maintenance, whatever their health.
+    pub maintenance: u32,
     /// Revision of the manager's store when it answered.
     pub store_revision: u64,
+    /// Revision of the latest event; `opictl watch --since` takes it.
+    pub event_revision: u64,
     /// Version of the manager that answered.
     pub manager_version: String,
     /// Counts per pool.
@@ -40,6 +50,14 @@ pub struct PoolView {
     pub offline: u32,
     /// Nodes whose certificates are refused.
     pub revoked: u32,
+    /// Nodes with a fresh report and no problem.
+    pub healthy: u32,
+    /// Nodes with a fresh report and at least one problem.
+    pub degraded: u32,
+    /// Nodes without a fresh report.
+    pub unknown: u32,
+    /// Nodes in maintenance, whatever their health.
+    pub maintenance: u32,
 }
 
 /// Runs `opictl status`.
@@ -61,7 +79,12 @@ impl From<StatusResponse> for StatusView {
             online: status.online,
             offline: status.offline,
             revoked: status.revoked,
+            healthy: status.healthy,
+            degraded: status.degraded,
+            unknown: status.unknown,
+            maintenance: status.maintenance,
             store_revision: status.store_revision,
+            event_revision: status.event_revision,
             manager_version: status.manager_version,
             pools: status.pools.into_iter().map(PoolView::from).collect(),
         }
@@ -76,6 +99,10 @@ impl From<PoolStatus> for PoolView {
             online: pool.online,
             offline: pool.offline,
             revoked: pool.revoked,
+            healthy: pool.healthy,
+            degraded: pool.degraded,
+            unknown: pool.unknown,
+            maintenance: pool.maintenance,
         }
     }
 }
@@ -88,17 +115,34 @@ fn render(view: &StatusView) -> String {
         ("online", view.online.to_string()),
         ("offline", view.offline.to_string()),
         ("revoked", view.revoked.to_string()),
+        ("healthy", view.healthy.to_string()),
+        ("degraded", view.degraded.to_string()),
+        ("unknown", view.unknown.to_string()),
+        ("maintenance", view.maintenance.to_string()),
         ("manager", view.manager_version.clone()),
         ("revision", view.store_revision.to_string()),
+        ("event revision", view.event_revision.to_string()),
     ]);
     if view.pools.is_empty() {
         text.push_str("\nno pools yet: enroll a node with `opictl token create --pool POOL`\n");
         return text;
     }
 
-    let mut table = Table::new(&["POOL", "NODES", "ONLINE", "OFFLINE", "REVOKED"]);
+    let headers = [
+        "POOL", "NODES", "ONLINE", "OFFLINE", "REVOKED", "HEALTHY", "DEGRADED", "UNKNOWN", "MAINT",
+    ];
+    let mut table = Table::new(&headers);
     for pool in &view.pools {
-        let counts = [pool.nodes, pool.online, pool.offline, pool.revoked];
+        let counts = [
+            pool.nodes,
+            pool.online,
+            pool.offline,
+            pool.revoked,
+            pool.healthy,
+            pool.degraded,
+            pool.unknown,
+            pool.maintenance,
+        ];
         let mut row = vec![pool.pool.clone()];
         row.extend(counts.iter().map(u32::to_string));
         table.row(row);
@@ -121,6 +165,10 @@ mod tests {
                 online: 2,
                 offline: 1,
                 revoked: 0,
+                healthy: 1,
+                degraded: 1,
+                unknown: 1,
+                maintenance: 1,
             }],
             nodes: 3,
             online: 2,
@@ -128,6 +176,11 @@ mod tests {
             revoked: 0,
             manager_version: "0.1.0".into(),
             store_revision: 42,
+            healthy: 1,
+            degraded: 1,
+            unknown: 1,
+            maintenance: 1,
+            event_revision: 1042,
         }
     }
 
@@ -147,16 +200,34 @@ mod tests {
     }
 
     #[test]
+    fn status_json_has_health_counts_and_event_revision() {
+        let json = serde_json::to_value(StatusView::from(status())).unwrap();
+
+        assert_eq!(json["event_revision"], 1042);
+        for key in ["healthy", "degraded", "unknown", "maintenance"] {
+            assert_eq!(json[key], 1, "total `{key}` in {json}");
+            assert_eq!(json["pools"][0][key], 1, "pool `{key}` in {json}");
+        }
+    }
+
+    #[test]
     fn status_table_shows_fleet_then_one_row_per_pool() {
         let text = render(&StatusView::from(status()));
 
-        assert!(text.starts_with("fleet      prod\n"), "{text}");
+        assert!(text.starts_with("fleet            prod\n"), "{text}");
+        assert!(text.contains("maintenance      1\n"), "{text}");
+        assert!(text.contains("event revision   1042\n"), "{text}");
         assert!(
-            text.contains("POOL      NODES   ONLINE   OFFLINE   REVOKED\n"),
+            text.contains(
+                "POOL      NODES   ONLINE   OFFLINE   REVOKED   HEALTHY   DEGRADED   UNKNOWN   \
+                 MAINT\n"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("workers   3       2        1         0\n"),
+            text.contains(
+                "workers   3       2        1         0         1         1          1         1\n"
+            ),
             "{text}"
         );
     }

@@ -85,3 +85,41 @@ pub fn issuer(manager_dir: &Path, fleet: &str) -> opi_pki::Issuer {
     };
     opi_pki::Issuer::new(fleet, &ca).expect("issuing CA loads")
 }
+
+/// Operator client with the admin bundle that `opi-manager init` wrote.
+pub async fn admin(endpoint: &str, manager_dir: &Path) -> anyhow::Result<OperatorClient<Channel>> {
+    let bundle = opi_pki::bundle::OperatorBundle::read(&manager_dir.join("opictl-admin.toml"))?;
+    operator(
+        endpoint,
+        manager_dir,
+        &bundle.fleet,
+        &bundle.cert,
+        &bundle.key,
+    )
+    .await
+}
+
+/// Collects events from a watch until `done` says the collection is complete, or panics
+/// after `timeout` with what was received.
+pub async fn collect_events(
+    client: &mut OperatorClient<Channel>,
+    request: opi_proto::v1::WatchRequest,
+    timeout: std::time::Duration,
+    mut done: impl FnMut(&[opi_proto::v1::Event]) -> bool,
+) -> Vec<opi_proto::v1::Event> {
+    let mut stream = client
+        .watch(request)
+        .await
+        .expect("watch starts")
+        .into_inner();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !done(&events) {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(event))) => events.push(event),
+            Ok(other) => panic!("watch ended early ({other:?}) after {events:?}"),
+            Err(_) => panic!("timed out after {timeout:?}; events so far: {events:#?}"),
+        }
+    }
+    events
+}

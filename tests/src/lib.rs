@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod admin;
+pub mod alertmanager;
 pub mod grpc;
+pub mod http;
 
 /// Default bound of [`wait_until`].
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -37,6 +40,18 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Path of a binary the tests need from Debian's packages, found on PATH; panics naming the
+/// package when it is missing.
+pub fn system_bin(name: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} not found on PATH: install Debian's `{package}` package (`scripts/test` installs it through scripts/install-test-deps)")
+        })
 }
 
 /// Polls `check` every [`POLL`] until it returns true, or panics after `timeout` naming `what`.
@@ -170,6 +185,21 @@ impl Manager {
             std::net::TcpStream::connect(addr).is_ok()
         });
         self.addr = Some(addr);
+    }
+
+    /// Address of the metrics listener (`serve --metrics-listen`), from `run/metrics-addr`.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let path = self.data_dir.join("run/metrics-addr");
+        let text = fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}; was --metrics-listen given?", path.display()));
+        text.trim().parse().expect("metrics address")
+    }
+
+    /// The metrics page, from `GET /metrics`; panics unless the answer is 200.
+    pub fn scrape(&self) -> String {
+        let response = http::get(self.metrics_addr(), "/metrics").expect("metrics answer");
+        assert_eq!(response.status, 200, "GET /metrics: {}", response.body);
+        response.body
     }
 
     /// `https://127.0.0.1:PORT`.

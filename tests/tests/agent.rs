@@ -352,7 +352,7 @@ fn next_certificate(agent: &Agent, current: &PeerCert) -> PeerCert {
 fn online_with(manager: &Manager, agent: &Agent, leaf: &PeerCert) {
     let opictl = manager.opictl();
     let name = agent.name.as_str();
-    let online_line = format!("node online node={name}");
+    let online_line = format!("session open node={name}");
     wait_until_every(
         POLL_OPICTL,
         WAIT,

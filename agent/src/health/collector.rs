@@ -75,6 +75,9 @@ impl HealthCollector {
 
 /// Used and total bytes of the mount holding `path`: the longest mount point it lies under.
 /// `(0, 0)` when no mount holds it.
+///
+/// Shortcoming: blocks reserved for root count as used here, unlike in `DiskPressure` (and
+/// `df`), so the two figures differ on a file system with a large reservation.
 pub fn disk_usage<'a>(path: &Path, mounts: impl Iterator<Item = Mount<'a>>) -> (u64, u64) {
     mounts
         .filter(|mount| path.starts_with(mount.point))

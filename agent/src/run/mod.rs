@@ -1,5 +1,6 @@
 //! `opi-agent run`: keeps one mTLS session open to a manager, fails over between the
-//! endpoints with backoff, and renews the node certificate late in its life.
+//! endpoints with backoff, renews the node certificate late in its life, and keeps the node
+//! conditions evaluated and reported.
 
 use std::convert::Infallible;
 use std::io;
@@ -18,14 +19,18 @@ use tonic::transport::Channel;
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::backoff::Backoff;
+use crate::conditions::{ConfigError, Validity};
 use crate::health::HealthCollector;
 use crate::output::timestamp;
 use crate::paths::{LocationArgs, StatePaths};
 use crate::store::{self, NodeState, StoreError};
 use crate::{facts, ErrorChain, EXIT_RUNTIME};
 
+pub mod evaluation;
 pub mod renewal;
 mod session;
+
+use evaluation::Checks;
 
 use session::{SessionEnd, SessionError};
 
@@ -65,6 +70,9 @@ pub enum RunError {
         #[source]
         source: TlsError,
     },
+    /// `health.toml` cannot be used.
+    #[error(transparent)]
+    LoadHealthConfig(ConfigError),
     /// Signal handlers cannot be installed.
     #[error("cannot install the SIGINT and SIGTERM handlers")]
     InstallSignalHandlers(#[source] io::Error),
@@ -78,6 +86,7 @@ impl RunError {
                 StoreError::LoadConfig(error) => error.exit_code(),
                 _ => EXIT_RUNTIME,
             },
+            RunError::LoadHealthConfig(error) => error.exit_code(),
             RunError::BuildTls { .. } | RunError::InstallSignalHandlers(_) => EXIT_RUNTIME,
         }
     }
@@ -91,7 +100,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         source: Box::new(source),
     })?;
     let span = info_span!("agent", node = %state.config.node, fleet = %state.config.fleet);
-    let agent = span.in_scope(|| Agent::new(paths, state))?;
+    let heartbeat = Duration::from_secs(state.config.heartbeat_secs().into());
+    let checks = Checks::start(&paths, &state.leaf, heartbeat)
+        .instrument(span.clone())
+        .await
+        .map_err(RunError::LoadHealthConfig)?;
+    let agent = span.in_scope(|| Agent::new(paths, state, checks))?;
     let mut signals = Signals::install().map_err(RunError::InstallSignalHandlers)?;
 
     tokio::select! {
@@ -106,6 +120,7 @@ struct Agent {
     paths: StatePaths,
     state: NodeState,
     health: HealthCollector,
+    checks: Checks,
     facts: NodeFacts,
     boot_id: String,
     heartbeat: Duration,
@@ -117,13 +132,14 @@ struct Agent {
 }
 
 impl Agent {
-    fn new(paths: StatePaths, state: NodeState) -> Result<Self, RunError> {
+    fn new(paths: StatePaths, state: NodeState, checks: Checks) -> Result<Self, RunError> {
         let mut agent = Self {
             health: HealthCollector::new(&paths.root),
+            checks,
             facts: facts::collect(&paths.root),
             boot_id: facts::boot_id(),
             heartbeat: Duration::from_secs(state.config.heartbeat_secs().into()),
-            renew_at: renewal::planned_at(&state.leaf),
+            renew_at: renewal::planned_at(&state.leaf, OffsetDateTime::now_utc()),
             renew_retry: Backoff::new(renewal::RETRY_BASE, renewal::RETRY_CAP),
             reconnect: Backoff::new(BACKOFF_BASE, BACKOFF_CAP),
             next_endpoint: 0,
@@ -214,6 +230,8 @@ impl Agent {
                 self.state.key = renewed.key;
                 self.state.chain_pem = renewed.chain_pem;
                 self.state.leaf = renewed.leaf;
+                let validity = Validity::of(&self.state.leaf);
+                self.checks.certificate.send_replace(Some(validity));
                 self.renew_retry.reset();
                 self.plan_renewal();
                 true
@@ -235,7 +253,7 @@ impl Agent {
     /// Picks the renewal time of the current certificate and says so.
     fn plan_renewal(&mut self) {
         let leaf = &self.state.leaf;
-        self.renew_at = renewal::planned_at(leaf);
+        self.renew_at = renewal::planned_at(leaf, OffsetDateTime::now_utc());
         if leaf.expired_at(OffsetDateTime::now_utc()) {
             error!(
                 expired_at = %timestamp(leaf.not_after),

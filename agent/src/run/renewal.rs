@@ -77,9 +77,17 @@ pub enum RenewError {
     StoreRenewed(#[source] StoreError),
 }
 
-/// When `leaf` is to be renewed.
-pub fn planned_at(leaf: &LeafInfo) -> OffsetDateTime {
-    point_in_lifetime(leaf.not_before, leaf.not_after, draw(&leaf.serial))
+/// Longest pause forced between a certificate's issue and its renewal.
+const MAX_RENEWAL_GAP: time::Duration = time::Duration::minutes(1);
+
+/// When `leaf` is to be renewed: at its point of the renewal window, but never sooner than a
+/// tenth of its lifetime (at most a minute) from `now`, so that a certificate whose window
+/// already passed (an issuer that backdates a lot) cannot make the agent renew in a loop.
+pub fn planned_at(leaf: &LeafInfo, now: OffsetDateTime) -> OffsetDateTime {
+    let planned = point_in_lifetime(leaf.not_before, leaf.not_after, draw(&leaf.serial));
+    let lifetime: time::Duration = leaf.not_after - leaf.not_before;
+    let gap: time::Duration = (lifetime / 10_i32).min(MAX_RENEWAL_GAP);
+    planned.max(now + gap)
 }
 
 /// The point at `draw` (in `[0, 1]`) of the renewal window of a certificate's lifetime.
@@ -167,10 +175,28 @@ mod tests {
             let serial = format!("{:032x}", rng.random::<u128>());
             let lifetime = time::Duration::seconds(rng.random_range(60..40 * 86_400));
             let leaf = leaf(serial, start, lifetime);
-            let elapsed = (planned_at(&leaf) - start).as_seconds_f64();
+            let elapsed = (planned_at(&leaf, start) - start).as_seconds_f64();
             let fraction = elapsed / lifetime.as_seconds_f64();
             assert!((RENEW_FROM..=RENEW_UNTIL).contains(&fraction), "{fraction}");
         }
+    }
+
+    #[test]
+    fn a_certificate_whose_window_has_passed_is_not_renewed_at_once() {
+        let start = datetime!(2025-03-01 00:00 UTC);
+        let leaf = leaf("0a1b".into(), start, time::Duration::seconds(100));
+        let late = start + time::Duration::seconds(95);
+        assert_eq!(planned_at(&leaf, late), late + time::Duration::seconds(10));
+        let day_leaf = leaf_for_day(start);
+        let very_late = start + time::Duration::days(2);
+        assert_eq!(
+            planned_at(&day_leaf, very_late),
+            very_late + MAX_RENEWAL_GAP
+        );
+    }
+
+    fn leaf_for_day(start: OffsetDateTime) -> LeafInfo {
+        leaf("0c0d".into(), start, time::Duration::days(1))
     }
 
     #[test]
@@ -196,7 +222,7 @@ mod tests {
         let start = datetime!(2025-03-01 00:00 UTC);
         let day = time::Duration::days(1);
         let first = leaf("0a1b".into(), start, day);
-        assert_eq!(planned_at(&first), planned_at(&first.clone()));
+        assert_eq!(planned_at(&first, start), planned_at(&first.clone(), start));
 
         let draws: Vec<f64> = (0..1000).map(|n| draw(&format!("{n:032x}"))).collect();
         let low = draws.iter().filter(|d| **d < 0.25).count();

@@ -1,5 +1,6 @@
-//! One session with a manager: hello, heartbeats at the interval the manager asks for, and
-//! the manager's messages (welcome, renew now) on the same stream.
+//! One session with a manager: hello with the full set of conditions, heartbeats at the
+//! interval the manager asks for, a report whenever a condition changes, and the manager's
+//! messages (welcome, renew now) on the same stream.
 
 use std::time::{Duration, Instant};
 
@@ -10,14 +11,16 @@ use opi_proto::v1::agent_message::Body as AgentBody;
 use opi_proto::v1::manager_message::Body as ManagerBody;
 use opi_proto::v1::{AgentMessage, Heartbeat, Hello, ManagerMessage, Welcome};
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{interval_at, Interval, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::Streaming;
 use tracing::{debug, info, warn};
 
+use super::evaluation::{self, Latest};
 use super::Agent;
+use crate::conditions::to_timestamp;
 use crate::rpc::{self, RpcError};
 use crate::ErrorChain;
 
@@ -93,17 +96,29 @@ impl Agent {
         endpoint: &str,
         channel: Channel,
     ) -> Result<SessionEnd, SessionError> {
+        // An evaluation landing between this read and the hello makes the first report repeat
+        // the hello's set: harmless, the manager sees no change in it.
+        let mut latest = self.checks.latest.clone();
+        let mut reported = latest.borrow_and_update().revision;
         let (outbox, mut inbound) = self.open(endpoint, &channel).await?;
         self.session_opened = Some(Instant::now());
         info!(endpoint = %endpoint, "session open");
 
         let mut heartbeat = heartbeat_timer(self.heartbeat);
         let mut seq = 0u64;
+        let mut evaluating = true;
         loop {
             tokio::select! {
                 _ = heartbeat.tick() => {
                     seq += 1;
-                    self.send_heartbeat(&outbox, seq);
+                    // Also retries a report the full outbox could not take.
+                    reported = evaluation::send_report_if_due(&outbox, &latest, reported);
+                    self.send_heartbeat(&outbox, seq, &latest);
+                }
+                evaluated = latest.changed(), if evaluating => {
+                    // The evaluation task only ends with the runtime.
+                    evaluating = evaluated.is_ok();
+                    reported = evaluation::send_report_if_due(&outbox, &latest, reported);
                 }
                 received = inbound.message() => {
                     let received = received.map_err(|status| SessionError::ReceiveMessage {
@@ -126,7 +141,7 @@ impl Agent {
         }
     }
 
-    /// Opens the stream, the hello queued first.
+    /// Opens the stream, the hello queued first with the latest conditions.
     async fn open(
         &mut self,
         endpoint: &str,
@@ -154,17 +169,25 @@ impl Agent {
                 applied_generation: 0,
                 facts: Some(self.facts.clone()),
                 summary: Some(self.health.summary()),
+                report: Some(self.checks.latest.borrow().report()),
             })),
         }
     }
 
-    /// Queues a heartbeat; skips it if the stream is not draining (keep-alives will notice a
-    /// dead manager).
-    fn send_heartbeat(&mut self, outbox: &mpsc::Sender<AgentMessage>, seq: u64) {
+    /// Queues a heartbeat, stamped with the time of the latest evaluation; skips it if the
+    /// stream is not draining (keep-alives will notice a dead manager).
+    fn send_heartbeat(
+        &mut self,
+        outbox: &mpsc::Sender<AgentMessage>,
+        seq: u64,
+        latest: &watch::Receiver<Latest>,
+    ) {
+        let observed_at = latest.borrow().observed_at;
         let message = AgentMessage {
             body: Some(AgentBody::Heartbeat(Heartbeat {
                 seq,
                 summary: Some(self.health.summary()),
+                conditions_observed_at: Some(to_timestamp(observed_at)),
             })),
         };
         if outbox.try_send(message).is_err() {
@@ -207,6 +230,7 @@ impl Agent {
             info!(interval = ?asked, "heartbeat interval set by the manager");
             self.heartbeat = asked;
             *heartbeat = heartbeat_timer(asked);
+            self.checks.interval.send_replace(asked);
         }
         let endpoints = welcome.manager_endpoints;
         if !endpoints.is_empty() && endpoints != self.state.config.managers {

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -18,8 +18,8 @@ use opi_proto::v1::agent_server::{Agent, AgentServer};
 use opi_proto::v1::enrollment_server::{Enrollment, EnrollmentServer};
 use opi_proto::v1::manager_message::Body as ManagerBody;
 use opi_proto::v1::{
-    AgentMessage, EnrollRequest, EnrollResponse, ManagerMessage, RenewNow, RenewRequest,
-    RenewResponse, Welcome,
+    AgentMessage, ConditionStatus, EnrollRequest, EnrollResponse, HealthReport, ManagerMessage,
+    RenewNow, RenewRequest, RenewResponse, Welcome,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -44,6 +44,13 @@ pub enum Event {
     Hello { serial: String },
     /// A renewal authenticated with the certificate of this serial.
     Renew { serial: String },
+    /// The conditions of a hello or a report, as `(Type or Type:subject, status)`.
+    Conditions {
+        from: &'static str,
+        conditions: Vec<(String, ConditionStatus)>,
+    },
+    /// A heartbeat, and whether it said when the conditions were observed.
+    Heartbeat { conditions_observed: bool },
 }
 
 /// What the fake answers.
@@ -53,6 +60,8 @@ pub struct Script {
     pub enroll_failures: Mutex<VecDeque<Status>>,
     /// Ask for a renewal once, after the first hello.
     pub renew_now: AtomicBool,
+    /// Heartbeat interval the welcome asks for, in seconds; 0 means 10.
+    pub heartbeat_secs: AtomicU32,
 }
 
 /// A running fake manager.
@@ -174,7 +183,10 @@ impl Service {
             body: Some(ManagerBody::Welcome(Welcome {
                 node_name: peer.identity.name.clone(),
                 pool: "workers".into(),
-                heartbeat_interval_secs: 10,
+                heartbeat_interval_secs: match self.script.heartbeat_secs.load(Ordering::SeqCst) {
+                    0 => 10,
+                    secs => secs,
+                },
                 manager_endpoints: vec![self.endpoint.clone()],
             })),
         }
@@ -246,8 +258,8 @@ impl Agent for Service {
     }
 }
 
-/// Reports the agent's hello (heartbeats are read and dropped); asks for a renewal after the
-/// hello if scripted.
+/// Reports the agent's hello, reports and heartbeats; asks for a renewal after the hello if
+/// scripted.
 async fn relay(
     mut inbound: Streaming<AgentMessage>,
     outbox: mpsc::Sender<Result<ManagerMessage, Status>>,
@@ -255,9 +267,23 @@ async fn relay(
     service: Service,
 ) {
     while let Ok(Some(message)) = inbound.message().await {
-        let Some(AgentBody::Hello(_)) = message.body else {
-            continue;
+        let hello = match message.body {
+            Some(AgentBody::Hello(hello)) => hello,
+            Some(AgentBody::Report(report)) => {
+                let _ = service.events.send(conditions("report", &report));
+                continue;
+            }
+            Some(AgentBody::Heartbeat(beat)) => {
+                let conditions_observed = beat.conditions_observed_at.is_some();
+                let _ = service.events.send(Event::Heartbeat {
+                    conditions_observed,
+                });
+                continue;
+            }
+            None => continue,
         };
+        let report = hello.report.unwrap_or_default();
+        let _ = service.events.send(conditions("hello", &report));
         let _ = service.events.send(Event::Hello {
             serial: serial.clone(),
         });
@@ -268,6 +294,21 @@ async fn relay(
             let _ = outbox.send(Ok(ManagerMessage { body: Some(renew) })).await;
         }
     }
+}
+
+fn conditions(from: &'static str, report: &HealthReport) -> Event {
+    let conditions = report
+        .conditions
+        .iter()
+        .map(|c| {
+            let key = match c.subject.as_str() {
+                "" => c.r#type.clone(),
+                subject => format!("{}:{subject}", c.r#type),
+            };
+            (key, c.status())
+        })
+        .collect();
+    Event::Conditions { from, conditions }
 }
 
 impl Connected for Conn {

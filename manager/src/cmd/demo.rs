@@ -170,6 +170,14 @@ fn serve_args(data_dir: &Path, listen: SocketAddr) -> ServeArgs {
         store: None,
         node_cert_ttl: Duration::from_secs(24 * 3600),
         heartbeat: Duration::from_secs(10),
+        offline_after: Duration::from_secs(40),
+        report_freshness: Duration::from_secs(60),
+        event_retention: crate::events::DEFAULT_RETENTION,
+        metrics_listen: None,
+        metrics_per_node: false,
+        alertmanager: Vec::new(),
+        alert_resend: crate::alerts::DEFAULT_RESEND,
+        storm_threshold: crate::alerts::DEFAULT_STORM_THRESHOLD,
     }
 }
 

@@ -1,7 +1,7 @@
 //! `opi-manager serve`: loads the data directory and store, and serves the fleet.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,14 +13,24 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use crate::alerts::{AlertSettings, Alerting, AlertmanagerUrl, RuleSettings};
 use crate::datadir::{self, DataDir};
 use crate::fleet::{Fleet, Settings};
+use crate::metrics::{Exporter, MetricsServer, Registry};
 use crate::server::{self, ServeError};
+use crate::store::{MeasuredStore, Store};
 
 /// Shortest node certificate lifetime accepted (renewal happens at 60–80 % of it).
 pub const MIN_NODE_CERT_TTL: Duration = Duration::from_secs(10);
+/// Interval of the supervisor's pass over the fleet.
+const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
+/// Interval between prunings of old events.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Longest node certificate lifetime accepted.
 pub const MAX_NODE_CERT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Shortest and longest `--alert-resend` accepted.
+const ALERT_RESEND_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(3600));
 
 /// Arguments of `opi-manager serve`.
 #[derive(Clone, Debug, Args)]
@@ -43,6 +53,32 @@ pub struct ServeArgs {
     /// Interval between agent heartbeats.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
+    /// No contact with a node for this long makes it offline (the grace period).
+    #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
+    pub offline_after: Duration,
+    /// Conditions observed longer ago than this make a node's health unknown.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub report_freshness: Duration,
+    /// Events kept in the store; older ones are pruned.
+    #[arg(long, default_value_t = crate::events::DEFAULT_RETENTION)]
+    pub event_retention: usize,
+    /// Serve Prometheus metrics over plain HTTP at ADDR:PORT/metrics [default: no metrics];
+    /// port 0 picks a free port, written to DATA_DIR/run/metrics-addr.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Add one set of metrics series per node (many series in a large fleet).
+    #[arg(long)]
+    pub metrics_per_node: bool,
+    /// Push alerts to this Alertmanager, http://HOST:PORT (repeatable); HTTPS is not
+    /// supported yet.
+    #[arg(long, value_name = "URL", value_parser = AlertmanagerUrl::parse)]
+    pub alertmanager: Vec<AlertmanagerUrl>,
+    /// Interval between two pushes of unchanged alerts; firing alerts stay valid for three.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub alert_resend: Duration,
+    /// More offline nodes than this in one pool are summarised in one alert.
+    #[arg(long, default_value_t = crate::alerts::DEFAULT_STORM_THRESHOLD)]
+    pub storm_threshold: usize,
 }
 
 /// A running manager.
@@ -50,8 +86,13 @@ pub struct Running {
     pub addr: SocketAddr,
     pub fleet: Arc<Fleet>,
     pub endpoints: Vec<String>,
+    /// Address of the metrics listener, when serving metrics.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<Result<(), ServeError>>,
+    supervisor: JoinHandle<()>,
+    metrics: Option<MetricsServer>,
+    alerting: Option<Alerting>,
 }
 
 /// Runs `serve` until SIGINT or SIGTERM.
@@ -78,7 +119,9 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         .store
         .clone()
         .unwrap_or_else(|| dir.default_store_url());
+    let registry = Registry::new();
     let store = crate::store::open(&store_url).await?;
+    let store: Arc<dyn Store> = Arc::new(MeasuredStore::new(store, registry.store.clone()));
     info!(store = %store.describe(), "fleet store open");
 
     let listen = match args.listen {
@@ -98,15 +141,20 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         &args.advertise
     };
     let endpoints = datadir::endpoints(advertise, addr);
-    write_listen_addr(&dir, addr)?;
 
     let settings = Settings {
+        offline_after: args.offline_after,
+        freshness: args.report_freshness,
+        event_retention: args.event_retention,
         node_cert_ttl: args.node_cert_ttl,
         heartbeat: args.heartbeat,
         endpoints: endpoints.clone(),
     };
     let fleet = Fleet::load(store, authority, settings).await?;
+    let metrics = start_metrics(args, &dir, &fleet, &registry).await?;
+    let alerting = start_alerting(args, &fleet, &registry);
     let (shutdown, stopped) = oneshot::channel::<()>();
+    let supervisor = tokio::spawn(supervise(fleet.clone()));
     let task = tokio::spawn(server::serve(
         fleet.clone(),
         listener,
@@ -116,21 +164,51 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
             let _ = stopped.await;
         },
     ));
+    // Written last, so that whoever waits for it finds everything started.
+    write_listen_addr(&dir, addr)?;
     Ok(Running {
         addr,
         fleet,
         endpoints,
+        metrics_addr: metrics.as_ref().map(|m| m.addr),
         shutdown,
         task,
+        supervisor,
+        metrics,
+        alerting,
     })
 }
 
 impl Running {
     /// Stops serving and waits for the server to finish.
     pub async fn stop(self) -> anyhow::Result<()> {
+        if let Some(alerting) = self.alerting {
+            alerting.stop().await;
+        }
+        if let Some(metrics) = self.metrics {
+            metrics.stop().await;
+        }
         let _ = self.shutdown.send(());
+        self.supervisor.abort();
         self.task.await.context("server task panicked")??;
         Ok(())
+    }
+}
+
+/// Runs the supervisor's pass every second, and prunes old events at start and every minute.
+async fn supervise(fleet: Arc<Fleet>) {
+    let mut tick = tokio::time::interval(SUPERVISE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_prune: Option<std::time::Instant> = None;
+    loop {
+        tick.tick().await;
+        fleet.supervise().await;
+        if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            last_prune = Some(std::time::Instant::now());
+            if let Err(error) = fleet.events().prune().await {
+                tracing::warn!(error = %error, "cannot prune old events");
+            }
+        }
     }
 }
 
@@ -141,6 +219,22 @@ fn check_args(args: &ServeArgs) -> anyhow::Result<()> {
     }
     if args.heartbeat < Duration::from_secs(1) || args.heartbeat > Duration::from_secs(300) {
         problems.push("--heartbeat must be between 1s and 5m".to_string());
+    }
+    if args.offline_after <= args.heartbeat {
+        problems.push("--offline-after must be longer than --heartbeat".to_string());
+    }
+    if args.report_freshness <= args.heartbeat {
+        problems.push("--report-freshness must be longer than --heartbeat".to_string());
+    }
+    if args.event_retention == 0 {
+        problems.push("--event-retention must be at least 1".to_string());
+    }
+    let (shortest, longest) = ALERT_RESEND_RANGE;
+    if args.alert_resend < shortest || args.alert_resend > longest {
+        problems.push("--alert-resend must be between 1s and 1h".to_string());
+    }
+    if args.storm_threshold == 0 {
+        problems.push("--storm-threshold must be at least 1".to_string());
     }
     for url in &args.advertise {
         if opi_pki::channel::host_port(url).is_err() {
@@ -157,8 +251,57 @@ fn check_args(args: &ServeArgs) -> anyhow::Result<()> {
 
 /// Records the bound address, for scripts and tests that listen on port 0.
 fn write_listen_addr(dir: &DataDir, addr: SocketAddr) -> anyhow::Result<()> {
-    let path = dir.listen_addr_file();
+    write_run_file(&dir.listen_addr_file(), addr)
+}
+
+fn write_run_file(path: &Path, addr: SocketAddr) -> anyhow::Result<()> {
     files::create_dir(path.parent().expect("run file has a parent"), 0o755)?;
-    files::write_public(&path, format!("{addr}\n").as_bytes())?;
+    files::write_public(path, format!("{addr}\n").as_bytes())?;
     Ok(())
+}
+
+/// Starts the metrics listener if asked, recording its address in `run/metrics-addr`.
+async fn start_metrics(
+    args: &ServeArgs,
+    dir: &DataDir,
+    fleet: &Arc<Fleet>,
+    registry: &Registry,
+) -> anyhow::Result<Option<MetricsServer>> {
+    let path = crate::metrics::addr_file(&dir.listen_addr_file());
+    let Some(listen) = args.metrics_listen else {
+        // A file left by an earlier run would point scrapers at nothing.
+        let _ = std::fs::remove_file(&path);
+        return Ok(None);
+    };
+    let exporter = Exporter::new(fleet.clone(), registry.clone(), args.metrics_per_node);
+    let server = MetricsServer::start(listen, Arc::new(exporter)).await?;
+    write_run_file(&path, server.addr)?;
+    Ok(Some(server))
+}
+
+/// Starts pushing alerts if at least one Alertmanager is given.
+fn start_alerting(args: &ServeArgs, fleet: &Arc<Fleet>, registry: &Registry) -> Option<Alerting> {
+    if args.alertmanager.is_empty() {
+        return None;
+    }
+    let rules = RuleSettings {
+        fleet: fleet.fleet_name().to_string(),
+        storm_threshold: args.storm_threshold,
+        // Nodes that lose contact together go offline within a heartbeat and a supervisor pass.
+        grouping_window: args.heartbeat + SUPERVISE_EVERY,
+        offline_after: args.offline_after,
+        node_cert_ttl: args.node_cert_ttl,
+    };
+    let settings = AlertSettings {
+        alertmanagers: args.alertmanager.clone(),
+        resend: args.alert_resend,
+        rules,
+    };
+    Some(Alerting::start(
+        fleet.clone(),
+        settings,
+        registry.store.clone(),
+        registry.alerts.clone(),
+        time::OffsetDateTime::from(registry.started_at),
+    ))
 }

@@ -15,7 +15,8 @@ use tracing::{info, warn};
 use super::{Fleet, FleetError};
 use crate::audit;
 use crate::records::{
-    node_key, rfc3339, token_key, Facts, NodeRecord, NodeState, TokenEnrollment, TokenRecord,
+    node_key, rfc3339, token_key, Facts, NodeRecord, NodeState, Supervision, TokenEnrollment,
+    TokenRecord,
 };
 use crate::store::{get_json, to_json, Txn, TxnOutcome, Versioned};
 use crate::tokens::BootstrapToken;
@@ -51,11 +52,14 @@ impl Fleet {
             .allows(ip, Instant::now())
         {
             warn!(remote = %input.remote, "enrollment refused: too many failed attempts");
-            return Err(FleetError::TooManyFailures {
+            let refusal = FleetError::TooManyFailures {
                 addr: ip.to_string(),
-            });
+            };
+            self.counters.count_enrollment(Some(&refusal));
+            return Err(refusal);
         }
         let result = self.try_enroll(&input).await;
+        self.counters.count_enrollment(result.as_ref().err());
         if let Err(error) = &result {
             if error.is_failed_attempt() {
                 self.limiter
@@ -265,6 +269,11 @@ fn new_node_record(
         last_seen: None,
         boot_id: String::new(),
         remote_addr: input.remote.to_string(),
+        supervision: Supervision {
+            connectivity_since: Some(now),
+            health_since: Some(now),
+            ..Supervision::default()
+        },
     }
 }
 

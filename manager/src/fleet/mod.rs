@@ -7,6 +7,8 @@ mod error;
 mod limiter;
 mod nodes;
 mod sessions;
+pub mod supervise;
+mod tick;
 mod tokens;
 
 use std::collections::HashMap;
@@ -20,7 +22,9 @@ use tokio::sync::{mpsc, Notify};
 use tonic::Status;
 
 use crate::datadir::Authority;
-use crate::records::{NodeRecord, NODES};
+use crate::events::{EventLog, FlapDetector};
+use crate::metrics::FleetCounters;
+use crate::records::{Connectivity, NodeRecord, NODES};
 use crate::store::{list_json, Revision, Store};
 
 pub use enroll::{EnrollInput, EnrollOutput};
@@ -40,8 +44,14 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 pub struct Settings {
     pub node_cert_ttl: Duration,
     pub heartbeat: Duration,
+    /// No contact for this long makes a node offline.
+    pub offline_after: Duration,
+    /// Conditions observed longer ago than this make a node's health unknown.
+    pub freshness: Duration,
     /// Endpoints handed to agents and printed in enrollment lines.
     pub endpoints: Vec<String>,
+    /// Events kept in the store.
+    pub event_retention: usize,
 }
 
 /// The manager's view of its fleet.
@@ -52,6 +62,10 @@ pub struct Fleet {
     nodes: RwLock<HashMap<String, NodeEntry>>,
     next_session: AtomicU64,
     limiter: Mutex<FailureLimiter>,
+    events: EventLog,
+    flaps: Mutex<FlapDetector>,
+    /// Enrollments, heartbeats and sessions, for the metrics page.
+    counters: Arc<FleetCounters>,
 }
 
 /// A node record with its store revision and, when connected, its live session.
@@ -60,6 +74,8 @@ struct NodeEntry {
     record: NodeRecord,
     revision: Revision,
     live: Option<Live>,
+    /// Last heartbeat or session end; the grace period runs from here once the session is gone.
+    last_contact: OffsetDateTime,
 }
 
 /// What only memory knows about a connected node.
@@ -68,6 +84,8 @@ struct Live {
     session: u64,
     last_seen: OffsetDateTime,
     summary: Option<HealthSummary>,
+    /// When the agent last observed its conditions, from heartbeats.
+    conditions_observed_at: Option<OffsetDateTime>,
     remote_addr: String,
     outbound: mpsc::Sender<Result<ManagerMessage, Status>>,
     closed: Arc<Notify>,
@@ -81,6 +99,8 @@ pub struct NodeView {
     pub last_seen: Option<OffsetDateTime>,
     pub summary: Option<HealthSummary>,
     pub remote_addr: String,
+    /// When the conditions were last observed, live or as last persisted.
+    pub conditions_observed_at: Option<OffsetDateTime>,
 }
 
 impl Fleet {
@@ -91,6 +111,8 @@ impl Fleet {
         settings: Settings,
     ) -> Result<Arc<Self>, FleetError> {
         let records = list_json::<NodeRecord>(&*store, NODES).await?;
+        // Nodes that were online get the grace period from now on to reconnect.
+        let now = OffsetDateTime::now_utc();
         let nodes = records
             .into_iter()
             .map(|v| {
@@ -98,10 +120,12 @@ impl Fleet {
                     record: v.value,
                     revision: v.mod_revision,
                     live: None,
+                    last_contact: now,
                 };
                 (entry.record.name.clone(), entry)
             })
             .collect();
+        let events = EventLog::open(store.clone(), settings.event_retention).await?;
         Ok(Arc::new(Self {
             store,
             authority,
@@ -109,6 +133,9 @@ impl Fleet {
             nodes: RwLock::new(nodes),
             next_session: AtomicU64::new(1),
             limiter: Mutex::new(FailureLimiter::default()),
+            events,
+            flaps: Mutex::new(FlapDetector::default()),
+            counters: Arc::default(),
         }))
     }
 
@@ -126,6 +153,15 @@ impl Fleet {
 
     pub fn store(&self) -> &dyn Store {
         &*self.store
+    }
+
+    pub fn events(&self) -> &EventLog {
+        &self.events
+    }
+
+    /// What the fleet counts for the metrics page.
+    pub fn counters(&self) -> &Arc<FleetCounters> {
+        &self.counters
     }
 
     /// Every node, sorted by name, optionally only those of `pool`.
@@ -161,6 +197,7 @@ impl Fleet {
                     record,
                     revision,
                     live: None,
+                    last_contact: OffsetDateTime::now_utc(),
                 };
                 nodes.insert(entry.record.name.clone(), entry);
             }
@@ -173,7 +210,10 @@ impl NodeEntry {
         let live = self.live.as_ref();
         NodeView {
             record: self.record.clone(),
-            online: live.is_some(),
+            online: self.record.supervision.connectivity == Connectivity::Online,
+            conditions_observed_at: live
+                .and_then(|l| l.conditions_observed_at)
+                .or(self.record.supervision.conditions_observed_at),
             last_seen: live.map(|l| l.last_seen).or(self.record.last_seen),
             summary: live.and_then(|l| l.summary),
             remote_addr: live

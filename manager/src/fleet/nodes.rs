@@ -6,9 +6,11 @@ use time::OffsetDateTime;
 use tonic::Status;
 use tracing::{info, warn};
 
+use super::supervise::{apply_axes, Observed};
 use super::{Fleet, FleetError, NodeView};
 use crate::audit;
-use crate::records::{node_key, rfc3339, NodeRecord, NodeState};
+use crate::events::Draft;
+use crate::records::{node_key, rfc3339, MaintenanceRecord, NodeRecord, NodeState, Severity};
 use crate::store::{to_json, Txn, TxnOutcome};
 
 /// Certificates a node may hold at once: the newest and the one it still runs a session with.
@@ -57,7 +59,8 @@ impl Fleet {
             cert.serial,
             rfc3339(issued.not_after)
         );
-        self.update_node(&name, &actor, "node.renew", from, &detail, |record| {
+        let entry = audit::Entry::ok(&actor, "node.renew", &name, from).detail(detail);
+        self.update_node(&name, Some(entry), |record, _| {
             if !record.accepts_serial(&cert.serial) {
                 return Err(FleetError::StaleCertificate {
                     name: name.clone(),
@@ -87,7 +90,20 @@ impl Fleet {
         } else {
             reason.to_string()
         };
-        self.update_node(name, actor, "node.revoke", from, &reason, |record| {
+        let entry = audit::Entry::ok(actor, "node.revoke", name, from).detail(reason.clone());
+        let now = OffsetDateTime::now_utc();
+        self.update_node(name, Some(entry), |record, drafts| {
+            let offline = Observed {
+                online: false,
+                fresh: false,
+            };
+            let flaps = self.flaps.lock().expect("flap lock poisoned");
+            apply_axes(record, offline, &flaps, now, drafts);
+            drafts.push(
+                Draft::new(&record.name, &record.pool, "lifecycle", "active", "revoked")
+                    .because("Revoked", reason.clone())
+                    .severity(Severity::Warning),
+            );
             record.state = NodeState::Revoked;
             record.revoked_reason = Some(reason.clone());
             record.revoked_at = Some(OffsetDateTime::now_utc());
@@ -101,12 +117,28 @@ impl Fleet {
     }
 
     /// Forgets a node: its certificates stop working and its name is free again.
-    pub async fn remove(&self, name: &str, actor: &str, from: &str) -> Result<(), FleetError> {
-        let revision = self.node_revision(name)?;
+    pub async fn remove(
+        &self,
+        name: &str,
+        reason: &str,
+        actor: &str,
+        from: &str,
+    ) -> Result<(), FleetError> {
+        let (record, revision) = self.node_record(name)?;
         let key = node_key(name);
+        let detail = if reason.is_empty() {
+            format!("removed by {actor}")
+        } else {
+            reason.to_string()
+        };
         let txn = Txn::new().when_revision(&key, revision).delete(&key);
-        let txn = audit::Entry::ok(actor, "node.remove", name, from).into_txn(txn);
-        if let TxnOutcome::Conflict { key } = self.store.txn(txn).await? {
+        let txn = audit::Entry::ok(actor, "node.remove", name, from)
+            .detail(detail.clone())
+            .into_txn(txn);
+        let draft = Draft::new(name, &record.pool, "lifecycle", "enrolled", "removed")
+            .because("Removed", detail)
+            .severity(Severity::Warning);
+        if let TxnOutcome::Conflict { key } = self.events.commit(txn, vec![draft]).await? {
             return Err(FleetError::Conflict { what: key });
         }
         self.close_session(
@@ -117,35 +149,115 @@ impl Fleet {
             .write()
             .expect("fleet lock poisoned")
             .remove(name);
+        self.flaps.lock().expect("flap lock poisoned").forget(name);
         warn!(node = %name, actor, "node removed");
         Ok(())
     }
 
-    /// Applies `change` to a node record with compare-and-swap, audited in the same commit.
+    /// Puts a node in maintenance (its alerts silenced) or takes it out.
+    pub async fn set_maintenance(
+        &self,
+        name: &str,
+        on: bool,
+        reason: &str,
+        actor: &str,
+        from: &str,
+    ) -> Result<NodeView, FleetError> {
+        if on && reason.trim().is_empty() {
+            return Err(FleetError::InvalidArgument(
+                "a reason is required to put a node in maintenance".into(),
+            ));
+        }
+        let action = if on {
+            "node.maintenance.on"
+        } else {
+            "node.maintenance.off"
+        };
+        let entry = audit::Entry::ok(actor, action, name, from).detail(reason);
+        let now = OffsetDateTime::now_utc();
+        self.update_node(name, Some(entry), |record, drafts| {
+            let was = record.supervision.maintenance.is_some();
+            if was == on {
+                return Ok(());
+            }
+            record.supervision.maintenance = on.then(|| MaintenanceRecord {
+                by: actor.into(),
+                reason: reason.into(),
+                since: now,
+            });
+            let (from_state, to_state) = if on { ("off", "on") } else { ("on", "off") };
+            drafts.push(
+                Draft::new(name, &record.pool, "maintenance", from_state, to_state)
+                    .because(
+                        if on {
+                            "MaintenanceStarted"
+                        } else {
+                            "MaintenanceEnded"
+                        },
+                        format!("{actor}: {reason}"),
+                    )
+                    .severity(Severity::Info),
+            );
+            Ok(())
+        })
+        .await?;
+        self.node(name)
+    }
+
+    /// Moves a node to another pool.
+    pub async fn move_to(
+        &self,
+        name: &str,
+        pool: &str,
+        actor: &str,
+        from: &str,
+    ) -> Result<NodeView, FleetError> {
+        opi_pki::identity::validate_name(pool).map_err(|source| FleetError::InvalidName {
+            what: "pool",
+            source,
+        })?;
+        let entry =
+            audit::Entry::ok(actor, "node.move", name, from).detail(format!("to pool {pool}"));
+        self.update_node(name, Some(entry), |record, drafts| {
+            if record.pool == pool {
+                return Ok(());
+            }
+            drafts.push(
+                Draft::new(name, pool, "lifecycle", &record.pool, pool)
+                    .because(
+                        "Moved",
+                        format!("moved by {actor} from pool {} to pool {pool}", record.pool),
+                    )
+                    .severity(Severity::Info),
+            );
+            record.pool = pool.into();
+            Ok(())
+        })
+        .await?;
+        self.node(name)
+    }
+
+    /// Applies `change` to a node record with compare-and-swap; the events it drafts and the
+    /// audit entry, if any, are committed in the same transaction.
     pub(super) async fn update_node(
         &self,
         name: &str,
-        actor: &str,
-        action: &str,
-        from: &str,
-        detail: &str,
-        mut change: impl FnMut(&mut NodeRecord) -> Result<(), FleetError>,
+        audit: Option<audit::Entry>,
+        mut change: impl FnMut(&mut NodeRecord, &mut Vec<Draft>) -> Result<(), FleetError>,
     ) -> Result<NodeRecord, FleetError> {
         for _ in 0..super::CAS_ATTEMPTS {
             let (mut record, revision) = self.node_record(name)?;
-            change(&mut record)?;
+            let mut drafts = Vec::new();
+            change(&mut record, &mut drafts)?;
             let key = node_key(name);
             let txn = Txn::new()
                 .when_revision(&key, revision)
                 .put(&key, to_json(&record));
-            let txn = if action.is_empty() {
-                txn
-            } else {
-                audit::Entry::ok(actor, action, name, from)
-                    .detail(detail)
-                    .into_txn(txn)
+            let txn = match &audit {
+                Some(entry) => entry.clone().into_txn(txn),
+                None => txn,
             };
-            match self.store.txn(txn).await? {
+            match self.events.commit(txn, drafts).await? {
                 TxnOutcome::Committed(new_revision) => {
                     self.replace_record(record.clone(), new_revision);
                     return Ok(record);
@@ -164,10 +276,6 @@ impl Fleet {
             .get(name)
             .ok_or_else(|| FleetError::UnknownNode { name: name.into() })?;
         Ok((entry.record.clone(), entry.revision))
-    }
-
-    fn node_revision(&self, name: &str) -> Result<u64, FleetError> {
-        self.node_record(name).map(|(_, revision)| revision)
     }
 
     async fn reload_node(&self, name: &str) -> Result<(), FleetError> {

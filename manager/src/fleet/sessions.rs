@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use opi_pki::tls::PeerCert;
 use opi_proto::v1::{HealthSummary, ManagerMessage};
@@ -14,8 +15,9 @@ use tokio::sync::{mpsc, Notify};
 use tonic::Status;
 use tracing::{info, warn};
 
+use super::supervise::{apply_axes, apply_report, Observed};
 use super::{Fleet, FleetError, Live};
-use crate::records::Facts;
+use crate::records::{ConditionRecord, Facts};
 
 /// What the agent said in its hello.
 #[derive(Clone, Debug)]
@@ -23,6 +25,8 @@ pub struct SessionHello {
     pub boot_id: String,
     pub facts: Facts,
     pub summary: Option<HealthSummary>,
+    /// The conditions, when the agent sent a report with its hello.
+    pub report: Option<Vec<ConditionRecord>>,
 }
 
 /// A registered session; dropped sessions must be detached.
@@ -45,17 +49,40 @@ impl Fleet {
     ) -> Result<Session, FleetError> {
         let name = cert.identity.name.clone();
         let now = OffsetDateTime::now_utc();
-        self.update_node(&name, "", "", "", "", |record| {
+        self.update_node(&name, None, |record, drafts| {
             if !record.accepts_serial(&cert.serial) {
+                let serial = cert.serial.clone();
                 return Err(FleetError::StaleCertificate {
                     name: name.clone(),
-                    serial: cert.serial.clone(),
+                    serial,
                 });
             }
             record.facts = hello.facts.clone();
             record.boot_id = hello.boot_id.clone();
             record.last_seen = Some(now);
             record.remote_addr = remote.to_string();
+            let mut flaps = self.flaps.lock().expect("flap lock poisoned");
+            if let Some(report) = &hello.report {
+                apply_report(
+                    record,
+                    report.clone(),
+                    now,
+                    &mut flaps,
+                    Instant::now(),
+                    drafts,
+                );
+            }
+            let fresh = self.is_fresh(record.supervision.conditions_observed_at, now);
+            apply_axes(
+                record,
+                Observed {
+                    online: true,
+                    fresh,
+                },
+                &flaps,
+                now,
+                drafts,
+            );
             Ok(())
         })
         .await?;
@@ -69,38 +96,87 @@ impl Fleet {
             session: session.id,
             last_seen: now,
             summary: hello.summary,
+            conditions_observed_at: hello.report.is_some().then_some(now),
             remote_addr: remote.to_string(),
             outbound,
             closed: session.closed.clone(),
         };
-        let previous = self.swap_live(&name, Some(live))?;
-        if let Some(previous) = previous {
+        if let Some(previous) = self.swap_live(&name, Some(live))? {
             close(
                 previous,
                 Status::aborted("replaced by a newer session of the same node"),
             );
         }
-        info!(node = %name, remote = %remote, boot_id = %hello.boot_id, "node online");
+        info!(node = %name, remote = %remote, boot_id = %hello.boot_id, "session open");
         Ok(session)
     }
 
     /// Records a heartbeat; false when the session is no longer the node's current one.
-    pub fn heartbeat(&self, session: &Session, summary: Option<HealthSummary>) -> bool {
+    pub fn heartbeat(
+        &self,
+        session: &Session,
+        summary: Option<HealthSummary>,
+        conditions_observed_at: Option<OffsetDateTime>,
+    ) -> bool {
+        self.counters.count_heartbeat();
         let mut nodes = self.nodes.write().expect("fleet lock poisoned");
-        let Some(live) = nodes.get_mut(&session.node).and_then(|e| e.live.as_mut()) else {
+        let Some(entry) = nodes.get_mut(&session.node) else {
             return false;
         };
-        if live.session != session.id {
+        let Some(live) = entry.live.as_mut().filter(|l| l.session == session.id) else {
             return false;
-        }
-        live.last_seen = OffsetDateTime::now_utc();
+        };
+        let now = OffsetDateTime::now_utc();
+        live.last_seen = now;
         if summary.is_some() {
             live.summary = summary;
         }
+        if conditions_observed_at.is_some() {
+            live.conditions_observed_at = conditions_observed_at;
+        }
+        entry.last_contact = now;
         true
     }
 
-    /// Unregisters a session that ended, and records when the node was last seen.
+    /// Applies a health report: new conditions, and the health they give.
+    pub async fn report(
+        &self,
+        session: &Session,
+        report: Vec<ConditionRecord>,
+    ) -> Result<(), FleetError> {
+        let now = OffsetDateTime::now_utc();
+        self.update_node(&session.node, None, |record, drafts| {
+            let mut flaps = self.flaps.lock().expect("flap lock poisoned");
+            apply_report(
+                record,
+                report.clone(),
+                now,
+                &mut flaps,
+                Instant::now(),
+                drafts,
+            );
+            apply_axes(
+                record,
+                Observed {
+                    online: true,
+                    fresh: true,
+                },
+                &flaps,
+                now,
+                drafts,
+            );
+            Ok(())
+        })
+        .await?;
+        let mut nodes = self.nodes.write().expect("fleet lock poisoned");
+        if let Some(live) = nodes.get_mut(&session.node).and_then(|e| e.live.as_mut()) {
+            live.conditions_observed_at = Some(now);
+        }
+        Ok(())
+    }
+
+    /// Unregisters a session that ended. The node stays online for the grace period, during
+    /// which it may reconnect without any event.
     pub async fn detach(&self, session: &Session) {
         let last_seen = {
             let mut nodes = self.nodes.write().expect("fleet lock poisoned");
@@ -108,14 +184,18 @@ impl Fleet {
                 return;
             };
             match &entry.live {
-                Some(live) if live.session == session.id => entry.live.take().map(|l| l.last_seen),
-                _ => None,
+                Some(live) if live.session == session.id => {
+                    let last_seen = live.last_seen;
+                    entry.live = None;
+                    entry.last_contact = last_seen;
+                    last_seen
+                }
+                _ => return,
             }
         };
-        let Some(last_seen) = last_seen else { return };
-        info!(node = %session.node, "node offline");
+        info!(node = %session.node, "session closed");
         let result = self
-            .update_node(&session.node, "", "", "", "", |record| {
+            .update_node(&session.node, None, |record, _| {
                 record.last_seen = Some(last_seen);
                 Ok(())
             })
@@ -125,6 +205,11 @@ impl Fleet {
                 warn!(node = %session.node, error = %error, "cannot record last-seen time");
             }
         }
+    }
+
+    /// Whether conditions observed at `at` are recent enough to trust.
+    pub(super) fn is_fresh(&self, at: Option<OffsetDateTime>, now: OffsetDateTime) -> bool {
+        at.is_some_and(|at| now - at <= self.settings.freshness)
     }
 
     /// Closes a node's session, if any, with `status` as the reason given to the agent.

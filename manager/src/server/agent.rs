@@ -13,9 +13,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info_span, Instrument};
+use tracing::{debug, info_span, warn, Instrument};
 
-use super::convert::facts_from_proto;
+use super::convert::{self, facts_from_proto};
 use super::peer::{self, Caller};
 use crate::fleet::{Fleet, FleetError, Session, SessionHello};
 use crate::records::rfc3339;
@@ -90,6 +90,16 @@ async fn read_hello(
             boot_id: hello.boot_id,
             facts: facts_from_proto(hello.facts.unwrap_or_default()),
             summary: hello.summary,
+            report: match hello.report {
+                Some(report) => Some(convert::conditions_from_proto(report.conditions).map_err(
+                    |why| {
+                        FleetError::InvalidArgument(format!(
+                            "node {name} sent an invalid health report: {why}"
+                        ))
+                    },
+                )?),
+                None => None,
+            },
         }),
         _ => Err(FleetError::InvalidArgument(format!(
             "node {name} must open its session with a hello"
@@ -119,6 +129,7 @@ async fn serve_session(
     outbound: mpsc::Sender<Result<ManagerMessage, Status>>,
     not_after: OffsetDateTime,
 ) {
+    let _open = fleet.counters().session_opened();
     let expires_in = (not_after - OffsetDateTime::now_utc())
         .try_into()
         .unwrap_or(Duration::ZERO);
@@ -128,11 +139,22 @@ async fn serve_session(
         tokio::select! {
             message = inbound.message() => match message {
                 Ok(Some(AgentMessage { body: Some(AgentBody::Heartbeat(beat)) })) => {
-                    if !fleet.heartbeat(&session, beat.summary) {
+                    let observed_at = beat.conditions_observed_at.and_then(convert::time_from);
+                    if !fleet.heartbeat(&session, beat.summary, observed_at) {
                         break;
                     }
                 }
-                Ok(Some(other)) => debug!(message = ?other.body.map(|_| "unexpected"), "ignored message"),
+                Ok(Some(AgentMessage { body: Some(AgentBody::Report(report)) })) => {
+                    match convert::conditions_from_proto(report.conditions) {
+                        Ok(conditions) => {
+                            if let Err(error) = fleet.report(&session, conditions).await {
+                                warn!(error = %error, "cannot apply health report");
+                            }
+                        }
+                        Err(why) => warn!(reason = %why, "invalid health report ignored"),
+                    }
+                }
+                Ok(Some(_)) => debug!("ignored unexpected message"),
                 Ok(None) => break,
                 Err(status) => {
                     debug!(error = %status, "session stream ended with an error");

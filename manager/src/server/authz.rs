@@ -17,12 +17,15 @@ pub enum Action {
     RevokeToken,
     ListAudit,
     Watch,
+    ListEvents,
+    Maintenance,
+    MoveNode,
     WhoAmI,
 }
 
 impl Action {
     /// Every action, in table order.
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 14] = [
         Action::Status,
         Action::ListNodes,
         Action::ShowNode,
@@ -33,6 +36,9 @@ impl Action {
         Action::RevokeToken,
         Action::ListAudit,
         Action::Watch,
+        Action::ListEvents,
+        Action::Maintenance,
+        Action::MoveNode,
         Action::WhoAmI,
     ];
 
@@ -46,6 +52,8 @@ impl Action {
             Action::RemoveNode => &[Admin],
             Action::ListAudit => &[Admin, Operator],
             Action::Watch => &[Admin, Operator, Viewer, Alerting],
+            Action::ListEvents => &[Admin, Operator, Viewer],
+            Action::Maintenance | Action::MoveNode => &[Admin, Operator],
             Action::WhoAmI => &[Admin, Operator, Viewer, Alerting],
         }
     }
@@ -63,6 +71,9 @@ impl Action {
             Action::RevokeToken => "revoke tokens",
             Action::ListAudit => "read the audit log",
             Action::Watch => "watch events",
+            Action::ListEvents => "list node events",
+            Action::Maintenance => "put nodes in maintenance",
+            Action::MoveNode => "move nodes between pools",
             Action::WhoAmI => "ask who it is",
         }
     }

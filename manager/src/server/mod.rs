@@ -8,7 +8,9 @@ mod convert;
 mod enroll;
 mod operator;
 mod peer;
+mod query;
 mod status;
+mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,6 +1,5 @@
 //! The Operator service: what `opictl` calls, authorised by role.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,10 +8,11 @@ use opi_proto::v1::operator_server::Operator;
 use tonic::{Request, Response, Status};
 
 use super::authz::Action;
-use super::convert::{audit_to_proto, node_to_proto, timestamp, token_to_proto};
+use super::convert::{audit_to_proto, event_to_proto, node_to_proto, timestamp, token_to_proto};
 use super::peer;
+use super::{query, watch};
 use crate::fleet::{Fleet, FleetError, TokenSpec};
-use crate::records::{AuditRecord, NodeState, AUDIT};
+use crate::records::{AuditRecord, AUDIT};
 use crate::store::decode;
 
 /// Audit entries returned when the caller names no limit.
@@ -27,35 +27,98 @@ pub struct OperatorService {
 
 #[tonic::async_trait]
 impl Operator for OperatorService {
+    type WatchStream = watch::EventStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        peer::operator(&request, &self.fleet, Action::Watch)?;
+        Ok(Response::new(
+            watch::start(self.fleet.clone(), request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        peer::operator(&request, &self.fleet, Action::ListEvents)?;
+        let body = request.into_inner();
+        self.fleet.node(&body.node)?;
+        let limit = if body.limit == 0 {
+            10
+        } else {
+            body.limit as usize
+        };
+        let events = self
+            .fleet
+            .events()
+            .recent(&body.node, limit)
+            .iter()
+            .map(event_to_proto)
+            .collect();
+        Ok(Response::new(pb::ListEventsResponse { events }))
+    }
+
+    async fn set_maintenance(
+        &self,
+        request: Request<pb::SetMaintenanceRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let (caller, _) = peer::operator(&request, &self.fleet, Action::Maintenance)?;
+        let body = request.into_inner();
+        let actor = caller.cert.identity.uri();
+        let view = self
+            .fleet
+            .set_maintenance(&body.name, body.on, &body.reason, &actor, &caller.remote)
+            .await?;
+        Ok(Response::new(node_to_proto(&view)))
+    }
+
+    async fn delete_node(
+        &self,
+        request: Request<pb::DeleteNodeRequest>,
+    ) -> Result<Response<pb::DeleteNodeResponse>, Status> {
+        let (caller, _) = peer::operator(&request, &self.fleet, Action::RemoveNode)?;
+        let body = request.into_inner();
+        let actor = caller.cert.identity.uri();
+        self.fleet
+            .remove(&body.name, &body.reason, &actor, &caller.remote)
+            .await?;
+        Ok(Response::new(pb::DeleteNodeResponse {}))
+    }
+
+    async fn move_node(
+        &self,
+        request: Request<pb::MoveNodeRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let (caller, _) = peer::operator(&request, &self.fleet, Action::MoveNode)?;
+        let body = request.into_inner();
+        let actor = caller.cert.identity.uri();
+        let view = self
+            .fleet
+            .move_to(&body.name, &body.pool, &actor, &caller.remote)
+            .await?;
+        Ok(Response::new(node_to_proto(&view)))
+    }
+
     async fn status(
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         peer::operator(&request, &self.fleet, Action::Status)?;
-        let mut pools: BTreeMap<String, pb::PoolStatus> = BTreeMap::new();
-        for view in self.fleet.nodes(None) {
-            let pool = pools
-                .entry(view.record.pool.clone())
-                .or_insert_with(|| pb::PoolStatus {
-                    pool: view.record.pool.clone(),
-                    ..Default::default()
-                });
-            pool.nodes += 1;
-            if view.record.state == NodeState::Revoked {
-                pool.revoked += 1;
-            } else if view.online {
-                pool.online += 1;
-            } else {
-                pool.offline += 1;
-            }
-        }
-        let pools: Vec<pb::PoolStatus> = pools.into_values().collect();
+        let pools = query::pool_counts(&self.fleet.nodes(None));
         Ok(Response::new(pb::StatusResponse {
             fleet: self.fleet.fleet_name().into(),
             nodes: pools.iter().map(|p| p.nodes).sum(),
             online: pools.iter().map(|p| p.online).sum(),
             offline: pools.iter().map(|p| p.offline).sum(),
             revoked: pools.iter().map(|p| p.revoked).sum(),
+            healthy: pools.iter().map(|p| p.healthy).sum(),
+            degraded: pools.iter().map(|p| p.degraded).sum(),
+            unknown: pools.iter().map(|p| p.unknown).sum(),
+            maintenance: pools.iter().map(|p| p.maintenance).sum(),
+            event_revision: self.fleet.events().last_revision(),
             pools,
             manager_version: env!("CARGO_PKG_VERSION").into(),
             store_revision: self
@@ -72,9 +135,15 @@ impl Operator for OperatorService {
         request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         peer::operator(&request, &self.fleet, Action::ListNodes)?;
-        let pool = request.into_inner().pool;
-        let pool = (!pool.is_empty()).then_some(pool.as_str());
-        let nodes = self.fleet.nodes(pool).iter().map(node_to_proto).collect();
+        let query = query::NodeQuery::parse(request.into_inner())?;
+        let pool = (!query.pool.is_empty()).then_some(query.pool.as_str());
+        let nodes = self
+            .fleet
+            .nodes(pool)
+            .iter()
+            .filter(|v| query.matches(v))
+            .map(node_to_proto)
+            .collect();
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
@@ -108,7 +177,7 @@ impl Operator for OperatorService {
         let (caller, _) = peer::operator(&request, &self.fleet, Action::RemoveNode)?;
         let name = request.into_inner().name;
         self.fleet
-            .remove(&name, &caller.cert.identity.uri(), &caller.remote)
+            .remove(&name, "", &caller.cert.identity.uri(), &caller.remote)
             .await?;
         Ok(Response::new(pb::RemoveNodeResponse {}))
     }

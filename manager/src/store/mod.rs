@@ -9,12 +9,14 @@
 //! lost, even when the process is killed.
 
 pub mod conformance;
+mod measured;
 mod sqlite;
 mod typed;
 
 use std::path::Path;
 use std::sync::Arc;
 
+pub use measured::{MeasuredStore, Operation, StoreMetrics};
 pub use sqlite::SqliteStore;
 pub use typed::{decode, get_json, list_json, to_json, Versioned};
 

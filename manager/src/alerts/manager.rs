@@ -1,0 +1,115 @@
+//! Alerts about the manager itself: the always-firing heartbeat that lets Alertmanager notice
+//! a dead manager, and failing fleet store calls.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::model::{Alert, MANAGER_HEARTBEAT, MANAGER_STORE_ERRORS};
+use crate::records::rfc3339;
+
+/// `OpiManagerStoreErrors` keeps firing this long after the last store error.
+pub const STORE_ERRORS_HOLD: Duration = Duration::from_secs(5 * 60);
+
+/// The dead-man's switch: firing for as long as the manager runs and pushes.
+pub fn heartbeat(fleet: &str, started_at: OffsetDateTime) -> Alert {
+    let description = format!(
+        "always firing while the manager of fleet {fleet} runs (started {}); route it to a \
+         dead-man's-switch receiver, which must page when these notifications stop",
+        rfc3339(started_at)
+    );
+    Alert::new(MANAGER_HEARTBEAT, fleet, "none", started_at).describe(
+        format!("the OPI manager of fleet {fleet} is alive"),
+        description,
+    )
+}
+
+/// Follows the store error counter: an episode starts at the first increase and ends
+/// [`STORE_ERRORS_HOLD`] after the last.
+#[derive(Debug, Default)]
+pub struct StoreErrorWatch {
+    seen: u64,
+    episode: Option<Episode>,
+}
+
+/// Store errors since the episode began.
+#[derive(Debug)]
+struct Episode {
+    first_at: OffsetDateTime,
+    last_at: OffsetDateTime,
+    errors: u64,
+}
+
+impl StoreErrorWatch {
+    /// Takes the counter's value at `now`.
+    pub fn observe(&mut self, total: u64, now: OffsetDateTime) {
+        let new = total.saturating_sub(self.seen);
+        self.seen = total;
+        if let Some(episode) = &self.episode {
+            if now - episode.last_at >= STORE_ERRORS_HOLD {
+                self.episode = None;
+            }
+        }
+        if new == 0 {
+            return;
+        }
+        let episode = self.episode.get_or_insert(Episode {
+            first_at: now,
+            last_at: now,
+            errors: 0,
+        });
+        episode.last_at = now;
+        episode.errors += new;
+    }
+
+    /// The alert, while an episode lasts.
+    pub fn alert(&self, fleet: &str) -> Option<Alert> {
+        let episode = self.episode.as_ref()?;
+        let description = format!(
+            "{} fleet store calls failed since {}, the last at {}; state changes may not be \
+             saved: see the manager's log for the store and the error",
+            episode.errors,
+            rfc3339(episode.first_at),
+            rfc3339(episode.last_at),
+        );
+        let summary = format!("fleet store calls are failing on the manager of fleet {fleet}");
+        Some(
+            Alert::new(MANAGER_STORE_ERRORS, fleet, "critical", episode.first_at)
+                .describe(summary, description),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    const NOW: OffsetDateTime = datetime!(2025-03-01 12:00:00 UTC);
+
+    #[test]
+    fn store_errors_fire_from_the_first_increase_until_quiet_for_the_hold() {
+        let mut watch = StoreErrorWatch::default();
+        watch.observe(0, NOW);
+        assert!(watch.alert("prod").is_none());
+
+        watch.observe(2, NOW + Duration::from_secs(1));
+        watch.observe(3, NOW + Duration::from_secs(60));
+        let alert = watch.alert("prod").expect("firing");
+        assert_eq!(alert.name(), MANAGER_STORE_ERRORS);
+        assert_eq!(alert.starts_at, NOW + Duration::from_secs(1));
+        assert!(alert.annotations["description"].starts_with("3 fleet store calls failed"));
+
+        watch.observe(3, NOW + Duration::from_secs(60) + STORE_ERRORS_HOLD);
+        assert!(watch.alert("prod").is_none(), "quiet for the hold");
+    }
+
+    #[test]
+    fn the_heartbeat_has_severity_none_and_starts_with_the_manager() {
+        let alert = heartbeat("prod", NOW);
+        assert_eq!(alert.name(), MANAGER_HEARTBEAT);
+        assert_eq!(alert.labels["severity"], "none");
+        assert_eq!(alert.starts_at, NOW);
+        assert!(!alert.labels.contains_key("node"));
+    }
+}

@@ -1,0 +1,250 @@
+//! The event log: every change of a node's supervised state, numbered by a fleet-wide
+//! revision that increases by one per event and is never reused.
+//!
+//! Events are written in the same store transaction as the node record change they describe,
+//! under one lock, so revision order is commit order; watchers catch up from the store and
+//! then follow a broadcast of new events, going back to the store whenever they fall behind.
+
+mod flap;
+mod watch;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+use tracing::info;
+
+pub use flap::{FlapDetector, FlapVerdict, CALM_AFTER, FLAP_THRESHOLD, FLAP_WINDOW};
+pub use watch::{Sink, WatchError, WatchFilter};
+
+use crate::records::{event_key, EventRecord, Severity, EVENTS};
+use crate::store::{decode, to_json, Store, StoreError, Txn, TxnOutcome};
+
+/// Events kept by default; older ones are pruned.
+pub const DEFAULT_RETENTION: usize = 100_000;
+/// Events buffered for live watchers before a slow one must catch up from the store.
+const BROADCAST_CAPACITY: usize = 4096;
+/// Recent events remembered per node, for `opictl node show`.
+pub const RECENT_PER_NODE: usize = 20;
+/// Events deleted per pruning transaction.
+const PRUNE_BATCH: usize = 1000;
+
+/// An event before it is given its revision and time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Draft {
+    pub node: String,
+    pub pool: String,
+    pub kind: &'static str,
+    pub subject: String,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    pub message: String,
+    pub severity: Severity,
+}
+
+/// The durable, ordered log of events.
+pub struct EventLog {
+    store: Arc<dyn Store>,
+    /// Last assigned revision; held while committing so revisions follow commit order.
+    commit_lock: tokio::sync::Mutex<u64>,
+    last: AtomicU64,
+    live: broadcast::Sender<EventRecord>,
+    recent: Mutex<HashMap<String, VecDeque<EventRecord>>>,
+    retention: usize,
+}
+
+impl EventLog {
+    /// Opens the log, resuming after the last stored event.
+    pub async fn open(store: Arc<dyn Store>, retention: usize) -> Result<Self, StoreError> {
+        let tail = store.list_last(EVENTS, RECENT_PER_NODE * 100).await?;
+        let mut recent: HashMap<String, VecDeque<EventRecord>> = HashMap::new();
+        let mut last = 0;
+        for kv in &tail {
+            let event = decode::<EventRecord>(&*store, kv)?.value;
+            last = event.revision;
+            remember(&mut recent, event);
+        }
+        let (live, _) = broadcast::channel(BROADCAST_CAPACITY);
+        Ok(Self {
+            store,
+            commit_lock: tokio::sync::Mutex::new(last),
+            last: AtomicU64::new(last),
+            live,
+            recent: Mutex::new(recent),
+            retention: retention.max(1),
+        })
+    }
+
+    /// Commits `txn` with `drafts` appended as events, all or nothing; publishes the events
+    /// once committed.
+    pub async fn commit(&self, txn: Txn, drafts: Vec<Draft>) -> Result<TxnOutcome, StoreError> {
+        let mut last = self.commit_lock.lock().await;
+        let now = OffsetDateTime::now_utc();
+        let events: Vec<EventRecord> = drafts
+            .into_iter()
+            .enumerate()
+            .map(|(i, draft)| draft.into_event(*last + 1 + i as u64, now))
+            .collect();
+        let txn = events
+            .iter()
+            .fold(txn, |txn, e| txn.put(event_key(e.revision), to_json(e)));
+        let outcome = self.store.txn(txn).await?;
+        if matches!(outcome, TxnOutcome::Committed(_)) && !events.is_empty() {
+            *last += events.len() as u64;
+            self.last.store(*last, Ordering::Release);
+            self.publish(events);
+        }
+        Ok(outcome)
+    }
+
+    /// Revision of the last committed event (0 when none).
+    pub fn last_revision(&self) -> u64 {
+        self.last.load(Ordering::Acquire)
+    }
+
+    /// Revision of the oldest event still kept, if any.
+    pub async fn oldest_revision(&self) -> Result<Option<u64>, StoreError> {
+        let first = self.store.list_page(EVENTS, None, 1).await?;
+        Ok(first
+            .first()
+            .map(|kv| decode::<EventRecord>(&*self.store, kv))
+            .transpose()?
+            .map(|v| v.value.revision))
+    }
+
+    /// Up to `limit` events after revision `after`, in order.
+    pub async fn read_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let start = (after > 0).then(|| event_key(after));
+        let page = self
+            .store
+            .list_page(EVENTS, start.as_deref(), limit)
+            .await?;
+        page.iter()
+            .map(|kv| decode::<EventRecord>(&*self.store, kv).map(|v| v.value))
+            .collect()
+    }
+
+    /// The last events of one node, oldest first.
+    pub fn recent(&self, node: &str, limit: usize) -> Vec<EventRecord> {
+        let recent = self.recent.lock().expect("event lock poisoned");
+        let events = recent
+            .get(node)
+            .map(|q| q.iter().cloned().collect::<Vec<_>>())
+            .unwrap_or_default();
+        events[events.len().saturating_sub(limit)..].to_vec()
+    }
+
+    /// A receiver of events committed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
+        self.live.subscribe()
+    }
+
+    /// Deletes events beyond the retention limit; returns how many.
+    pub async fn prune(&self) -> Result<usize, StoreError> {
+        let keep_from = self.last_revision().saturating_sub(self.retention as u64) + 1;
+        let mut pruned = 0;
+        loop {
+            let page = self.store.list_page(EVENTS, None, PRUNE_BATCH).await?;
+            let old: Vec<_> = page
+                .iter()
+                .filter(|kv| kv.key < event_key(keep_from))
+                .collect();
+            if old.is_empty() {
+                break;
+            }
+            let txn = old
+                .iter()
+                .fold(Txn::new(), |txn, kv| txn.delete(kv.key.clone()));
+            self.store.txn(txn).await?;
+            pruned += old.len();
+        }
+        if pruned > 0 {
+            info!(pruned, keep_from, "old events pruned");
+        }
+        Ok(pruned)
+    }
+
+    fn publish(&self, events: Vec<EventRecord>) {
+        let mut recent = self.recent.lock().expect("event lock poisoned");
+        for event in events {
+            info!(
+                revision = event.revision,
+                node = %event.node,
+                kind = event.kind,
+                subject = %event.subject,
+                from = %event.from,
+                to = %event.to,
+                "event"
+            );
+            remember(&mut recent, event.clone());
+            let _ = self.live.send(event);
+        }
+    }
+}
+
+impl Draft {
+    /// A draft for `node` of `pool`.
+    pub fn new(node: &str, pool: &str, kind: &'static str, from: &str, to: &str) -> Self {
+        Self {
+            node: node.into(),
+            pool: pool.into(),
+            kind,
+            subject: String::new(),
+            from: from.into(),
+            to: to.into(),
+            reason: String::new(),
+            message: String::new(),
+            severity: Severity::None,
+        }
+    }
+
+    /// Sets the subject.
+    pub fn subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = subject.into();
+        self
+    }
+
+    /// Sets reason and message.
+    pub fn because(mut self, reason: impl Into<String>, message: impl Into<String>) -> Self {
+        self.reason = reason.into();
+        self.message = message.into();
+        self
+    }
+
+    /// Sets the severity.
+    pub fn severity(mut self, severity: Severity) -> Self {
+        self.severity = severity;
+        self
+    }
+
+    fn into_event(self, revision: u64, time: OffsetDateTime) -> EventRecord {
+        EventRecord {
+            revision,
+            time,
+            node: self.node,
+            pool: self.pool,
+            kind: self.kind.into(),
+            subject: self.subject,
+            from: self.from,
+            to: self.to,
+            reason: self.reason,
+            message: self.message,
+            severity: self.severity,
+        }
+    }
+}
+
+fn remember(recent: &mut HashMap<String, VecDeque<EventRecord>>, event: EventRecord) {
+    let queue = recent.entry(event.node.clone()).or_default();
+    if queue.len() == RECENT_PER_NODE {
+        queue.pop_front();
+    }
+    queue.push_back(event);
+}

@@ -1,0 +1,119 @@
+//! The supervisor's periodic pass: connectivity after the grace period, stale reports, and
+//! flapping conditions that calmed down. Cheap when nothing changes: one read of memory.
+
+use std::time::Instant;
+
+use time::OffsetDateTime;
+use tracing::warn;
+
+use super::supervise::{apply_axes, desired_health, status_name, Observed};
+use super::{Fleet, NodeEntry};
+use crate::events::Draft;
+use crate::events::FlapDetector;
+use crate::records::{Connectivity, NodeState, Severity};
+
+impl Fleet {
+    /// Brings every node's supervised axes up to date; called about once a second.
+    pub async fn supervise(&self) {
+        let now = OffsetDateTime::now_utc();
+        let calmed = self
+            .flaps
+            .lock()
+            .expect("flap lock poisoned")
+            .calm_down(Instant::now());
+        let due: Vec<(String, Observed)> = {
+            let nodes = self.nodes.read().expect("fleet lock poisoned");
+            let flaps = self.flaps.lock().expect("flap lock poisoned");
+            nodes
+                .values()
+                .filter(|e| e.record.state == NodeState::Active)
+                .filter_map(|e| {
+                    let observed = self.observe(e, now);
+                    let calming = calmed.iter().any(|c| c.node == e.record.name);
+                    (calming || needs_update(e, observed, &flaps))
+                        .then(|| (e.record.name.clone(), observed))
+                })
+                .collect()
+        };
+        for (name, observed) in due {
+            let result = self
+                .update_node(&name, None, |record, drafts| {
+                    let mut flaps = self.flaps.lock().expect("flap lock poisoned");
+                    for calm in calmed.iter().filter(|c| c.node == name) {
+                        let current = record
+                            .supervision
+                            .conditions
+                            .iter()
+                            .find(|c| c.key() == calm.condition);
+                        let status = current.map(|c| status_name(c.status)).unwrap_or("none");
+                        drafts.push(
+                            Draft::new(
+                                &record.name,
+                                &record.pool,
+                                "flapping",
+                                "flapping",
+                                "stable",
+                            )
+                            .subject(calm.condition.clone())
+                            .because(
+                                "Stable",
+                                format!("{} stable as {status} for 5m", calm.condition),
+                            )
+                            .severity(Severity::Info),
+                        );
+                        if status != calm.emitted {
+                            drafts.push(
+                                Draft::new(
+                                    &record.name,
+                                    &record.pool,
+                                    "condition",
+                                    &calm.emitted,
+                                    status,
+                                )
+                                .subject(calm.condition.clone())
+                                .because("Stable", "final status after flapping"),
+                            );
+                        }
+                        flaps.set_emitted(&name, &calm.condition, status);
+                    }
+                    apply_axes(record, observed, &flaps, now, drafts);
+                    Ok(())
+                })
+                .await;
+            if let Err(error) = result {
+                warn!(node = %name, error = %error, "cannot record a supervised transition");
+            }
+        }
+    }
+
+    /// What memory says of a node now.
+    fn observe(&self, entry: &NodeEntry, now: OffsetDateTime) -> Observed {
+        let grace = self.settings.offline_after;
+        let online = match &entry.live {
+            Some(live) => now - live.last_seen <= grace,
+            None => {
+                entry.record.supervision.connectivity == Connectivity::Online
+                    && now - entry.last_contact <= grace
+            }
+        };
+        let observed_at = entry
+            .live
+            .as_ref()
+            .and_then(|l| l.conditions_observed_at)
+            .or(entry.record.supervision.conditions_observed_at);
+        Observed {
+            online,
+            fresh: self.is_fresh(observed_at, now),
+        }
+    }
+}
+
+fn needs_update(entry: &NodeEntry, observed: Observed, flaps: &FlapDetector) -> bool {
+    let sup = &entry.record.supervision;
+    let connectivity = if observed.online {
+        Connectivity::Online
+    } else {
+        Connectivity::Offline
+    };
+    sup.connectivity != connectivity || sup.health != desired_health(&entry.record, observed, flaps)
+}

@@ -1,0 +1,98 @@
+//! On-call queries: counts per pool and node filters.
+
+use std::collections::BTreeMap;
+
+use opi_proto::v1 as pb;
+
+use crate::fleet::{FleetError, NodeView};
+use crate::records::{ConditionStatus, Health, NodeState};
+
+/// Node counts per pool, by connectivity, health and maintenance, sorted by pool.
+pub fn pool_counts(views: &[NodeView]) -> Vec<pb::PoolStatus> {
+    let mut pools: BTreeMap<&str, pb::PoolStatus> = BTreeMap::new();
+    for view in views {
+        let record = &view.record;
+        let pool = pools.entry(&record.pool).or_insert_with(|| pb::PoolStatus {
+            pool: record.pool.clone(),
+            ..Default::default()
+        });
+        pool.nodes += 1;
+        if record.state == NodeState::Revoked {
+            pool.revoked += 1;
+            continue;
+        }
+        if view.online {
+            pool.online += 1;
+        } else {
+            pool.offline += 1;
+        }
+        match record.supervision.health {
+            Health::Healthy => pool.healthy += 1,
+            Health::Degraded => pool.degraded += 1,
+            Health::Unknown => pool.unknown += 1,
+        }
+        if record.supervision.maintenance.is_some() {
+            pool.maintenance += 1;
+        }
+    }
+    pools.into_values().collect()
+}
+
+/// A checked `ListNodes` filter.
+#[derive(Clone, Debug, Default)]
+pub struct NodeQuery {
+    pub pool: String,
+    health: Option<Health>,
+    online: Option<bool>,
+    condition: Option<String>,
+}
+
+impl NodeQuery {
+    /// Checks the request's filters, naming every bad one.
+    pub fn parse(request: pb::ListNodesRequest) -> Result<Self, FleetError> {
+        let mut problems = Vec::new();
+        let health = match request.health.as_str() {
+            "" => None,
+            "healthy" => Some(Health::Healthy),
+            "degraded" => Some(Health::Degraded),
+            "unknown" => Some(Health::Unknown),
+            other => {
+                problems.push(format!(
+                    "health `{other}` is not healthy, degraded or unknown"
+                ));
+                None
+            }
+        };
+        let online = match request.connectivity.as_str() {
+            "" => None,
+            "online" => Some(true),
+            "offline" => Some(false),
+            other => {
+                problems.push(format!("connectivity `{other}` is not online or offline"));
+                None
+            }
+        };
+        if !problems.is_empty() {
+            return Err(FleetError::InvalidArgument(problems.join("; ")));
+        }
+        let condition = (!request.condition.is_empty()).then_some(request.condition);
+        Ok(Self {
+            pool: request.pool,
+            health,
+            online,
+            condition,
+        })
+    }
+
+    /// Whether a node passes every filter.
+    pub fn matches(&self, view: &NodeView) -> bool {
+        let sup = &view.record.supervision;
+        self.health.is_none_or(|h| h == sup.health)
+            && self.online.is_none_or(|online| online == view.online)
+            && self.condition.as_ref().is_none_or(|kind| {
+                sup.conditions
+                    .iter()
+                    .any(|c| &c.kind == kind && c.status == ConditionStatus::Problem)
+            })
+    }
+}
