@@ -220,6 +220,18 @@ impl Manager {
         }
     }
 
+    /// Sends SIGTERM and waits for the manager to exit; returns how long it took.
+    pub fn terminate(&mut self, timeout: Duration) -> Duration {
+        let mut child = self.child.take().expect("manager started");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let start = std::time::Instant::now();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM sent");
+        wait_until(timeout, "the manager to exit after SIGTERM", || {
+            child.try_wait().expect("manager status").is_some()
+        });
+        start.elapsed()
+    }
+
     /// Kills the manager with SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -361,6 +373,45 @@ impl Agent {
             .arg(&self.root));
         self.append_log(&output.stderr);
         output
+    }
+
+    /// Starts `opi-agent run` in a private mount namespace of its own, with a tmpfs of
+    /// `size` mounted at `ROOT/MOUNT` first; the host's mounts are not touched.
+    pub fn start_with_tmpfs(&mut self, mount: &str, size: &str) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        let script = r#"mount -t tmpfs -o "size=$2" tmpfs "$0/$1" && exec "$3" run --root "$0""#;
+        let child = Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ])
+            .arg(&self.root)
+            .args([mount, size])
+            .arg(bin("opi-agent"))
+            .env("RUST_LOG", "info,opi_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("unshare starts");
+        self.child = Some(child);
+    }
+
+    /// Runs `command` inside the agent's mount namespace (see [`Agent::start_with_tmpfs`]).
+    pub fn in_mount_namespace(&self, command: &[&str]) -> Output {
+        let pid = self.child.as_ref().expect("agent started").id().to_string();
+        run(Command::new("nsenter")
+            .args(["-t", &pid, "-m", "--"])
+            .args(command))
     }
 
     /// Starts `opi-agent run` in the background.

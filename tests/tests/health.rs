@@ -241,3 +241,34 @@ fn watch_from_a_pruned_revision_says_so() {
     let revisions: Vec<u64> = kept.iter().map(|e| e.revision).collect();
     assert_eq!(revisions, vec![3, 4], "the newest events are kept");
 }
+
+#[test]
+fn manager_stops_promptly_on_sigterm_with_agents_and_watchers_connected() {
+    let dir = TempDir::new().unwrap();
+    let (mut manager, _agents) = fleet_with(&dir, &["n1"]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut client = runtime
+        .block_on(grpc::admin(&manager.endpoint(), &manager.data_dir))
+        .unwrap();
+    let request = WatchRequest {
+        replay_last: 10,
+        ..Default::default()
+    };
+    let mut stream = runtime.block_on(async {
+        let mut stream = client.watch(request).await.unwrap().into_inner();
+        stream.message().await.unwrap().expect("a first event");
+        stream
+    });
+    let took = manager.terminate(Duration::from_secs(5));
+    println!("manager exited {took:?} after SIGTERM");
+    let end = runtime.block_on(async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => break other,
+            }
+        }
+    });
+    let status = end.expect_err("the watch ends with a status");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+}

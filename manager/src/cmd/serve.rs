@@ -188,8 +188,9 @@ impl Running {
         if let Some(metrics) = self.metrics {
             metrics.stop().await;
         }
-        let _ = self.shutdown.send(());
         self.supervisor.abort();
+        self.fleet.shut_down();
+        let _ = self.shutdown.send(());
         self.task.await.context("server task panicked")??;
         Ok(())
     }
@@ -287,8 +288,9 @@ fn start_alerting(args: &ServeArgs, fleet: &Arc<Fleet>, registry: &Registry) -> 
     let rules = RuleSettings {
         fleet: fleet.fleet_name().to_string(),
         storm_threshold: args.storm_threshold,
-        // Nodes that lose contact together go offline within a heartbeat and a supervisor pass.
-        grouping_window: args.heartbeat + SUPERVISE_EVERY,
+        // Nodes that lose contact together go offline within a heartbeat interval, plus one
+        // supervisor pass of quantisation and one of margin.
+        grouping_window: args.heartbeat + 2 * SUPERVISE_EVERY,
         offline_after: args.offline_after,
         node_cert_ttl: args.node_cert_ttl,
     };

@@ -64,6 +64,8 @@ pub struct Fleet {
     limiter: Mutex<FailureLimiter>,
     events: EventLog,
     flaps: Mutex<FlapDetector>,
+    /// Set when the manager shuts down, so that long-lived streams end.
+    stopping: tokio::sync::watch::Sender<bool>,
     /// Enrollments, heartbeats and sessions, for the metrics page.
     counters: Arc<FleetCounters>,
 }
@@ -135,6 +137,7 @@ impl Fleet {
             limiter: Mutex::new(FailureLimiter::default()),
             events,
             flaps: Mutex::new(FlapDetector::default()),
+            stopping: tokio::sync::watch::channel(false).0,
             counters: Arc::default(),
         }))
     }
@@ -157,6 +160,32 @@ impl Fleet {
 
     pub fn events(&self) -> &EventLog {
         &self.events
+    }
+
+    /// Ends every agent session and watch, so that the server can stop; agents reconnect
+    /// (to this manager when it is back, or another replica).
+    pub fn shut_down(&self) {
+        self.stopping.send_replace(true);
+        let names: Vec<String> = {
+            let nodes = self.nodes.read().expect("fleet lock poisoned");
+            nodes
+                .values()
+                .filter(|e| e.live.is_some())
+                .map(|e| e.record.name.clone())
+                .collect()
+        };
+        for name in names {
+            self.close_session(
+                &name,
+                Status::unavailable("the manager is shutting down; reconnect"),
+            );
+        }
+    }
+
+    /// Completes when the manager starts shutting down.
+    pub async fn stopping(&self) {
+        let mut stopping = self.stopping.subscribe();
+        let _ = stopping.wait_for(|stopping| *stopping).await;
     }
 
     /// What the fleet counts for the metrics page.

@@ -194,7 +194,11 @@ impl Fleet {
                         } else {
                             "MaintenanceEnded"
                         },
-                        format!("{actor}: {reason}"),
+                        if reason.is_empty() {
+                            actor.to_string()
+                        } else {
+                            format!("{actor}: {reason}")
+                        },
                     )
                     .severity(Severity::Info),
             );

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use opi_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::Status;
 
 use super::convert::{event_to_proto, severity_from_proto};
@@ -24,6 +24,8 @@ pub const KINDS: [&str; 6] = [
 ];
 /// Events buffered towards one watcher.
 const WATCH_QUEUE: usize = 256;
+/// What a watcher is told when the manager stops; it resumes from its last revision.
+const SHUTTING_DOWN: &str = "the manager is shutting down; resume from the last revision received";
 /// Most events a watch may replay with `replay_last`.
 const MAX_REPLAY: u32 = 10_000;
 
@@ -42,13 +44,27 @@ pub async fn start(fleet: Arc<Fleet>, request: pb::WatchRequest) -> Result<Event
             WatchError::Compacted { .. } => Status::failed_precondition(e.to_string()),
             WatchError::Store(store) => Status::from(FleetError::Store(store)),
         })?;
-    let (sink, events) = mpsc::channel(WATCH_QUEUE);
-    tokio::spawn(async move { fleet.events().follow(cursor, filter, sink).await });
-    let stream = ReceiverStream::new(events).map(|item| match item {
-        Ok(event) => Ok(event_to_proto(&event)),
-        Err(error) => Err(Status::from(FleetError::Store(error))),
+    let (sink, mut events) = mpsc::channel(WATCH_QUEUE);
+    let (out, stream) = mpsc::channel(WATCH_QUEUE);
+    let follower = fleet.clone();
+    tokio::spawn(async move { follower.events().follow(cursor, filter, sink).await });
+    tokio::spawn(async move {
+        loop {
+            let item = tokio::select! {
+                item = events.recv() => match item {
+                    Some(Ok(event)) => Ok(event_to_proto(&event)),
+                    Some(Err(error)) => Err(Status::from(FleetError::Store(error))),
+                    None => return,
+                },
+                () = fleet.stopping() => Err(Status::unavailable(SHUTTING_DOWN)),
+            };
+            let last = item.is_err();
+            if out.send(item).await.is_err() || last {
+                return;
+            }
+        }
     });
-    Ok(Box::pin(stream))
+    Ok(Box::pin(ReceiverStream::new(stream)))
 }
 
 fn filter(request: &pb::WatchRequest) -> Result<WatchFilter, Status> {
