@@ -187,3 +187,87 @@ fn conditions_keep_their_transition_time_across_an_agent_restart() {
         "no condition event from a restart: {events:?}"
     );
 }
+
+/// A real containerd 1.6 as a plain process, with everything under `dir`.
+struct Containerd {
+    child: std::process::Child,
+}
+
+impl Containerd {
+    fn start(dir: &Path, socket: &Path) -> Self {
+        std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        let config = dir.join("containerd.toml");
+        let text = format!(
+            "version = 2\nroot = {:?}\nstate = {:?}\n[grpc]\n  address = {:?}\n[ttrpc]\n  address = {:?}\n[debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n",
+            dir.join("root"),
+            dir.join("state"),
+            socket,
+            socket.with_extension("ttrpc"),
+        );
+        std::fs::write(&config, text).unwrap();
+        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let child = std::process::Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("containerd is installed (scripts/install-test-deps installs it)");
+        opi_tests::wait_until(WAIT, "containerd's socket", || socket.exists());
+        Self { child }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn container_runtime_health_follows_a_real_containerd() {
+    let dir = TempDir::new().unwrap();
+    let manager = manager(&dir);
+    let agent = Agent::new(dir.path(), "runtime");
+    let socket = agent.root.join("run/containerd/containerd.sock");
+    let mut containerd = Containerd::start(&dir.path().join("containerd"), &socket);
+    std::fs::create_dir_all(agent.root.join("etc/opi-agent")).unwrap();
+    std::fs::write(
+        agent.root.join("etc/opi-agent/health.toml"),
+        "version = 1\nchecks = [\"ContainerRuntimeHealthy\"]\n",
+    )
+    .unwrap();
+    let (_, token) = manager.opictl().create_token("workers", 1, &[]);
+    ok(agent.enroll(&manager.endpoint(), &manager.ca_pin(), &token));
+    let mut agent = agent;
+    agent.start();
+
+    wait_until_every(POLL_OPICTL, WAIT, "containerd reported healthy", || {
+        condition(&manager, "runtime", "ContainerRuntimeHealthy")
+            .is_some_and(|c| c["status"] == "ok")
+    });
+    let healthy = condition(&manager, "runtime", "ContainerRuntimeHealthy").unwrap();
+    assert!(
+        healthy["message"].as_str().unwrap().contains("1.6"),
+        "names the version: {healthy}"
+    );
+    let nodes = manager.opictl().nodes();
+    assert_eq!(node(&nodes, "runtime").unwrap()["health"], "healthy");
+
+    containerd.stop();
+    wait_until_every(POLL_OPICTL, WAIT, "containerd reported down", || {
+        condition(&manager, "runtime", "ContainerRuntimeHealthy")
+            .is_some_and(|c| c["status"] == "problem")
+    });
+    let down = condition(&manager, "runtime", "ContainerRuntimeHealthy").unwrap();
+    assert_eq!(down["severity"], "critical");
+    let nodes = manager.opictl().nodes();
+    assert_eq!(node(&nodes, "runtime").unwrap()["health"], "degraded");
+}

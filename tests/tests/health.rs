@@ -272,3 +272,64 @@ fn manager_stops_promptly_on_sigterm_with_agents_and_watchers_connected() {
     let status = end.expect_err("the watch ends with a status");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
 }
+
+#[test]
+fn opictl_watch_prints_one_json_object_per_line_with_every_field() {
+    use std::io::{BufRead, BufReader};
+
+    let dir = TempDir::new().unwrap();
+    let (manager, mut agents) = fleet_with(&dir, &["n1"]);
+    let opictl = manager.opictl();
+    opi_tests::wait_until(WAIT, "n1 online", || {
+        opi_tests::all_online(&opictl, &["n1"])
+    });
+    let mut watch = std::process::Command::new(opi_tests::bin("opictl"))
+        .arg("--config")
+        .arg(&opictl.config)
+        .args([
+            "--manager",
+            &opictl.endpoint,
+            "watch",
+            "--node",
+            "n1",
+            "--last",
+            "50",
+            "-o",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    agents[0].stop();
+
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let line = lines.next().expect("a line").expect("utf-8");
+        let event: serde_json::Value =
+            serde_json::from_str(&line).expect("each line is one JSON object");
+        let offline = event["kind"] == "connectivity" && event["to"] == "offline";
+        events.push(event);
+        if offline {
+            break;
+        }
+    }
+    let _ = watch.kill();
+    let offline = events.last().unwrap();
+    assert_eq!(offline["to"], "offline", "{events:?}");
+    for key in [
+        "revision", "time", "node", "pool", "kind", "from", "to", "reason",
+    ] {
+        assert!(!offline[key].is_null(), "{key} missing in {offline}");
+    }
+    let revisions: Vec<u64> = events
+        .iter()
+        .map(|e| e["revision"].as_u64().unwrap())
+        .collect();
+    assert!(
+        revisions.windows(2).all(|w| w[0] < w[1]),
+        "in order: {revisions:?}"
+    );
+}
