@@ -148,13 +148,15 @@ fn conditions_keep_their_transition_time_across_an_agent_restart() {
 
     agent.stop();
     agent.start();
-    wait_until_every(
-        POLL_OPICTL,
+    opi_tests::wait_until(
         Duration::from_secs(15),
-        "a new observation after the restart",
+        "a second session after the restart",
         || {
-            condition(&manager, "steady", key)
-                .is_some_and(|c| c["last_observed"] != first["last_observed"])
+            manager
+                .log_text()
+                .matches("session open node=steady")
+                .count()
+                >= 2
         },
     );
     let again = condition(&manager, "steady", key).unwrap();
@@ -268,6 +270,37 @@ fn container_runtime_health_follows_a_real_containerd() {
     });
     let down = condition(&manager, "runtime", "ContainerRuntimeHealthy").unwrap();
     assert_eq!(down["severity"], "critical");
-    let nodes = manager.opictl().nodes();
-    assert_eq!(node(&nodes, "runtime").unwrap()["health"], "degraded");
+    let opictl = manager.opictl();
+    wait_until_every(POLL_OPICTL, WAIT, "the node degraded", || {
+        node(&opictl.nodes(), "runtime").is_some_and(|n| n["health"] == "degraded")
+    });
+
+    let names = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["nodes"];
+        all.extend(args);
+        let listed = opictl.json(&all);
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&["--health", "degraded"]), vec!["runtime"]);
+    assert!(names(&["--health", "healthy"]).is_empty());
+    assert_eq!(
+        names(&["--condition", "ContainerRuntimeHealthy"]),
+        vec!["runtime"]
+    );
+    assert!(names(&["--condition", "DiskPressure"]).is_empty());
+    let shown = opictl.json(&["node", "show", "runtime"]);
+    let events = shown["events"]
+        .as_array()
+        .expect("node show lists the node's last events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["subject"] == "ContainerRuntimeHealthy" && e["to"] == "problem"),
+        "{events:?}"
+    );
 }

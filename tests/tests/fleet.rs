@@ -263,3 +263,84 @@ fn hello() -> opi_proto::v1::AgentMessage {
         })),
     }
 }
+
+#[test]
+fn maintenance_move_and_delete_are_events_and_audited() {
+    let dir = TempDir::new().unwrap();
+    let mut manager = Manager::init(dir.path(), "e2e");
+    manager.start();
+    let _agents = agents(&dir, &manager, &["spare-1"]);
+    let opictl = manager.opictl();
+
+    let refused = fails(opictl.run(&["node", "maintenance", "on", "spare-1"]));
+    assert!(refused.contains("reason"), "{refused}");
+    ok(opictl.run(&[
+        "node",
+        "maintenance",
+        "on",
+        "spare-1",
+        "--reason",
+        "disk swap",
+    ]));
+    let shown = opictl.json(&["node", "show", "spare-1"]);
+    assert_eq!(shown["maintenance"]["reason"], "disk swap", "{shown}");
+    assert_eq!(opictl.json(&["status"])["maintenance"], 1);
+
+    ok(opictl.run(&["node", "move", "spare-1", "--pool", "batch"]));
+    assert_eq!(node(&opictl.nodes(), "spare-1").unwrap()["pool"], "batch");
+    ok(opictl.run(&["node", "maintenance", "off", "spare-1"]));
+    ok(opictl.run(&[
+        "node",
+        "delete",
+        "spare-1",
+        "--reason",
+        "returned to vendor",
+    ]));
+    assert!(opictl.nodes().is_empty());
+
+    let audit = ok(opictl.run(&["audit", "--limit", "100"]));
+    for action in [
+        "node.maintenance.on",
+        "node.move",
+        "node.maintenance.off",
+        "node.remove",
+    ] {
+        assert!(audit.contains(action), "{action} audited:\n{audit}");
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut client = runtime
+        .block_on(opi_tests::grpc::admin(
+            &manager.endpoint(),
+            &manager.data_dir,
+        ))
+        .unwrap();
+    let request = opi_proto::v1::WatchRequest {
+        nodes: vec!["spare-1".into()],
+        replay_last: 100,
+        ..Default::default()
+    };
+    let events = runtime.block_on(opi_tests::grpc::collect_events(
+        &mut client,
+        request,
+        WAIT,
+        |events| {
+            events
+                .iter()
+                .any(|e| e.kind == "lifecycle" && e.to == "removed")
+        },
+    ));
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e.kind != "connectivity" && e.kind != "health" && e.kind != "condition")
+        .map(|e| (e.kind.as_str(), e.to.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("maintenance", "on"),
+            ("lifecycle", "batch"),
+            ("maintenance", "off"),
+            ("lifecycle", "removed")
+        ]
+    );
+}
