@@ -19,7 +19,8 @@ pub struct Alertmanager {
     pub addr: SocketAddr,
     pub webhook: Webhook,
     pub log: PathBuf,
-    child: Child,
+    home: PathBuf,
+    child: Option<Child>,
 }
 
 impl Alertmanager {
@@ -28,30 +29,37 @@ impl Alertmanager {
         let home = dir.join("alertmanager");
         fs::create_dir_all(&home).expect("alertmanager dir");
         let webhook = Webhook::start();
-        let config = home.join("alertmanager.yml");
-        fs::write(&config, config_text(&webhook.url())).expect("alertmanager config");
+        fs::write(config(&home), config_text(&webhook.url())).expect("alertmanager config");
         let log = home.join("alertmanager.log");
         for _ in 0..START_ATTEMPTS {
             let addr = free_port();
-            let mut child = spawn(&home, &config, &log, addr);
-            let mut exited = false;
-            wait_until(WAIT, "Alertmanager to be ready", || {
-                exited = child.try_wait().expect("alertmanager status").is_some();
-                exited || http::get(addr, "/-/ready").is_ok_and(|r| r.status == 200)
-            });
-            if !exited {
+            if let Some(child) = launch(&home, &log, addr) {
                 return Self {
                     addr,
                     webhook,
                     log,
-                    child,
+                    home,
+                    child: Some(child),
                 };
             }
         }
-        panic!(
-            "Alertmanager did not start; its log:\n{}",
-            fs::read_to_string(&log).unwrap_or_default()
-        );
+        panic!("Alertmanager did not start; its log:\n{}", log_text(&log));
+    }
+
+    /// Kills Alertmanager with SIGKILL; the alerts it held are gone with it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts Alertmanager again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = launch(&self.home, &self.log, self.addr);
+        let log = log_text(&self.log);
+        self.child = Some(child.unwrap_or_else(|| panic!("Alertmanager did not restart: {log}")));
     }
 
     /// `http://127.0.0.1:PORT`, as `--alertmanager` takes it.
@@ -89,8 +97,7 @@ impl Alertmanager {
 
 impl Drop for Alertmanager {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -114,7 +121,26 @@ fn free_port() -> SocketAddr {
     listener.local_addr().expect("its address")
 }
 
-fn spawn(home: &Path, config: &Path, log: &Path, addr: SocketAddr) -> Child {
+fn config(home: &Path) -> PathBuf {
+    home.join("alertmanager.yml")
+}
+
+fn log_text(log: &Path) -> String {
+    fs::read_to_string(log).unwrap_or_default()
+}
+
+/// Starts Alertmanager on `addr` and waits until it is ready; `None` when it exits instead.
+fn launch(home: &Path, log: &Path, addr: SocketAddr) -> Option<Child> {
+    let mut child = spawn(home, log, addr);
+    let mut exited = false;
+    wait_until(WAIT, "Alertmanager to be ready", || {
+        exited = child.try_wait().expect("alertmanager status").is_some();
+        exited || http::get(addr, "/-/ready").is_ok_and(|r| r.status == 200)
+    });
+    (!exited).then_some(child)
+}
+
+fn spawn(home: &Path, log: &Path, addr: SocketAddr) -> Child {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -122,7 +148,7 @@ fn spawn(home: &Path, config: &Path, log: &Path, addr: SocketAddr) -> Child {
         .expect("alertmanager log");
     let bin = system_bin("prometheus-alertmanager", "prometheus-alertmanager");
     Command::new(bin)
-        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--config.file={}", config(home).display()))
         .arg(format!("--storage.path={}", home.join("data").display()))
         .arg(format!("--web.listen-address={addr}"))
         // Empty, or Alertmanager listens for cluster peers on every interface.

@@ -54,6 +54,14 @@ pub fn system_bin(name: &str, package: &str) -> PathBuf {
         })
 }
 
+/// The value of `series` (name and labels, exactly as the manager writes them) on a metrics
+/// page.
+pub fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// Polls `check` every [`POLL`] until it returns true, or panics after `timeout` naming `what`.
 pub fn wait_until(timeout: Duration, what: &str, check: impl FnMut() -> bool) -> Duration {
     wait_until_every(POLL, timeout, what, check)

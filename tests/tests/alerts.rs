@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use opi_tests::admin::Admin;
 use opi_tests::alertmanager::{has_label, Alertmanager};
-use opi_tests::{ok, wait_until, Agent, Manager, WAIT};
+use opi_tests::{ok, sample, wait_until, Agent, Manager, WAIT};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -15,8 +15,12 @@ const GRACE: Duration = Duration::from_secs(3);
 const STORM_WAIT: Duration = Duration::from_secs(20);
 
 fn manager(dir: &TempDir, alertmanager: &Alertmanager) -> Manager {
+    manager_with(dir, alertmanager, &[])
+}
+
+fn manager_with(dir: &TempDir, alertmanager: &Alertmanager, extra: &[&str]) -> Manager {
     let url = alertmanager.url();
-    let args = [
+    let mut args = vec![
         "--offline-after",
         "3s",
         "--heartbeat",
@@ -26,6 +30,7 @@ fn manager(dir: &TempDir, alertmanager: &Alertmanager) -> Manager {
         "--alert-resend",
         "2s",
     ];
+    args.extend(extra);
     let mut manager = Manager::init(dir.path(), "e2e").with_args(&args);
     manager.start();
     manager
@@ -258,4 +263,42 @@ fn a_node_in_maintenance_raises_no_alert_when_it_goes_offline() {
             .collect();
         assert!(about_resting.is_empty(), "{about_resting:?}");
     }
+}
+
+#[test]
+fn alerts_return_after_an_alertmanager_restart_and_failed_pushes_are_counted_and_logged() {
+    let dir = TempDir::new().unwrap();
+    let mut alertmanager = Alertmanager::start(dir.path());
+    let manager = manager_with(&dir, &alertmanager, &["--metrics-listen", "127.0.0.1:0"]);
+    let heartbeat = |alertmanager: &Alertmanager| {
+        holds(
+            &alertmanager.alerts(),
+            "OpiManagerHeartbeat",
+            ("fleet", "e2e"),
+            None,
+        )
+    };
+    wait_until(WAIT, "the heartbeat alert in Alertmanager", || {
+        heartbeat(&alertmanager)
+    });
+
+    alertmanager.stop();
+    let failed = r#"opi_alert_deliveries_total{outcome="failed"}"#;
+    wait_until(WAIT, "a failed push in the metrics", || {
+        sample(&manager.scrape(), failed).is_some_and(|n| n >= 1.0)
+    });
+    let log = manager.log_text();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("cannot deliver alerts"))
+        .unwrap_or_else(|| panic!("no warning in the manager log:\n{log}"));
+    assert!(warning.contains(&alertmanager.url()), "{warning}");
+
+    alertmanager.restart();
+    wait_until(Duration::from_secs(40), "the heartbeat alert back", || {
+        heartbeat(&alertmanager)
+    });
+    let page = manager.scrape();
+    let ok = r#"opi_alert_deliveries_total{outcome="ok"}"#;
+    assert!(sample(&page, ok).is_some_and(|n| n >= 2.0), "{page}");
 }

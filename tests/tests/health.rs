@@ -317,6 +317,7 @@ fn opictl_watch_prints_one_json_object_per_line_with_every_field() {
         }
     }
     let _ = watch.kill();
+    let _ = watch.wait();
     let offline = events.last().unwrap();
     assert_eq!(offline["to"], "offline", "{events:?}");
     for key in [

@@ -6,15 +6,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opi_tests::admin::Admin;
-use opi_tests::{fails, http, ok, system_bin, wait_until, Agent, Manager, WAIT};
+use opi_tests::{fails, http, ok, sample, system_bin, wait_until, Agent, Manager, WAIT};
 use tempfile::TempDir;
-
-/// The value of `series` (name and labels, exactly as written) on `page`.
-fn value(page: &str, series: &str) -> Option<f64> {
-    page.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
 
 /// Sum of `opi_nodes` over the three healths, for one pool and connectivity.
 fn nodes(page: &str, pool: &str, connectivity: &str) -> f64 {
@@ -24,7 +17,7 @@ fn nodes(page: &str, pool: &str, connectivity: &str) -> f64 {
             let series = format!(
                 "opi_nodes{{pool=\"{pool}\",connectivity=\"{connectivity}\",health=\"{health}\"}}"
             );
-            value(page, &series).unwrap_or_else(|| panic!("{series} missing from:\n{page}"))
+            sample(page, &series).unwrap_or_else(|| panic!("{series} missing from:\n{page}"))
         })
         .sum()
 }
@@ -79,7 +72,7 @@ fn metrics_page_passes_promtool_and_counts_nodes_sessions_and_refused_enrollment
     wait_until(WAIT, "the node online and beating in the metrics", || {
         let page = manager.scrape();
         nodes(&page, "workers", "online") == 1.0
-            && value(&page, "opi_heartbeats_total").is_some_and(|beats| beats >= 1.0)
+            && sample(&page, "opi_heartbeats_total").is_some_and(|beats| beats >= 1.0)
     });
 
     let page = manager.scrape();
@@ -91,29 +84,29 @@ fn metrics_page_passes_promtool_and_counts_nodes_sessions_and_refused_enrollment
         "{page}"
     );
     let enrolled = r#"opi_enrollments_total{outcome="ok",reason="none"}"#;
-    assert_eq!(value(&page, enrolled), Some(1.0));
+    assert_eq!(sample(&page, enrolled), Some(1.0));
     let used_up = r#"opi_enrollments_total{outcome="refused",reason="token_used_up"}"#;
-    assert_eq!(value(&page, used_up), Some(1.0), "{page}");
+    assert_eq!(sample(&page, used_up), Some(1.0), "{page}");
     let unknown = r#"opi_enrollments_total{outcome="refused",reason="token_unknown"}"#;
-    assert_eq!(value(&page, unknown), Some(0.0));
-    assert_eq!(value(&page, "opi_agent_sessions"), Some(1.0));
+    assert_eq!(sample(&page, unknown), Some(0.0));
+    assert_eq!(sample(&page, "opi_agent_sessions"), Some(1.0));
     assert!(
-        value(&page, "opi_event_revision").is_some_and(|r| r >= 2.0),
+        sample(&page, "opi_event_revision").is_some_and(|r| r >= 2.0),
         "{page}"
     );
     let txns = r#"opi_store_operation_duration_seconds_count{operation="txn"}"#;
-    assert!(value(&page, txns).is_some_and(|n| n >= 3.0), "{page}");
-    assert_eq!(value(&page, "opi_store_errors_total"), Some(0.0));
+    assert!(sample(&page, txns).is_some_and(|n| n >= 3.0), "{page}");
+    assert_eq!(sample(&page, "opi_store_errors_total"), Some(0.0));
     let info = format!(
         "opi_manager_info{{version=\"{}\",fleet=\"e2e\"}}",
         env!("CARGO_PKG_VERSION")
     );
-    assert_eq!(value(&page, &info), Some(1.0), "{page}");
+    assert_eq!(sample(&page, &info), Some(1.0), "{page}");
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    let started = value(&page, "process_start_time_seconds").expect("start time");
+    let started = sample(&page, "process_start_time_seconds").expect("start time");
     assert!(
         now - started > 0.0 && now - started < 600.0,
         "{started} vs {now}"
@@ -130,7 +123,7 @@ fn metrics_page_passes_promtool_and_counts_nodes_sessions_and_refused_enrollment
         || {
             let page = manager.scrape();
             nodes(&page, "workers", "offline") == 1.0
-                && value(&page, "opi_agent_sessions") == Some(0.0)
+                && sample(&page, "opi_agent_sessions") == Some(0.0)
         },
     );
 }
@@ -164,7 +157,7 @@ fn per_node_series_appear_with_metrics_per_node() {
     agent.start();
     let online = r#"opi_node_online{node="node-a",pool="workers"}"#;
     wait_until(WAIT, "the node's own series", || {
-        value(&manager.scrape(), online) == Some(1.0)
+        sample(&manager.scrape(), online) == Some(1.0)
     });
 
     let page = manager.scrape();
@@ -174,12 +167,12 @@ fn per_node_series_appear_with_metrics_per_node() {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    assert!(value(&page, expiry).is_some_and(|at| at > now), "{page}");
+    assert!(sample(&page, expiry).is_some_and(|at| at > now), "{page}");
     let healths: f64 = ["healthy", "degraded", "unknown"]
         .iter()
         .filter_map(|h| {
             let series = format!(r#"opi_node_health{{node="node-a",pool="workers",health="{h}"}}"#);
-            value(&page, &series)
+            sample(&page, &series)
         })
         .sum();
     assert_eq!(healths, 1.0, "exactly one health is current:\n{page}");

@@ -168,17 +168,17 @@ impl Worker {
         match self.post(body).await {
             Ok(()) => {
                 self.metrics.count_delivery(true);
+                // The span names the Alertmanager.
                 if delivery.backoff.is_some() {
-                    info!(alertmanager = %self.url, firing, resolved, "alert delivery recovered");
+                    info!(firing, resolved, "alert delivery recovered");
                 }
-                debug!(alertmanager = %self.url, firing, resolved, "alerts pushed");
+                debug!(firing, resolved, "alerts pushed");
                 delivery.pushed(snapshot, Instant::now());
             }
             Err(error) => {
                 self.metrics.count_delivery(false);
                 let retry_in = delivery.failed(Instant::now());
                 warn!(
-                    alertmanager = %self.url,
                     error = %error_chain(&error),
                     ?retry_in,
                     firing,
@@ -313,6 +313,58 @@ mod tests {
             at,
             firing: nodes.iter().map(|n| alert(n)).collect(),
         }
+    }
+
+    /// A loopback server that answers one request with `answer`.
+    async fn answering(answer: &'static [u8]) -> AlertmanagerUrl {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = vec![0; 64 * 1024];
+            let _ = stream.read(&mut request).await;
+            stream.write_all(answer).await.unwrap();
+        });
+        AlertmanagerUrl::parse(&format!("http://{addr}")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refused_push_names_the_status_and_the_body() {
+        let answer = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 11\r\n\r\nbad payload";
+        let worker = Worker::new(answering(answer).await, RESEND, Arc::default());
+
+        let error = worker.post(b"[]".to_vec()).await.expect_err("refused");
+
+        assert!(
+            matches!(&error, DeliveryError::Refused { status, body, .. }
+                if *status == StatusCode::BAD_REQUEST && body == "bad payload"),
+            "{error}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("HTTP 400 Bad Request: bad payload"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_accepted_push_is_ok_and_an_unreachable_one_names_the_url() {
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let worker = Worker::new(answering(answer).await, RESEND, Arc::default());
+        worker.post(b"[]".to_vec()).await.expect("accepted");
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = AlertmanagerUrl::parse(&format!("http://{}", closed.local_addr().unwrap()));
+        drop(closed);
+        let worker = Worker::new(url.unwrap(), RESEND, Arc::default());
+        let error = worker
+            .post(b"[]".to_vec())
+            .await
+            .expect_err("nobody listens");
+        assert!(matches!(error, DeliveryError::PostAlerts { .. }), "{error}");
+        assert!(error.to_string().contains("http://127.0.0.1:"), "{error}");
     }
 
     #[test]

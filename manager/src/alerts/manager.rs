@@ -11,7 +11,9 @@ use crate::records::rfc3339;
 /// `OpiManagerStoreErrors` keeps firing this long after the last store error.
 pub const STORE_ERRORS_HOLD: Duration = Duration::from_secs(5 * 60);
 
-/// The dead-man's switch: firing for as long as the manager runs and pushes.
+/// The dead-man's switch: firing for as long as the manager runs and pushes. It carries no
+/// replica label, so the heartbeats of several manager replicas (not supported yet) would
+/// merge into one alert and hide the death of all but one.
 pub fn heartbeat(fleet: &str, started_at: OffsetDateTime) -> Alert {
     let description = format!(
         "always firing while the manager of fleet {fleet} runs (started {}); route it to a \

@@ -288,9 +288,9 @@ fn start_alerting(args: &ServeArgs, fleet: &Arc<Fleet>, registry: &Registry) -> 
     let rules = RuleSettings {
         fleet: fleet.fleet_name().to_string(),
         storm_threshold: args.storm_threshold,
-        // Nodes that lose contact together go offline within a heartbeat interval, plus one
-        // supervisor pass of quantisation and one of margin.
-        grouping_window: args.heartbeat + 2 * SUPERVISE_EVERY,
+        // Nodes that lose contact together go offline within a heartbeat interval and one
+        // supervisor pass (a pass stamps every node it turns offline with the same time).
+        grouping_window: args.heartbeat + SUPERVISE_EVERY,
         offline_after: args.offline_after,
         node_cert_ttl: args.node_cert_ttl,
     };

@@ -1,5 +1,6 @@
 //! The metrics listener: plain HTTP/1.1 on an address of its own, answering `GET /metrics`
 //! and nothing else, so that scraping needs no client certificate and reaches nothing else.
+//! It has no TLS and no authentication: bind it to loopback or a management network.
 
 use std::convert::Infallible;
 use std::io;
