@@ -146,6 +146,9 @@ pub fn wanted(config: &HealthConfig) -> Vec<PathBuf> {
 }
 
 /// Reads mountinfo (under the root when staged there) and selects the mounts to check.
+///
+/// Wanted mount points are matched as the kernel names them, not under `--root`: with a root
+/// other than `/`, list them by their full path.
 pub fn checked(files: &NodeFiles, wanted: &[PathBuf]) -> Result<Vec<Mount>, MountsError> {
     let path = files.kernel(MOUNTINFO);
     let text = std::fs::read_to_string(&path)
