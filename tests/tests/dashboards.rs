@@ -9,7 +9,9 @@ use opi_tests::{ok, run, system_bin, Manager};
 use tempfile::TempDir;
 
 fn deploy(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(path)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(path)
 }
 
 /// Metric families named in PromQL text: identifiers starting with `opi_` or `process_`, with
@@ -34,28 +36,41 @@ fn exported_families(scrape: &str) -> BTreeSet<String> {
 #[test]
 fn dashboard_and_rules_use_only_exported_metrics() {
     let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(deploy("grafana/opi-fleet.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(deploy("grafana/opi-fleet.json")).unwrap())
+            .unwrap();
     let mut used = BTreeSet::new();
     for panel in dashboard["panels"].as_array().expect("panels") {
         for target in panel["targets"].as_array().expect("targets") {
             used.extend(metric_names(target["expr"].as_str().expect("expr")));
         }
     }
-    used.extend(metric_names(&std::fs::read_to_string(deploy("prometheus/opi-manager.rules.yml")).unwrap()));
-    assert!(used.len() >= 8, "the dashboard and rules name the manager's metrics: {used:?}");
+    used.extend(metric_names(
+        &std::fs::read_to_string(deploy("prometheus/opi-manager.rules.yml")).unwrap(),
+    ));
+    assert!(
+        used.len() >= 8,
+        "the dashboard and rules name the manager's metrics: {used:?}"
+    );
 
     let dir = TempDir::new().unwrap();
-    let mut manager = Manager::init(dir.path(), "e2e").with_args(&["--metrics-listen", "127.0.0.1:0"]);
+    let mut manager =
+        Manager::init(dir.path(), "e2e").with_args(&["--metrics-listen", "127.0.0.1:0"]);
     manager.start();
     let exported = exported_families(&manager.scrape());
     let missing: Vec<&String> = used.difference(&exported).collect();
-    assert!(missing.is_empty(), "not exported by the manager: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "not exported by the manager: {missing:?}"
+    );
 }
 
 #[test]
 fn prometheus_rules_are_valid_and_fire_when_they_should() {
     let promtool = system_bin("promtool", "prometheus");
-    ok(run(Command::new(&promtool).arg("check").arg("rules").arg(deploy("prometheus/opi-manager.rules.yml"))));
+    ok(run(Command::new(&promtool)
+        .arg("check")
+        .arg("rules")
+        .arg(deploy("prometheus/opi-manager.rules.yml"))));
     ok(run(Command::new(&promtool)
         .arg("test")
         .arg("rules")
