@@ -17,6 +17,7 @@ use crate::alerts::{AlertSettings, Alerting, AlertmanagerUrl, RuleSettings};
 use crate::datadir::{self, DataDir};
 use crate::fleet::{Fleet, Settings};
 use crate::metrics::{Exporter, MetricsServer, Registry};
+use crate::notify::Notifier;
 use crate::server::{self, ServeError};
 use crate::store::{MeasuredStore, Store};
 
@@ -97,14 +98,26 @@ pub struct Running {
 
 /// Runs `serve` until SIGINT or SIGTERM.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let running = start(&args).await?;
+    let notifier = Arc::new(Notifier::from_env());
+    let running = start_notifying(&args, notifier.clone()).await?;
+    notifier.ready(&format!(
+        "serving fleet {} on {}",
+        running.fleet.fleet_name(),
+        running.addr
+    ));
     crate::signals::terminated().await;
     info!("shutting down");
+    notifier.stopping();
     running.stop().await
 }
 
 /// Starts serving in the background.
 pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
+    start_notifying(args, Arc::new(Notifier::from_env())).await
+}
+
+/// Starts serving in the background; the supervisor loop feeds `notifier`'s watchdog.
+async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::Result<Running> {
     check_args(args)?;
     let dir = DataDir::new(&args.data_dir);
     let config = dir.load_config()?;
@@ -154,7 +167,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     let metrics = start_metrics(args, &dir, &fleet, &registry).await?;
     let alerting = start_alerting(args, &fleet, &registry);
     let (shutdown, stopped) = oneshot::channel::<()>();
-    let supervisor = tokio::spawn(supervise(fleet.clone()));
+    let supervisor = tokio::spawn(supervise(fleet.clone(), notifier));
     let task = tokio::spawn(server::serve(
         fleet.clone(),
         listener,
@@ -197,13 +210,14 @@ impl Running {
 }
 
 /// Runs the supervisor's pass every second, and prunes old events at start and every minute.
-async fn supervise(fleet: Arc<Fleet>) {
+async fn supervise(fleet: Arc<Fleet>, notifier: Arc<Notifier>) {
     let mut tick = tokio::time::interval(SUPERVISE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune: Option<std::time::Instant> = None;
     loop {
         tick.tick().await;
         fleet.supervise().await;
+        notifier.watchdog();
         if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(std::time::Instant::now());
             if let Err(error) = fleet.events().prune().await {
