@@ -3,13 +3,14 @@
 //! tonic's built-in TLS cannot check typed identities or CA pins, so the TLS handshake happens
 //! in a custom connector and tonic only sees an established stream.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
-use tokio::net::TcpStream;
+use tokio::net::{lookup_host, TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -35,6 +36,16 @@ pub enum ChannelError {
 
 /// Opens a channel to `endpoint` (`https://HOST[:PORT]`), handshaking with `tls`.
 pub async fn connect(endpoint: &str, tls: Arc<ClientConfig>) -> Result<Channel, ChannelError> {
+    connect_from(endpoint, tls, None).await
+}
+
+/// [`connect`], with the TCP connection bound to the local address `source` when given, so
+/// that one client machine can open more connections than one source address has ports.
+pub async fn connect_from(
+    endpoint: &str,
+    tls: Arc<ClientConfig>,
+    source: Option<IpAddr>,
+) -> Result<Channel, ChannelError> {
     let (host, port) = host_port(endpoint)?;
     let server_name = ServerName::try_from(host.clone())
         .map_err(|_| ChannelError::BadEndpoint(endpoint.to_string()))?;
@@ -50,7 +61,7 @@ pub async fn connect(endpoint: &str, tls: Arc<ClientConfig>) -> Result<Channel, 
         let server_name = server_name.clone();
         let host = host.clone();
         async move {
-            let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port)).await?;
+            let tcp = open_tcp(host.trim_matches(['[', ']']), port, source).await?;
             tcp.set_nodelay(true)?;
             let stream = tls.connect(server_name, tcp).await?;
             Ok::<_, std::io::Error>(TokioIo::new(stream))
@@ -63,6 +74,28 @@ pub async fn connect(endpoint: &str, tls: Arc<ClientConfig>) -> Result<Channel, 
             endpoint: endpoint.to_string(),
             source,
         })
+}
+
+/// A TCP connection to `host:port`, from `source` when given (port chosen by the kernel).
+async fn open_tcp(host: &str, port: u16, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect((host, port)).await;
+    };
+    let target = lookup_host((host, port))
+        .await?
+        .find(|addr| addr.is_ipv4() == source.is_ipv4())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                format!("{host} has no address of the family of source {source}"),
+            )
+        })?;
+    let socket = match source {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(target).await
 }
 
 /// Host and port of an `https://` URL.

@@ -17,6 +17,7 @@ pub mod admin;
 pub mod alertmanager;
 pub mod grpc;
 pub mod http;
+pub mod sim;
 
 /// Default bound of [`wait_until`].
 pub const WAIT: Duration = Duration::from_secs(10);

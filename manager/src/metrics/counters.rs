@@ -4,6 +4,9 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use super::histogram::{Histogram, FAST_BUCKETS};
 use crate::fleet::FleetError;
 
 /// Why an enrollment was refused, as the `reason` label of `opi_enrollments_total` says. The
@@ -22,12 +25,14 @@ pub enum RefusalReason {
 }
 
 /// What the fleet counts, owned by [`crate::fleet::Fleet`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FleetCounters {
     enrolled: AtomicU64,
     /// Indexed like [`RefusalReason::ALL`].
     refused: [AtomicU64; RefusalReason::ALL.len()],
     heartbeats: AtomicU64,
+    /// Time the manager spends handling one heartbeat, from decoded message to updated state.
+    heartbeat_processing: Histogram,
     sessions: AtomicI64,
 }
 
@@ -102,6 +107,18 @@ impl RefusalReason {
     }
 }
 
+impl Default for FleetCounters {
+    fn default() -> Self {
+        Self {
+            enrolled: AtomicU64::default(),
+            refused: Default::default(),
+            heartbeats: AtomicU64::default(),
+            heartbeat_processing: Histogram::new(FAST_BUCKETS),
+            sessions: AtomicI64::default(),
+        }
+    }
+}
+
 impl FleetCounters {
     /// Counts one enrollment: granted when `refusal` is `None`.
     pub fn count_enrollment(&self, refusal: Option<&FleetError>) {
@@ -117,6 +134,16 @@ impl FleetCounters {
     /// Counts one heartbeat received.
     pub fn count_heartbeat(&self) {
         self.heartbeats.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records how long handling one heartbeat took.
+    pub fn observe_heartbeat(&self, took: Duration) {
+        self.heartbeat_processing.observe(took);
+    }
+
+    /// Durations of heartbeat handling.
+    pub fn heartbeat_processing(&self) -> &Histogram {
+        &self.heartbeat_processing
     }
 
     /// Counts an agent session as open until the returned guard is dropped.

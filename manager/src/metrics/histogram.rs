@@ -12,6 +12,13 @@ pub const STORE_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// Upper bounds, in seconds, of the buckets of in-memory work such as handling one heartbeat:
+/// from five microseconds (an uncontended lock) to a quarter second (a starved runtime).
+pub const FAST_BUCKETS: &[f64] = &[
+    0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+    0.025, 0.05, 0.1, 0.25,
+];
+
 /// Counts of observed durations per bucket, with their sum.
 #[derive(Debug)]
 pub struct Histogram {

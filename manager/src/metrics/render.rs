@@ -157,6 +157,14 @@ pub fn write_fleet(page: &mut Page, counters: &FleetCounters, event_revision: u6
     );
     page.sample("opi_heartbeats_total", &[], counters.heartbeats() as f64);
 
+    let processing = "opi_heartbeat_processing_seconds";
+    page.family(
+        processing,
+        Kind::Histogram,
+        "Time the manager spends handling one heartbeat, decoded message to updated state.",
+    );
+    counters.heartbeat_processing().write(page, processing, &[]);
+
     page.family(
         "opi_agent_sessions",
         Kind::Gauge,

@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use opi_proto::v1::agent_message::Body as AgentBody;
 use opi_proto::v1::agent_server::Agent;
@@ -139,8 +139,11 @@ async fn serve_session(
         tokio::select! {
             message = inbound.message() => match message {
                 Ok(Some(AgentMessage { body: Some(AgentBody::Heartbeat(beat)) })) => {
+                    let started = Instant::now();
                     let observed_at = beat.conditions_observed_at.and_then(convert::time_from);
-                    if !fleet.heartbeat(&session, beat.summary, observed_at) {
+                    let live = fleet.heartbeat(&session, beat.summary, observed_at);
+                    fleet.counters().observe_heartbeat(started.elapsed());
+                    if !live {
                         break;
                     }
                 }

@@ -1,0 +1,246 @@
+//! One simulated agent: its own TCP+TLS connection, a hello, then heartbeats at the planned
+//! interval with a random phase, and now and then a changed health report.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use opi_pki::tls::{client_config, ManagerVerifier};
+use opi_proto::v1::agent_client::AgentClient;
+use opi_proto::v1::agent_message::Body;
+use opi_proto::v1::{
+    AgentMessage, Condition, ConditionStatus, HealthReport, HealthSummary, Heartbeat, Hello,
+    Severity,
+};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::time::{sleep_until, Instant};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+use super::identity::{facts, Credentials};
+use super::Config;
+
+/// Messages queued towards the session stream at most.
+const QUEUE: usize = 4;
+/// The conditions every simulated node reports; the first one flips on a report change.
+const CONDITIONS: [&str; 3] = ["DiskPressure", "MemoryPressure", "KubeletHealthy"];
+
+/// What every agent shares: where to connect, how often to beat.
+#[derive(Debug)]
+pub struct Plan {
+    endpoint: String,
+    verifier: Option<Arc<ManagerVerifier>>,
+    interval: Duration,
+    /// Chance that a heartbeat is replaced by a changed health report.
+    change_chance: f64,
+    error: std::sync::Mutex<Option<String>>,
+}
+
+/// Fleet-wide tallies, read by the simulation.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub connected: AtomicU64,
+    pub failed: AtomicU64,
+    pub sent: AtomicU64,
+    pub reports: AtomicU64,
+    /// Sessions that the target ended while the agent still ran.
+    pub lost: AtomicU64,
+}
+
+impl Plan {
+    /// The plan of `config`'s fleet.
+    pub fn new(config: &Config) -> Self {
+        let verifier = super::identity::fleet_name(config).and_then(|fleet| {
+            let bundle = std::fs::read_to_string(config.data_dir.join("pki/trust-bundle.pem"))?;
+            Ok(ManagerVerifier::with_roots(&bundle, &fleet)?)
+        });
+        let per_minute = config.agents as f64 * 60.0 / config.heartbeat.as_secs_f64();
+        Self {
+            endpoint: config.endpoint.clone(),
+            error: std::sync::Mutex::new(verifier.as_ref().err().map(|e| format!("{e:#}"))),
+            verifier: verifier.ok(),
+            interval: config.heartbeat,
+            change_chance: (config.changes_per_min / per_minute).clamp(0.0, 1.0),
+        }
+    }
+
+    /// The first failure of any agent, if one failed.
+    pub fn first_error(&self) -> Option<String> {
+        self.error.lock().expect("error lock").clone()
+    }
+}
+
+impl Counters {
+    /// Agents that opened their session or gave up.
+    pub fn settled(&self) -> u64 {
+        self.connected.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs one agent until `stopped` turns true or its session ends. `permit` bounds the
+/// connections being opened and is released once the session is open.
+pub async fn run(
+    plan: Arc<Plan>,
+    creds: Credentials,
+    source: Option<IpAddr>,
+    counters: Arc<Counters>,
+    stopped: watch::Receiver<bool>,
+    permit: OwnedSemaphorePermit,
+) {
+    let opened = open(&plan, &creds, source).await;
+    drop(permit);
+    match opened {
+        Ok((sender, responses)) => {
+            counters.connected.fetch_add(1, Ordering::Relaxed);
+            beat(&plan, sender, responses, &counters, stopped).await;
+        }
+        Err(error) => {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            let mut first = plan.error.lock().expect("error lock");
+            first.get_or_insert_with(|| format!("session of {}: {error:#}", creds.name));
+        }
+    }
+}
+
+type Opened = (
+    mpsc::Sender<AgentMessage>,
+    Streaming<opi_proto::v1::ManagerMessage>,
+);
+
+/// Connects, sends the hello and waits for the session to be accepted.
+async fn open(plan: &Plan, creds: &Credentials, source: Option<IpAddr>) -> anyhow::Result<Opened> {
+    let verifier = plan
+        .verifier
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no trust bundle for the fleet"))?;
+    let tls = client_config(verifier, Some((&creds.chain_pem, &creds.key)))?;
+    let channel = opi_pki::channel::connect_from(&plan.endpoint, tls, source).await?;
+
+    let (sender, receiver) = mpsc::channel(QUEUE);
+    sender.send(hello(&creds.name)).await?;
+    let responses = AgentClient::new(channel)
+        .session(ReceiverStream::new(receiver))
+        .await?
+        .into_inner();
+    Ok((sender, responses))
+}
+
+async fn beat(
+    plan: &Plan,
+    sender: mpsc::Sender<AgentMessage>,
+    mut responses: Streaming<opi_proto::v1::ManagerMessage>,
+    counters: &Counters,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let phase = rand::random_range(0.0..1.0) * plan.interval.as_secs_f64();
+    let mut next = Instant::now() + Duration::from_secs_f64(phase);
+    let mut seq = 0;
+    let mut problem = false;
+    loop {
+        tokio::select! {
+            _ = sleep_until(next) => {}
+            _ = stopped.changed() => return,
+            message = responses.message() => match message {
+                Ok(Some(_)) => continue,
+                _ => {
+                    counters.lost.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            },
+        }
+        next += plan.interval;
+        seq += 1;
+        let message = if rand::random_bool(plan.change_chance) {
+            problem = !problem;
+            counters.reports.fetch_add(1, Ordering::Relaxed);
+            report_message(problem)
+        } else {
+            counters.sent.fetch_add(1, Ordering::Relaxed);
+            heartbeat(seq)
+        };
+        if sender.send(message).await.is_err() {
+            counters.lost.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    }
+}
+
+fn hello(name: &str) -> AgentMessage {
+    AgentMessage {
+        body: Some(Body::Hello(Hello {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            boot_id: format!("{:032x}", rand::random::<u128>()),
+            facts: Some(facts(name)),
+            summary: Some(summary()),
+            report: Some(report(false)),
+            ..Hello::default()
+        })),
+    }
+}
+
+fn heartbeat(seq: u64) -> AgentMessage {
+    AgentMessage {
+        body: Some(Body::Heartbeat(Heartbeat {
+            seq,
+            summary: Some(summary()),
+            conditions_observed_at: Some(SystemTime::now().into()),
+        })),
+    }
+}
+
+fn report_message(problem: bool) -> AgentMessage {
+    AgentMessage {
+        body: Some(Body::Report(report(problem))),
+    }
+}
+
+fn summary() -> HealthSummary {
+    HealthSummary {
+        cpu_percent: rand::random_range(1.0..60.0),
+        memory_used_bytes: 3 << 30,
+        memory_total_bytes: 16 << 30,
+        disk_used_bytes: 40 << 30,
+        disk_total_bytes: 100 << 30,
+        load1: 0.5,
+        load5: 0.4,
+        load15: 0.3,
+        uptime_secs: 86_400,
+    }
+}
+
+/// The node's conditions; the first one is a problem when `problem` is set.
+fn report(problem: bool) -> HealthReport {
+    let now = SystemTime::now();
+    let conditions = CONDITIONS
+        .iter()
+        .enumerate()
+        .map(|(i, kind)| {
+            let bad = problem && i == 0;
+            Condition {
+                r#type: kind.to_string(),
+                subject: String::new(),
+                status: if bad {
+                    ConditionStatus::Problem
+                } else {
+                    ConditionStatus::Ok
+                } as i32,
+                severity: if bad {
+                    Severity::Warning
+                } else {
+                    Severity::Unspecified
+                } as i32,
+                reason: if bad {
+                    "SimulatedPressure"
+                } else {
+                    "Simulated"
+                }
+                .into(),
+                message: "simulated condition".into(),
+                last_transition: Some(now.into()),
+                last_observed: Some(now.into()),
+            }
+        })
+        .collect();
+    HealthReport { conditions }
+}

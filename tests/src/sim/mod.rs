@@ -1,0 +1,267 @@
+//! A simulated fleet: N agents that enroll with real bootstrap tokens, hold one real mTLS
+//! session each and heartbeat at a fixed interval, with the manager measured from outside
+//! through its metrics page and `/proc`.
+//!
+//! Definitions the report uses:
+//! - throughput: heartbeats the target counted (`opi_heartbeats_total` delta) per second over
+//!   the measurement window, next to heartbeats the simulator sent in the same window;
+//! - latency: the manager's own handling time of one heartbeat, p50/p99 interpolated from the
+//!   `opi_heartbeat_processing_seconds` bucket deltas over the window (not a round trip: the
+//!   protocol acknowledges no heartbeat, and none is added for the benchmark).
+
+pub mod agent;
+pub mod bench;
+pub mod echo;
+pub mod identity;
+pub mod scrape;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use agent::{Counters, Plan};
+use identity::Credentials;
+use scrape::Snapshot;
+
+/// Connections or enrollments in flight at once.
+pub const DEFAULT_CONCURRENCY: usize = 64;
+/// Longest wait for every agent to enroll, or to open its session.
+pub const PHASE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Pause between two checks of the number of open sessions.
+const PHASE_POLL: Duration = Duration::from_millis(100);
+
+/// What the simulated agents talk to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// A real `opi-manager serve`: agents enroll through bootstrap tokens first.
+    Manager,
+    /// The echo ceiling (`opi-echo-ceiling`): certificates come straight from the issuing CA.
+    Echo,
+}
+
+/// One simulation.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `https://HOST:PORT` of the target.
+    pub endpoint: String,
+    /// The manager's data directory (trust bundle, issuing CA, admin bundle).
+    pub data_dir: PathBuf,
+    pub target: Target,
+    pub agents: usize,
+    pub heartbeat: Duration,
+    /// Length of the measurement window, once every session is open.
+    pub duration: Duration,
+    /// Local addresses the connections are bound to, round-robin; empty lets the kernel pick.
+    pub sources: Vec<IpAddr>,
+    /// Health report changes per minute across the whole fleet.
+    pub changes_per_min: f64,
+    pub pool: String,
+    /// Metrics listener of the target; by default `DATA_DIR/run/metrics-addr`.
+    pub metrics: Option<SocketAddr>,
+    /// Process whose resident memory is reported.
+    pub target_pid: Option<u32>,
+    pub concurrency: usize,
+    /// Agents enrolled with one bootstrap token, 1 to [`identity::USES_PER_TOKEN`].
+    pub uses_per_token: usize,
+}
+
+/// What one simulation measured.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct Report {
+    pub agents: usize,
+    pub enrolled: usize,
+    /// Enrollments per second, from the first request to the last answer (0 for the echo).
+    pub enroll_per_sec: f64,
+    /// Enrollments the manager aborted because of a concurrent use of the token, retried.
+    pub enroll_retries: u64,
+    pub connected: usize,
+    pub connect_secs: f64,
+    /// `opi_agent_sessions` at the end of the window.
+    pub sessions_seen: f64,
+    pub window_secs: f64,
+    pub sent: u64,
+    pub accepted: u64,
+    pub sent_per_sec: f64,
+    pub accepted_per_sec: f64,
+    pub reports_sent: u64,
+    /// Sessions the target ended before the simulator did.
+    pub sessions_lost: u64,
+    pub p50_seconds: Option<f64>,
+    pub p99_seconds: Option<f64>,
+    pub target_rss_kib: Option<u64>,
+}
+
+impl Config {
+    /// The metrics address: given, or read from the data directory.
+    fn metrics_addr(&self) -> anyhow::Result<SocketAddr> {
+        if let Some(addr) = self.metrics {
+            return Ok(addr);
+        }
+        let path = self.data_dir.join("run/metrics-addr");
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "{}: start the manager with --metrics-listen",
+                path.display()
+            )
+        })?;
+        text.trim()
+            .parse()
+            .with_context(|| format!("{}: not an address", path.display()))
+    }
+
+    /// The source address of connection `i`.
+    fn source(&self, i: usize) -> Option<IpAddr> {
+        (!self.sources.is_empty()).then(|| self.sources[i % self.sources.len()])
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit: every agent holds a socket.
+pub fn raise_open_files() -> anyhow::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    Ok(hard)
+}
+
+/// Runs one simulation to its end and reports what it measured.
+pub async fn run(config: Config) -> anyhow::Result<Report> {
+    let metrics = config.metrics_addr()?;
+    let config = Arc::new(config);
+    let mut report = Report {
+        agents: config.agents,
+        ..Report::default()
+    };
+
+    let started = Instant::now();
+    let credentials = match config.target {
+        Target::Manager => identity::enroll_all(&config).await?,
+        Target::Echo => identity::issue_all(&config)?,
+    };
+    report.enrolled = credentials.len();
+    if config.target == Target::Manager {
+        report.enroll_per_sec = credentials.len() as f64 / started.elapsed().as_secs_f64();
+        report.enroll_retries = identity::RETRIES.load(Ordering::Relaxed);
+    }
+
+    let (stop, stopped) = watch::channel(false);
+    let counters = Arc::new(Counters::default());
+    let started = Instant::now();
+    let mut agents = connect_all(&config, credentials, &counters, stopped).await;
+    report.connected = counters.connected.load(Ordering::Relaxed) as usize;
+    report.connect_secs = started.elapsed().as_secs_f64();
+
+    measure(&config, metrics, &counters, &mut report).await?;
+    let _ = stop.send(true);
+    while agents.join_next().await.is_some() {}
+    report.sessions_lost = counters.lost.load(Ordering::Relaxed);
+    Ok(report)
+}
+
+/// Opens every agent's session, `concurrency` at a time; returns the running agents once all
+/// have opened theirs or failed.
+async fn connect_all(
+    config: &Arc<Config>,
+    credentials: Vec<Credentials>,
+    counters: &Arc<Counters>,
+    stopped: watch::Receiver<bool>,
+) -> JoinSet<()> {
+    let total = credentials.len() as u64;
+    let permits = Arc::new(Semaphore::new(config.concurrency));
+    let plan = Arc::new(Plan::new(config));
+    let mut agents = JoinSet::new();
+    for (i, creds) in credentials.into_iter().enumerate() {
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
+        let (plan, counters, stopped) = (plan.clone(), counters.clone(), stopped.clone());
+        let source = config.source(i);
+        agents.spawn(agent::run(plan, creds, source, counters, stopped, permit));
+    }
+
+    let deadline = Instant::now() + PHASE_TIMEOUT;
+    while counters.settled() < total && Instant::now() < deadline {
+        tokio::time::sleep(PHASE_POLL).await;
+    }
+    if let Some(error) = plan.first_error() {
+        let failed = counters.failed.load(Ordering::Relaxed);
+        eprintln!("{failed} agent(s) failed to open their session; first: {error}");
+    }
+    agents
+}
+
+/// Scrapes the target at both ends of the window and fills in throughput and latency.
+async fn measure(
+    config: &Config,
+    metrics: SocketAddr,
+    counters: &Counters,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let before = Snapshot::take(metrics).await?;
+    let sent_before = counters.sent.load(Ordering::Relaxed);
+    let reports_before = counters.reports.load(Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(config.duration).await;
+    let after = Snapshot::take(metrics).await?;
+    let window = started.elapsed().as_secs_f64();
+
+    report.window_secs = window;
+    report.sent = counters.sent.load(Ordering::Relaxed) - sent_before;
+    report.reports_sent = counters.reports.load(Ordering::Relaxed) - reports_before;
+    report.accepted = after.heartbeats.saturating_sub(before.heartbeats);
+    report.sent_per_sec = report.sent as f64 / window;
+    report.accepted_per_sec = report.accepted as f64 / window;
+    report.sessions_seen = after.sessions;
+    let buckets = scrape::delta(&after.buckets, &before.buckets);
+    report.p50_seconds = scrape::quantile(&buckets, 0.5);
+    report.p99_seconds = scrape::quantile(&buckets, 0.99);
+    report.target_rss_kib = config.target_pid.and_then(scrape::rss_kib);
+    Ok(())
+}
+
+impl Report {
+    /// The report as people read it.
+    pub fn summary(&self) -> String {
+        let ms = |s: Option<f64>| s.map_or("n/a".into(), |s| format!("{:.3} ms", s * 1e3));
+        let rss = self
+            .target_rss_kib
+            .map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+        format!(
+            "agents           {} ({} enrolled, {} connected in {:.1} s, {} lost)\n\
+             enrollments      {:.0}/s ({} retried after a concurrent token change)\n\
+             window           {:.1} s\n\
+             heartbeats       {:.1}/s accepted, {:.1}/s sent ({} / {})\n\
+             health reports   {}\n\
+             sessions seen    {}\n\
+             processing p50   {}\n\
+             processing p99   {}\n\
+             target RSS       {}\n",
+            self.agents,
+            self.enrolled,
+            self.connected,
+            self.connect_secs,
+            self.sessions_lost,
+            self.enroll_per_sec,
+            self.enroll_retries,
+            self.window_secs,
+            self.accepted_per_sec,
+            self.sent_per_sec,
+            self.accepted,
+            self.sent,
+            self.reports_sent,
+            self.sessions_seen,
+            ms(self.p50_seconds),
+            ms(self.p99_seconds),
+            rss,
+        )
+    }
+}
