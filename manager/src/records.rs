@@ -1,7 +1,8 @@
 //! What the manager stores, as JSON values under typed keys.
 //!
-//! Keys: `tokens/ID`, `nodes/NAME`, `audit/TIME-RAND` (time-ordered). Records keep their
-//! upstream-neutral shape so that both store backends hold the same bytes.
+//! Keys: `tokens/ID`, `nodes/NAME`, `audit/TIME-RAND` (time-ordered), `events/REVISION`,
+//! `profiles/POOL/GENERATION`, and `meta/…` for the store's epoch and generation counter.
+//! Records keep their upstream-neutral shape so that both store backends hold the same bytes.
 
 use std::collections::BTreeMap;
 
@@ -107,6 +108,9 @@ pub struct NodeRecord {
     /// Supervised state, persisted so that each transition is one event, across restarts.
     #[serde(default)]
     pub supervision: Supervision,
+    /// The profile generation the node should run and what it reported of it.
+    #[serde(default)]
+    pub config: ConfigRecord,
 }
 
 /// Connectivity of a node, after the grace period.
@@ -261,4 +265,92 @@ pub fn rfc3339(at: OffsetDateTime) -> String {
         .unwrap_or(at);
     at.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| at.unix_timestamp().to_string())
+}
+
+/// Key prefix of profiles.
+pub const PROFILES: &str = "profiles/";
+/// Key of the store's epoch: bumped when a backup is restored, so that generations made after
+/// a restore always rank above those made before it.
+pub const EPOCH_KEY: &str = "meta/epoch";
+/// Key of the last profile generation given out, fleet-wide.
+pub const GENERATION_KEY: &str = "meta/generation";
+
+/// Key prefix of the profiles of `pool`.
+pub fn pool_profiles(pool: &str) -> String {
+    format!("{PROFILES}{pool}/")
+}
+
+/// Key of one generation of a pool's profile; zero-padded so key order is generation order.
+pub fn profile_key(pool: &str, generation: u64) -> String {
+    format!("{PROFILES}{pool}/{generation:020}")
+}
+
+/// One generation of a pool's profile, as the operator gave it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileRecord {
+    pub pool: String,
+    /// Fleet-wide and increasing, so a node moved to another pool never sees a lower one.
+    pub generation: u64,
+    pub epoch: u64,
+    /// The document as given, secrets included; only agents of the pool receive it whole.
+    pub yaml: String,
+    /// `sha256:` and the hex digest of `yaml`.
+    pub digest: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub created_by: String,
+}
+
+/// A profile generation as nodes compare them: epoch first, then generation.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct GenerationId {
+    pub epoch: u64,
+    pub generation: u64,
+}
+
+/// The config axis of a node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConfigStatus {
+    /// The node's pool has no profile.
+    #[default]
+    None,
+    /// The node has a newer generation to apply, or is applying it.
+    Applying,
+    /// The node runs its desired generation.
+    InSync,
+    /// The node refused the desired generation or rolled it back.
+    Failed,
+    /// What the applied generation owns changed on the node.
+    Drifted,
+}
+
+/// The profile a node should run, and what it last reported.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigRecord {
+    pub status: ConfigStatus,
+    /// The generation the node should run; `None` while its pool has no profile.
+    pub desired: Option<GenerationId>,
+    /// The last generation the node applied.
+    pub applied: Option<GenerationId>,
+    pub reason: String,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub since: Option<OffsetDateTime>,
+    pub drifted: Vec<String>,
+    pub reboot_required: bool,
+}
+
+impl ConfigStatus {
+    /// The name operators type and read: none, applying, in-sync, failed, drifted.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConfigStatus::None => "none",
+            ConfigStatus::Applying => "applying",
+            ConfigStatus::InSync => "in-sync",
+            ConfigStatus::Failed => "failed",
+            ConfigStatus::Drifted => "drifted",
+        }
+    }
 }

@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::builder::{NonEmptyStringValueParser, RangedI64ValueParser};
+use clap::builder::{NonEmptyStringValueParser, RangedI64ValueParser, RangedU64ValueParser};
 use clap::{Args, Parser, Subcommand};
 
 use crate::filter::{
-    parse_condition_type, parse_revision, ConnectivityFilter, EventKind, HealthFilter,
-    SeverityFilter,
+    parse_condition_type, parse_revision, ConfigFilter, ConnectivityFilter, EventKind,
+    HealthFilter, SeverityFilter,
 };
 use crate::output::Format;
 use crate::token::args::{parse_label, parse_ttl, Label};
@@ -65,6 +65,9 @@ pub enum Command {
     /// Create, list and revoke enrollment tokens
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Set, show and compare pool profiles (hardening, kubelet and containerd config)
+    #[command(subcommand)]
+    Profile(ProfileCommand),
     /// Show the latest entries of the audit log
     Audit(AuditArgs),
     /// Show who the manager takes you for, your role and when your certificate expires
@@ -89,6 +92,10 @@ pub struct NodesArgs {
     /// Only list the nodes where a condition of this type is a problem (DiskPressure…)
     #[arg(long, value_name = "TYPE", value_parser = parse_condition_type)]
     pub condition: Option<String>,
+
+    /// Only list the nodes whose config axis is in this state
+    #[arg(long, value_name = "STATE", value_enum)]
+    pub config: Option<ConfigFilter>,
 }
 
 /// Arguments of `opictl watch`.
@@ -172,6 +179,46 @@ pub enum NodeCommand {
     },
 }
 
+/// `opictl profile …`.
+#[derive(Debug, Subcommand)]
+pub enum ProfileCommand {
+    /// Validate a profile and store it as the pool's next generation; its nodes apply it
+    ///
+    /// Every problem of the document is listed at once and nothing is stored unless it is
+    /// valid as a whole. A document equal to the latest generation makes no new one.
+    Set {
+        /// Pool name
+        pool: String,
+        /// Profile document (YAML), or `-` for standard input
+        #[arg(short = 'f', long, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Show a generation of a pool's profile, secrets redacted
+    Show {
+        /// Pool name
+        pool: String,
+        /// Generation to show [default: the latest]
+        #[arg(long, value_name = "N", value_parser = at_least_one_u64())]
+        generation: Option<u64>,
+    },
+    /// Show what changed between two generations, or what a draft would change
+    ///
+    /// Without options: the latest generation against the one before it.
+    Diff {
+        /// Pool name
+        pool: String,
+        /// Draft profile (YAML) to compare with the latest generation, or `-` for stdin
+        #[arg(short = 'f', long, value_name = "FILE", conflicts_with_all = ["from", "to"])]
+        file: Option<PathBuf>,
+        /// Older generation [default: the one before --to]
+        #[arg(long, value_name = "N", value_parser = at_least_one_u64())]
+        from: Option<u64>,
+        /// Newer generation [default: the latest]
+        #[arg(long, value_name = "N", value_parser = at_least_one_u64())]
+        to: Option<u64>,
+    },
+}
+
 /// `on` or `off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Switch {
@@ -230,6 +277,11 @@ pub struct AuditArgs {
 /// Accepts a count of one or more.
 fn at_least_one() -> RangedI64ValueParser<u32> {
     clap::value_parser!(u32).range(1..)
+}
+
+/// Accepts a generation number, 1 or more.
+fn at_least_one_u64() -> RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..)
 }
 
 /// Accepts an audit limit the manager can answer in one message.

@@ -9,10 +9,12 @@ use opi_pki::channel::{self, ChannelError};
 use opi_pki::tls::{self, ManagerVerifier};
 use opi_proto::v1::operator_client::OperatorClient;
 use opi_proto::v1::{
-    AuditEntry, CreateTokenRequest, CreateTokenResponse, DeleteNodeRequest, Event, GetNodeRequest,
-    ListAuditRequest, ListEventsRequest, ListNodesRequest, ListTokensRequest, MoveNodeRequest,
-    Node, RemoveNodeRequest, RevokeNodeRequest, RevokeTokenRequest, SetMaintenanceRequest,
-    StatusRequest, StatusResponse, Token, WatchRequest, WhoAmIRequest, WhoAmIResponse,
+    AuditEntry, CreateTokenRequest, CreateTokenResponse, DeleteNodeRequest, DiffProfileRequest,
+    DiffProfileResponse, Event, GetNodeRequest, GetProfileRequest, ListAuditRequest,
+    ListEventsRequest, ListNodesRequest, ListTokensRequest, MoveNodeRequest, Node, ProfileInfo,
+    RemoveNodeRequest, RevokeNodeRequest, RevokeTokenRequest, SetMaintenanceRequest,
+    SetProfileRequest, StatusRequest, StatusResponse, Token, WatchRequest, WhoAmIRequest,
+    WhoAmIResponse,
 };
 use tonic::transport::Channel;
 use tonic::Streaming;
@@ -208,6 +210,36 @@ impl Client {
             .list_audit(request(ListAuditRequest { limit }))
             .await;
         Ok(self.answer("to show the audit log", answer)?.entries)
+    }
+
+    /// Stores a pool's profile; answers with the generation in force.
+    pub async fn set_profile(&mut self, pool: &str, yaml: String) -> Result<ProfileInfo, Error> {
+        let message = SetProfileRequest {
+            pool: pool.into(),
+            yaml,
+        };
+        let answer = self.inner.set_profile(request(message)).await;
+        self.answer(format!("to set the profile of pool `{pool}`"), answer)
+    }
+
+    /// One generation of a pool's profile (0: the latest), secrets redacted.
+    pub async fn get_profile(&mut self, pool: &str, generation: u64) -> Result<ProfileInfo, Error> {
+        let message = GetProfileRequest {
+            pool: pool.into(),
+            generation,
+        };
+        let answer = self.inner.get_profile(request(message)).await;
+        self.answer(format!("to show the profile of pool `{pool}`"), answer)
+    }
+
+    /// A diff between generations of a pool's profile, or from its latest to a draft.
+    pub async fn diff_profile(
+        &mut self,
+        message: DiffProfileRequest,
+    ) -> Result<DiffProfileResponse, Error> {
+        let what = format!("to diff the profile of pool `{}`", message.pool);
+        let answer = self.inner.diff_profile(request(message)).await;
+        self.answer(what, answer)
     }
 
     /// The caller's identity as the manager sees it.

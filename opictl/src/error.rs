@@ -8,7 +8,7 @@ use opi_pki::bundle::BundleError;
 use opi_pki::tls::{ManagerRefused, TlsError};
 
 use crate::config::Origin;
-use crate::output::sanitize;
+use crate::output::{sanitize, sanitize_lines};
 
 /// Exit code of usage and configuration errors: the command cannot work as typed.
 pub const EXIT_USAGE: u8 = 2;
@@ -120,6 +120,23 @@ pub enum Error {
         /// The manager's message, stripped of control characters.
         message: String,
     },
+    /// A profile document could not be read.
+    #[error("cannot read profile document {path}")]
+    ReadProfile {
+        /// The file, or `-` for standard input.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A profile document is larger than the manager accepts.
+    #[error("profile document {path} is larger than {limit} bytes; split secrets or comments out")]
+    ProfileTooLarge {
+        /// The file, or `-` for standard input.
+        path: PathBuf,
+        /// The largest document accepted, in bytes.
+        limit: u64,
+    },
     /// Writing the result to stdout failed.
     #[error("cannot write the result to stdout")]
     Output(#[source] std::io::Error),
@@ -143,7 +160,9 @@ impl Error {
             | Error::BundleTls { .. }
             | Error::CertificateExpired { .. }
             | Error::BadEndpoint(_)
-            | Error::Usage(_) => EXIT_USAGE,
+            | Error::Usage(_)
+            | Error::ReadProfile { .. }
+            | Error::ProfileTooLarge { .. } => EXIT_USAGE,
             Error::Connect { .. }
             | Error::ServerRefused { .. }
             | Error::Refused { .. }
@@ -173,7 +192,8 @@ impl Error {
     pub fn refused(what: impl Into<String>, status: tonic::Status) -> Self {
         let message = match status.message() {
             "" => status.code().description().to_string(),
-            text => sanitize(text),
+            // Kept on several lines: a refused profile lists one problem per line.
+            text => sanitize_lines(text),
         };
         Error::Refused {
             what: what.into(),

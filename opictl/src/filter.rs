@@ -43,6 +43,23 @@ pub enum EventKind {
     Maintenance,
     /// A node was enrolled, revoked, moved or deleted
     Lifecycle,
+    /// A node's config axis changed: applying, in-sync, failed or drifted
+    Config,
+}
+
+/// `--config` of `opictl nodes`: the state of the config axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ConfigFilter {
+    /// The node's pool has no profile
+    None,
+    /// The node has a newer generation to apply, or is applying it
+    Applying,
+    /// The node runs its pool's profile generation
+    InSync,
+    /// The node refused its generation or rolled it back
+    Failed,
+    /// What the applied generation owns changed on the node
+    Drifted,
 }
 
 /// `--severity` of `opictl watch`: the least severe events to show.

@@ -118,6 +118,7 @@ fn render(view: &NodeView, now: SystemTime) -> String {
             since_when(view.health, view.health_since.as_deref(), now),
         ),
         ("maintenance", maintenance(view, now)),
+        ("config", config(view, now)),
         ("state", view.state.into()),
         (
             "revoked reason",
@@ -149,6 +150,33 @@ fn since_when(state: &str, since: Option<&str>, now: SystemTime) -> String {
         Some(_) => format!("{state} since {}", when(since, now)),
         None => state.to_string(),
     }
+}
+
+/// The config axis: state and since when, generations, and what the node said.
+fn config(view: &NodeView, now: SystemTime) -> String {
+    let config = &view.config;
+    let state = if config.state.is_empty() {
+        "none"
+    } else {
+        &config.state
+    };
+    let mut text = since_when(state, config.since.as_deref(), now);
+    if config.desired_generation > 0 {
+        text.push_str(&format!(
+            ", wants generation {}, applied {}",
+            config.desired_generation, config.applied_generation
+        ));
+    }
+    if !config.reason.is_empty() {
+        text.push_str(&format!(": {}", config.reason));
+    }
+    if !config.drifted.is_empty() {
+        text.push_str(&format!("; drifted: {}", config.drifted.join(", ")));
+    }
+    if config.reboot_required {
+        text.push_str("; reboot required");
+    }
+    text
 }
 
 /// `off`, or since when, by whom and why the node is in maintenance.

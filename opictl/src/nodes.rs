@@ -43,6 +43,7 @@ pub fn list_request(args: NodesArgs) -> ListNodesRequest {
             .map(wire_name)
             .unwrap_or_default(),
         condition: args.condition.unwrap_or_default(),
+        config: args.config.as_ref().map(wire_name).unwrap_or_default(),
     }
 }
 
@@ -54,6 +55,7 @@ pub fn table(views: &[NodeView], now: SystemTime) -> Table {
         "CONNECTIVITY",
         "HEALTH",
         "PROBLEMS",
+        "CONFIG",
         "STATE",
         "LAST-SEEN",
         "AGENT",
@@ -68,6 +70,7 @@ pub fn table(views: &[NodeView], now: SystemTime) -> Table {
             view.connectivity.into(),
             health_cell(view),
             problems(&view.conditions),
+            config_cell(view),
             view.state.into(),
             last_seen(view, now),
             view.agent_version.clone(),
@@ -91,10 +94,19 @@ fn health_cell(view: &NodeView) -> String {
     }
 }
 
+/// The config axis with the generation it is about: `in-sync@7`, `failed@8`, `none`.
+fn config_cell(view: &NodeView) -> String {
+    match view.config.desired_generation {
+        0 => view.config.state.clone(),
+        generation => format!("{}@{generation}", view.config.state),
+    }
+}
+
 fn empty_message(filter: &ListNodesRequest) -> String {
     let filtered = !(filter.health.is_empty()
         && filter.connectivity.is_empty()
-        && filter.condition.is_empty());
+        && filter.condition.is_empty()
+        && filter.config.is_empty());
     match filter.pool.as_str() {
         _ if filtered => "no nodes match these filters\n".into(),
         "" => "no nodes yet: `opictl token create --pool POOL` prints the line that enrolls one\n"
@@ -165,7 +177,7 @@ mod tests {
             text.lines()
                 .nth(1)
                 .unwrap()
-                .contains("   unknown   -          active   "),
+                .contains("   unknown   -          -        active   "),
             "{text}"
         );
     }

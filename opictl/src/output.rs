@@ -159,6 +159,16 @@ pub fn sanitize(text: &str) -> String {
         .collect()
 }
 
+/// [`sanitize`] for text of several lines: each line is cleaned, the line breaks are kept.
+pub fn sanitize_lines(text: &str) -> String {
+    text.split_inclusive('\n')
+        .map(|line| match line.strip_suffix('\n') {
+            Some(line) => format!("{}\n", sanitize(line)),
+            None => sanitize(line),
+        })
+        .collect()
+}
+
 /// A protobuf timestamp as a time; absent and zero (the epoch, a protobuf default) mean unset.
 pub fn system_time(ts: Option<&Timestamp>) -> Option<SystemTime> {
     let ts = ts.filter(|ts| ts.seconds != 0 || ts.nanos != 0)?;

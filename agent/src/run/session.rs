@@ -170,6 +170,7 @@ impl Agent {
                 facts: Some(self.facts.clone()),
                 summary: Some(self.health.summary()),
                 report: Some(self.checks.latest.borrow().report()),
+                applied_epoch: 0,
             })),
         }
     }
@@ -215,6 +216,11 @@ impl Agent {
                     "the manager asks for a certificate renewal now",
                 );
                 self.renew(endpoint, channel.clone()).await
+            }
+            Some(ManagerBody::Profile(profile)) => {
+                // Wired to the apply engine in the next step of the profiles work.
+                info!(endpoint = %endpoint, pool = %profile.pool, generation = profile.generation, "profile received");
+                false
             }
             None => {
                 debug!(endpoint = %endpoint, "ignoring an empty or unknown manager message");

@@ -15,8 +15,8 @@ use tracing::{info, warn};
 use super::{Fleet, FleetError};
 use crate::audit;
 use crate::records::{
-    node_key, rfc3339, token_key, Facts, NodeRecord, NodeState, Supervision, TokenEnrollment,
-    TokenRecord,
+    node_key, rfc3339, token_key, ConfigRecord, Facts, NodeRecord, NodeState, Supervision,
+    TokenEnrollment, TokenRecord,
 };
 use crate::store::{get_json, to_json, Txn, TxnOutcome, Versioned};
 use crate::tokens::BootstrapToken;
@@ -122,7 +122,12 @@ impl Fleet {
                 self.settings.node_cert_ttl,
             )?;
             let now = OffsetDateTime::now_utc();
-            let node = new_node_record(&name, &record, input, &issued, now);
+            let mut node = new_node_record(&name, &record, input, &issued, now);
+            if let Some(profile) = self.latest_profile(&record.pool) {
+                // A new node has no history: its first config event comes with its first report.
+                let id = super::profiles::generation_id(&profile);
+                super::config_axis::on_target(&mut node, id, now, &mut Vec::new());
+            }
             let mut token_record = record.clone();
             token_record.used += 1;
             token_record.enrollments.push(TokenEnrollment {
@@ -274,6 +279,7 @@ fn new_node_record(
             health_since: Some(now),
             ..Supervision::default()
         },
+        config: ConfigRecord::default(),
     }
 }
 

@@ -49,6 +49,10 @@ pub enum FleetError {
     InvalidArgument(String),
     #[error("bootstrap token {id} does not exist")]
     NoSuchToken { id: String },
+    #[error("profile for pool {pool} refused, nothing stored:\n{problems}")]
+    InvalidProfile { pool: String, problems: String },
+    #[error("pool {pool} has no profile{}; set one with `opictl profile set {pool} -f FILE`", generation_suffix(*generation))]
+    UnknownProfile { pool: String, generation: u64 },
     #[error("{what} changed concurrently; try again")]
     Conflict { what: String },
     #[error("fleet store error")]
@@ -69,5 +73,13 @@ impl FleetError {
                 | FleetError::TokenExpired { .. }
                 | FleetError::TokenUsedUp { .. }
         )
+    }
+}
+
+/// " generation N", or nothing for the latest.
+fn generation_suffix(generation: u64) -> String {
+    match generation {
+        0 => String::new(),
+        n => format!(" generation {n}"),
     }
 }

@@ -2,10 +2,12 @@
 //! heartbeats in memory. Every change goes to the store first (compare-and-swap, with its
 //! audit entry in the same transaction), then to memory.
 
+pub mod config_axis;
 mod enroll;
 mod error;
 mod limiter;
 mod nodes;
+pub mod profiles;
 mod sessions;
 pub mod supervise;
 mod tick;
@@ -30,6 +32,7 @@ use crate::store::{list_json, Revision, Store};
 pub use enroll::{EnrollInput, EnrollOutput};
 pub use error::FleetError;
 pub use limiter::FailureLimiter;
+pub use profiles::SetOutcome;
 pub use sessions::{Session, SessionHello};
 pub use tokens::{NewToken, TokenSpec};
 
@@ -68,6 +71,8 @@ pub struct Fleet {
     stopping: tokio::sync::watch::Sender<bool>,
     /// Enrollments, heartbeats and sessions, for the metrics page.
     counters: Arc<FleetCounters>,
+    /// The store's epoch and each pool's latest profile.
+    profiles: RwLock<profiles::ProfileCache>,
 }
 
 /// A node record with its store revision and, when connected, its live session.
@@ -128,6 +133,7 @@ impl Fleet {
             })
             .collect();
         let events = EventLog::open(store.clone(), settings.event_retention).await?;
+        let profiles = profiles::ProfileCache::load(&*store).await?;
         Ok(Arc::new(Self {
             store,
             authority,
@@ -139,6 +145,7 @@ impl Fleet {
             flaps: Mutex::new(FlapDetector::default()),
             stopping: tokio::sync::watch::channel(false).0,
             counters: Arc::default(),
+            profiles: RwLock::new(profiles),
         }))
     }
 

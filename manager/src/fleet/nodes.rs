@@ -222,6 +222,8 @@ impl Fleet {
         })?;
         let entry =
             audit::Entry::ok(actor, "node.move", name, from).detail(format!("to pool {pool}"));
+        // A node moved to a pool without a profile keeps running what it applied last.
+        let profile = self.latest_profile(pool);
         self.update_node(name, Some(entry), |record, drafts| {
             if record.pool == pool {
                 return Ok(());
@@ -235,9 +237,17 @@ impl Fleet {
                     .severity(Severity::Info),
             );
             record.pool = pool.into();
+            if let Some(profile) = &profile {
+                let id = super::profiles::generation_id(profile);
+                super::config_axis::on_target(record, id, OffsetDateTime::now_utc(), drafts);
+            }
             Ok(())
         })
         .await?;
+        if let Some(profile) = &profile {
+            self.send_desired(name).await;
+            info!(node = %name, pool = %pool, generation = profile.generation, "moved node targeted at its new pool's profile");
+        }
         self.node(name)
     }
 

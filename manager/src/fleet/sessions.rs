@@ -15,9 +15,10 @@ use tokio::sync::{mpsc, Notify};
 use tonic::Status;
 use tracing::{info, warn};
 
+use super::config_axis::{self, ApplyReport};
 use super::supervise::{apply_axes, apply_report, Observed};
 use super::{Fleet, FleetError, Live};
-use crate::records::{ConditionRecord, Facts};
+use crate::records::{ConditionRecord, Facts, GenerationId};
 
 /// What the agent said in its hello.
 #[derive(Clone, Debug)]
@@ -27,6 +28,8 @@ pub struct SessionHello {
     pub summary: Option<HealthSummary>,
     /// The conditions, when the agent sent a report with its hello.
     pub report: Option<Vec<ConditionRecord>>,
+    /// The profile generation the node runs, if any.
+    pub applied: Option<GenerationId>,
 }
 
 /// A registered session; dropped sessions must be detached.
@@ -61,6 +64,7 @@ impl Fleet {
             record.boot_id = hello.boot_id.clone();
             record.last_seen = Some(now);
             record.remote_addr = remote.to_string();
+            config_axis::on_hello(record, hello.applied, now, drafts);
             let mut flaps = self.flaps.lock().expect("flap lock poisoned");
             if let Some(report) = &hello.report {
                 apply_report(
@@ -213,6 +217,37 @@ impl Fleet {
     }
 
     /// Closes a node's session, if any, with `status` as the reason given to the agent.
+    /// Records what the node's agent reported of a profile generation.
+    pub async fn apply_report(
+        &self,
+        session: &Session,
+        report: ApplyReport,
+    ) -> Result<(), FleetError> {
+        let now = OffsetDateTime::now_utc();
+        self.update_node(&session.node, None, |record, drafts| {
+            config_axis::on_report(record, &report, now, drafts);
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Queues `message` on the node's session; false when it has none or its queue is full
+    /// (the node gets what it needs again at its next hello).
+    pub(super) fn send(&self, name: &str, message: ManagerMessage) -> bool {
+        let nodes = self.nodes.read().expect("fleet lock poisoned");
+        let Some(live) = nodes.get(name).and_then(|e| e.live.as_ref()) else {
+            return false;
+        };
+        match live.outbound.try_send(Ok(message)) {
+            Ok(()) => true,
+            Err(error) => {
+                warn!(node = %name, error = %error, "cannot queue a message for the node; it gets it again at its next hello");
+                false
+            }
+        }
+    }
+
     pub(super) fn close_session(&self, name: &str, status: Status) {
         if let Ok(Some(live)) = self.swap_live(name, None) {
             close(live, status);

@@ -273,6 +273,7 @@ mod tests {
             boot_id: String::new(),
             remote_addr: String::new(),
             supervision: Supervision::default(),
+            config: Default::default(),
         }
     }
 

@@ -93,6 +93,8 @@ impl RefusalReason {
             | FleetError::Forbidden { .. }
             | FleetError::InvalidArgument(_)
             | FleetError::NoSuchToken { .. }
+            | FleetError::InvalidProfile { .. }
+            | FleetError::UnknownProfile { .. }
             | FleetError::Conflict { .. }
             | FleetError::Store(_)
             | FleetError::Issue(_) => Self::Other,

@@ -320,6 +320,7 @@ mod tests {
                     health,
                     ..Supervision::default()
                 },
+                config: Default::default(),
             },
             online: connectivity == Connectivity::Online,
             last_seen: Some(now),

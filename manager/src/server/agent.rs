@@ -18,7 +18,7 @@ use tracing::{debug, info_span, warn, Instrument};
 use super::convert::{self, facts_from_proto};
 use super::peer::{self, Caller};
 use crate::fleet::{Fleet, FleetError, Session, SessionHello};
-use crate::records::rfc3339;
+use crate::records::{rfc3339, GenerationId};
 
 /// Time an agent has to say hello after opening its session.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,6 +51,7 @@ impl Agent for AgentService {
             .attach(&caller.cert, hello, remote, outbound.clone())
             .await?;
         let _ = outbound.send(Ok(welcome(&self.fleet, &session))).await;
+        self.fleet.send_desired(&session.node).await;
 
         let span = info_span!("session", node = %session.node, session = session.id);
         let fleet = self.fleet.clone();
@@ -90,6 +91,10 @@ async fn read_hello(
             boot_id: hello.boot_id,
             facts: facts_from_proto(hello.facts.unwrap_or_default()),
             summary: hello.summary,
+            applied: (hello.applied_generation > 0).then_some(GenerationId {
+                epoch: hello.applied_epoch,
+                generation: hello.applied_generation,
+            }),
             report: match hello.report {
                 Some(report) => Some(convert::conditions_from_proto(report.conditions).map_err(
                     |why| {
@@ -155,6 +160,16 @@ async fn serve_session(
                             }
                         }
                         Err(why) => warn!(reason = %why, "invalid health report ignored"),
+                    }
+                }
+                Ok(Some(AgentMessage { body: Some(AgentBody::Apply(report)) })) => {
+                    match convert::apply_report_from_proto(report) {
+                        Ok(report) => {
+                            if let Err(error) = fleet.apply_report(&session, report).await {
+                                warn!(error = %error, "cannot record apply report");
+                            }
+                        }
+                        Err(why) => warn!(reason = %why, "invalid apply report ignored"),
                     }
                 }
                 Ok(Some(_)) => debug!("ignored unexpected message"),

@@ -20,12 +20,14 @@ pub enum Action {
     ListEvents,
     Maintenance,
     MoveNode,
+    SetProfile,
+    ShowProfile,
     WhoAmI,
 }
 
 impl Action {
     /// Every action, in table order.
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 16] = [
         Action::Status,
         Action::ListNodes,
         Action::ShowNode,
@@ -39,6 +41,8 @@ impl Action {
         Action::ListEvents,
         Action::Maintenance,
         Action::MoveNode,
+        Action::SetProfile,
+        Action::ShowProfile,
         Action::WhoAmI,
     ];
 
@@ -54,6 +58,8 @@ impl Action {
             Action::Watch => &[Admin, Operator, Viewer, Alerting],
             Action::ListEvents => &[Admin, Operator, Viewer],
             Action::Maintenance | Action::MoveNode => &[Admin, Operator],
+            Action::SetProfile => &[Admin, Operator],
+            Action::ShowProfile => &[Admin, Operator, Viewer],
             Action::WhoAmI => &[Admin, Operator, Viewer, Alerting],
         }
     }
@@ -74,6 +80,8 @@ impl Action {
             Action::ListEvents => "list node events",
             Action::Maintenance => "put nodes in maintenance",
             Action::MoveNode => "move nodes between pools",
+            Action::SetProfile => "set pool profiles",
+            Action::ShowProfile => "read pool profiles",
             Action::WhoAmI => "ask who it is",
         }
     }

@@ -3,10 +3,11 @@
 use opi_proto::v1 as pb;
 use time::OffsetDateTime;
 
+use crate::fleet::config_axis::{ApplyReport, Outcome};
 use crate::fleet::NodeView;
 use crate::records::{
-    AuditRecord, ConditionRecord, ConditionStatus, EventRecord, Facts, Health, NodeState, Severity,
-    TokenRecord,
+    AuditRecord, ConditionRecord, ConditionStatus, ConfigRecord, EventRecord, Facts, GenerationId,
+    Health, NodeState, ProfileRecord, Severity, TokenRecord,
 };
 use crate::store::Revision;
 
@@ -214,7 +215,70 @@ pub fn node_to_proto(view: &NodeView) -> pb::Node {
             }),
         connectivity_since: record.supervision.connectivity_since.map(timestamp),
         health_since: record.supervision.health_since.map(timestamp),
+        config: Some(config_to_proto(&record.config)),
     }
+}
+
+fn config_to_proto(config: &ConfigRecord) -> pb::ConfigState {
+    pb::ConfigState {
+        state: config.status.name().into(),
+        desired_generation: config.desired.map_or(0, |d| d.generation),
+        applied_generation: config.applied.map_or(0, |a| a.generation),
+        reason: config.reason.clone(),
+        since: config.since.map(timestamp),
+        drifted: config.drifted.clone(),
+        reboot_required: config.reboot_required,
+    }
+}
+
+/// A profile generation for operators: `yaml` is the redacted document.
+pub fn profile_to_proto(profile: &ProfileRecord, yaml: String, changed: bool) -> pb::ProfileInfo {
+    pb::ProfileInfo {
+        pool: profile.pool.clone(),
+        generation: profile.generation,
+        epoch: profile.epoch,
+        yaml,
+        digest: profile.digest.clone(),
+        created_at: Some(timestamp(profile.created_at)),
+        created_by: profile.created_by.clone(),
+        changed,
+    }
+}
+
+/// Most items an apply report may list.
+const MAX_REPORT_ITEMS: usize = 4096;
+
+/// An agent's apply report, checked.
+pub fn apply_report_from_proto(report: pb::ApplyReport) -> Result<ApplyReport, String> {
+    let outcome = match pb::ApplyOutcome::try_from(report.outcome) {
+        Ok(pb::ApplyOutcome::Applying) => Outcome::Applying,
+        Ok(pb::ApplyOutcome::Applied) => Outcome::Applied,
+        Ok(pb::ApplyOutcome::RolledBack) => Outcome::RolledBack,
+        Ok(pb::ApplyOutcome::Refused) => Outcome::Refused,
+        Ok(pb::ApplyOutcome::Drifted) => Outcome::Drifted,
+        Ok(pb::ApplyOutcome::Unspecified) | Err(_) => {
+            return Err(format!("unknown apply outcome {}", report.outcome))
+        }
+    };
+    if report.generation == 0 {
+        return Err("apply report names generation 0".into());
+    }
+    if report.changes.len() + report.drifted.len() > MAX_REPORT_ITEMS {
+        return Err(format!(
+            "apply report lists more than {MAX_REPORT_ITEMS} items"
+        ));
+    }
+    Ok(ApplyReport {
+        id: GenerationId {
+            epoch: report.epoch,
+            generation: report.generation,
+        },
+        outcome,
+        reason: report.reason,
+        changes: report.changes,
+        drifted: report.drifted,
+        reboot_required: report.reboot_required,
+    })
 }
 
 fn health_to_proto(health: Health) -> pb::Health {

@@ -8,6 +8,7 @@ mod convert;
 mod enroll;
 mod operator;
 mod peer;
+mod profiles;
 mod query;
 mod status;
 mod watch;

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::authz::Action;
 use super::convert::{audit_to_proto, event_to_proto, node_to_proto, timestamp, token_to_proto};
 use super::peer;
-use super::{query, watch};
+use super::{profiles, query, watch};
 use crate::fleet::{Fleet, FleetError, TokenSpec};
 use crate::records::{AuditRecord, AUDIT};
 use crate::store::decode;
@@ -256,6 +256,35 @@ impl Operator for OperatorService {
             entries.push(audit_to_proto(&entry.value, entry.mod_revision));
         }
         Ok(Response::new(pb::ListAuditResponse { entries }))
+    }
+
+    async fn set_profile(
+        &self,
+        request: Request<pb::SetProfileRequest>,
+    ) -> Result<Response<pb::ProfileInfo>, Status> {
+        let (caller, _) = peer::operator(&request, &self.fleet, Action::SetProfile)?;
+        let actor = caller.cert.identity.uri();
+        let body = request.into_inner();
+        let info = profiles::set(&self.fleet, body, &actor, &caller.remote).await?;
+        Ok(Response::new(info))
+    }
+
+    async fn get_profile(
+        &self,
+        request: Request<pb::GetProfileRequest>,
+    ) -> Result<Response<pb::ProfileInfo>, Status> {
+        peer::operator(&request, &self.fleet, Action::ShowProfile)?;
+        let info = profiles::get(&self.fleet, request.into_inner()).await?;
+        Ok(Response::new(info))
+    }
+
+    async fn diff_profile(
+        &self,
+        request: Request<pb::DiffProfileRequest>,
+    ) -> Result<Response<pb::DiffProfileResponse>, Status> {
+        peer::operator(&request, &self.fleet, Action::ShowProfile)?;
+        let diff = profiles::diff(&self.fleet, request.into_inner()).await?;
+        Ok(Response::new(diff))
     }
 
     async fn who_am_i(

@@ -5,7 +5,16 @@ use std::collections::BTreeMap;
 use opi_proto::v1 as pb;
 
 use crate::fleet::{FleetError, NodeView};
-use crate::records::{ConditionStatus, Health, NodeState};
+use crate::records::{ConditionStatus, ConfigStatus, Health, NodeState};
+
+/// Every state of the config axis, as `--config` accepts them.
+const CONFIG_STATES: [ConfigStatus; 5] = [
+    ConfigStatus::None,
+    ConfigStatus::Applying,
+    ConfigStatus::InSync,
+    ConfigStatus::Failed,
+    ConfigStatus::Drifted,
+];
 
 /// Node counts per pool, by connectivity, health and maintenance, sorted by pool.
 pub fn pool_counts(views: &[NodeView]) -> Vec<pb::PoolStatus> {
@@ -45,6 +54,7 @@ pub struct NodeQuery {
     health: Option<Health>,
     online: Option<bool>,
     condition: Option<String>,
+    config: Option<ConfigStatus>,
 }
 
 impl NodeQuery {
@@ -72,6 +82,18 @@ impl NodeQuery {
                 None
             }
         };
+        let config = match request.config.as_str() {
+            "" => None,
+            name => {
+                let status = CONFIG_STATES.into_iter().find(|s| s.name() == name);
+                if status.is_none() {
+                    problems.push(format!(
+                        "config `{name}` is not none, applying, in-sync, failed or drifted"
+                    ));
+                }
+                status
+            }
+        };
         if !problems.is_empty() {
             return Err(FleetError::InvalidArgument(problems.join("; ")));
         }
@@ -81,6 +103,7 @@ impl NodeQuery {
             health,
             online,
             condition,
+            config,
         })
     }
 
@@ -89,6 +112,7 @@ impl NodeQuery {
         let sup = &view.record.supervision;
         self.health.is_none_or(|h| h == sup.health)
             && self.online.is_none_or(|online| online == view.online)
+            && self.config.is_none_or(|c| c == view.record.config.status)
             && self.condition.as_ref().is_none_or(|kind| {
                 sup.conditions
                     .iter()

@@ -26,6 +26,8 @@ impl From<FleetError> for Status {
             FleetError::Forbidden { .. } => Code::PermissionDenied,
             FleetError::InvalidArgument(_) => Code::InvalidArgument,
             FleetError::NoSuchToken { .. } => Code::NotFound,
+            FleetError::InvalidProfile { .. } => Code::InvalidArgument,
+            FleetError::UnknownProfile { .. } => Code::NotFound,
             FleetError::Conflict { .. } => Code::Aborted,
             FleetError::Store(_) => Code::Unavailable,
             FleetError::Issue(_) => Code::Internal,

@@ -14,13 +14,14 @@ use crate::events::{WatchError, WatchFilter};
 use crate::fleet::{Fleet, FleetError};
 
 /// Event kinds a watcher may ask for.
-pub const KINDS: [&str; 6] = [
+pub const KINDS: [&str; 7] = [
     "connectivity",
     "health",
     "condition",
     "flapping",
     "maintenance",
     "lifecycle",
+    "config",
 ];
 /// Events buffered towards one watcher.
 const WATCH_QUEUE: usize = 256;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use opi_proto::v1::{Connectivity, HealthSummary, Node, NodeState};
+use opi_proto::v1::{ConfigState, Connectivity, HealthSummary, Node, NodeState};
 use serde::Serialize;
 
 use crate::health::{health_name, ConditionView, MaintenanceView};
@@ -63,6 +63,27 @@ pub struct NodeView {
     pub token_id: String,
     /// Latest resource summary; `null` before the first heartbeat.
     pub summary: Option<SummaryView>,
+    /// The config axis: which profile generation the node should run and what it reported.
+    pub config: ConfigView,
+}
+
+/// The JSON shape of a node's config axis.
+#[derive(Debug, Default, Serialize)]
+pub struct ConfigView {
+    /// `none`, `applying`, `in-sync`, `failed` or `drifted`.
+    pub state: String,
+    /// The generation the node should run; 0 while its pool has no profile.
+    pub desired_generation: u64,
+    /// The last generation the node applied; 0 for none.
+    pub applied_generation: u64,
+    /// What the node last said about it.
+    pub reason: String,
+    /// Since when the axis has had its state, RFC 3339.
+    pub since: Option<String>,
+    /// What drifted from the applied generation.
+    pub drifted: Vec<String>,
+    /// A reboot-scoped setting waits for the next boot.
+    pub reboot_required: bool,
 }
 
 /// The JSON shape of a node's resource summary.
@@ -126,6 +147,21 @@ impl NodeView {
             revoked_reason: Some(node.revoked_reason).filter(|r| !r.is_empty()),
             token_id: node.token_id,
             summary: node.summary.map(SummaryView::from),
+            config: node.config.map(ConfigView::from).unwrap_or_default(),
+        }
+    }
+}
+
+impl From<ConfigState> for ConfigView {
+    fn from(config: ConfigState) -> Self {
+        Self {
+            since: timestamp(config.since.as_ref()),
+            state: config.state,
+            desired_generation: config.desired_generation,
+            applied_generation: config.applied_generation,
+            reason: config.reason,
+            drifted: config.drifted,
+            reboot_required: config.reboot_required,
         }
     }
 }

@@ -104,6 +104,8 @@ pub fn verdict(error: &Error) -> Verdict {
         | Error::Usage(_)
         | Error::ServerRefused { .. }
         | Error::EventsGone { .. }
+        | Error::ReadProfile { .. }
+        | Error::ProfileTooLarge { .. }
         | Error::Output(_) => Verdict::GiveUp,
     }
 }

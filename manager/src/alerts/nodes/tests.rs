@@ -42,6 +42,7 @@ fn online(name: &str, pool: &str) -> NodeView {
                 health_since: Some(NOW - DAY),
                 ..Supervision::default()
             },
+            config: Default::default(),
         },
         online: true,
         last_seen: Some(NOW),
