@@ -17,6 +17,7 @@ pub mod admin;
 pub mod alertmanager;
 pub mod grpc;
 pub mod http;
+pub mod node;
 pub mod sim;
 
 /// Default bound of [`wait_until`].
@@ -135,6 +136,11 @@ pub struct Manager {
 impl Manager {
     /// Runs `opi-manager init` for fleet `fleet` in `dir/manager`.
     pub fn init(dir: &Path, fleet: &str) -> Self {
+        Self::init_with(dir, fleet, &[])
+    }
+
+    /// [`Manager::init`] with extra `init` arguments (`--san ADDR`…).
+    pub fn init_with(dir: &Path, fleet: &str, extra: &[&str]) -> Self {
         let data_dir = dir.join("manager");
         ok(run(Command::new(bin("opi-manager"))
             .args([
@@ -145,7 +151,8 @@ impl Manager {
                 "127.0.0.1:0",
                 "--data-dir",
             ])
-            .arg(&data_dir)));
+            .arg(&data_dir)
+            .args(extra)));
         let log = dir.join("manager.log");
         Self {
             data_dir,
@@ -154,6 +161,13 @@ impl Manager {
             child: None,
             extra: Vec::new(),
         }
+    }
+
+    /// The address the next start listens on instead of `127.0.0.1:0`; port 0 picks a free
+    /// port, kept across restarts.
+    pub fn with_listen(mut self, addr: SocketAddr) -> Self {
+        self.addr = Some(addr);
+        self
     }
 
     /// Extra `serve` arguments for the next start.
