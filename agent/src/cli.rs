@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use crate::{enroll, health, run, status};
+use crate::{apply, enroll, health, run, status};
 
 /// Log level used when `RUST_LOG` is unset.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
@@ -35,6 +35,10 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Show this node's health summary and conditions as they would be sent now
     Health(health::HealthArgs),
+    /// Show what applying a node profile would change here, without changing anything
+    Plan(apply::PlanArgs),
+    /// Apply a node profile as one transaction: save, apply, verify, commit or roll back
+    Apply(apply::ApplyArgs),
 }
 
 /// Format of the logs.

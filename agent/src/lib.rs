@@ -15,11 +15,15 @@
 //!   collectors, settings and history; [`conditions::clock`] holds the crate's only `unsafe`;
 //! - [`backoff`]: exponential backoff with full jitter;
 //! - [`rpc`]: telling a manager's answer from a broken transport;
-//! - [`output`]: `-o table|json` results on stdout.
+//! - [`output`]: `-o table|json` results on stdout;
+//! - [`apply`]: the apply engine (plan, journal, last-known-good, verify, commit or roll back,
+//!   drift) with one module per kind of change, and the `plan` and `apply` subcommands;
+//! - [`systemd`]: restarting services through systemd's D-Bus API.
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod apply;
 pub mod backoff;
 pub mod cert;
 pub mod cli;
@@ -34,6 +38,7 @@ pub mod rpc;
 pub mod run;
 pub mod status;
 pub mod store;
+pub mod systemd;
 pub mod token;
 
 use std::error::Error as StdError;
@@ -64,6 +69,9 @@ pub enum Error {
     /// `opi-agent health` failed.
     #[error(transparent)]
     Health(#[from] health::HealthError),
+    /// `opi-agent plan` or `opi-agent apply` failed.
+    #[error(transparent)]
+    Apply(#[from] apply::ApplyError),
 }
 
 impl Error {
@@ -74,6 +82,7 @@ impl Error {
             Error::Run(e) => e.exit_code(),
             Error::Status(e) => e.exit_code(),
             Error::Health(e) => e.exit_code(),
+            Error::Apply(e) => e.exit_code(),
         }
     }
 }
@@ -85,6 +94,8 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Run(args) => run::run(args).await?,
         Command::Status(args) => status::run(args)?,
         Command::Health(args) => health::run(args).await?,
+        Command::Plan(args) => apply::plan_command::run(args).await?,
+        Command::Apply(args) => apply::apply_command::run(args).await?,
     }
     Ok(())
 }

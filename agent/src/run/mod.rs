@@ -95,6 +95,7 @@ impl RunError {
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let paths = args.location.resolve();
+    crate::apply::recover_at_start(&paths).await;
     let state = store::load(&paths).map_err(|source| RunError::LoadState {
         state_dir: paths.dir.clone(),
         source: Box::new(source),
