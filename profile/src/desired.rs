@@ -224,7 +224,7 @@ type Sysctls = BTreeMap<String, (SysctlSetting, Option<String>)>;
 /// Adds the sysctls kubelet's `protectKernelDefaults` insists on, refusing a conflict.
 fn add_kubelet_sysctls(sysctls: &mut Sysctls, errors: &mut ProfileErrors) {
     for (key, value) in KERNEL_DEFAULTS {
-        match sysctls.get(key) {
+        match sysctls.get_mut(key) {
             Some((existing, _)) if existing.value.trim() != value => errors.push(
                 "kubelet.protectKernelDefaults",
                 format!(
@@ -232,6 +232,10 @@ fn add_kubelet_sysctls(sysctls: &mut Sysctls, errors: &mut ProfileErrors) {
                     existing.origin, existing.value
                 ),
             ),
+            // kubelet reads the live value when it starts: a file-only item must apply now.
+            Some((existing, _)) if existing.scope == Scope::FileOnly => {
+                existing.scope = Scope::Live
+            }
             Some(_) => {}
             None => {
                 let setting = SysctlSetting {
