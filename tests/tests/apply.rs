@@ -201,7 +201,7 @@ fn plan_lists_exactly_the_files_apply_then_changes() {
     let after = node.snapshot();
     assert_eq!(changed(&before, &after), planned, "{applied}");
     assert!(
-        applied.contains("verified: ContainerRuntimeHealthy: containerd"),
+        applied.contains("verify: ContainerRuntimeHealthy: containerd"),
         "{applied}"
     );
     assert_eq!(
@@ -382,4 +382,28 @@ fn registry_credentials_never_appear_in_plan_output() {
         assert!(!stdout.contains(PASSWORD), "{stdout}");
         assert!(!String::from_utf8_lossy(&output.stderr).contains(PASSWORD));
     }
+}
+
+#[test]
+fn a_changed_registry_password_is_planned_and_applied_without_being_shown() {
+    let node = Node::new(SOCKET, 1000);
+    let _containerd = Containerd::start(&node);
+    ok(node.run("apply", &node.profile(WORKER), &[]));
+    let rotated = "rotated-registry-password";
+    let profile = node.profile(&WORKER.replace(PASSWORD, rotated));
+
+    let plan = ok(node.run("plan", &profile, &[]));
+    assert!(
+        plan.contains("update    /etc/containerd/config.toml"),
+        "{plan}"
+    );
+    assert!(plan.contains("~ credentials changed (not shown)"), "{plan}");
+    assert!(
+        !plan.contains(rotated) && !plan.contains(PASSWORD),
+        "{plan}"
+    );
+    let applied = ok(node.run("apply", &profile, &[]));
+    assert!(!applied.contains(rotated), "{applied}");
+    let config = fs::read_to_string(node.root.join("etc/containerd/config.toml")).unwrap();
+    assert!(config.contains(rotated), "the new password is written");
 }

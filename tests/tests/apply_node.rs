@@ -76,7 +76,7 @@ fn apply_on_a_real_node_sets_live_sysctls_and_restarts_containerd_through_system
         "{stdout}"
     );
     assert!(
-        stdout.contains("verified: ContainerRuntimeHealthy: containerd"),
+        stdout.contains("verify: ContainerRuntimeHealthy: containerd"),
         "{stdout}"
     );
     assert_eq!(

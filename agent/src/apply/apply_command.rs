@@ -78,7 +78,7 @@ fn write_outcome(out: &mut impl Write, applied: &Applied) -> std::io::Result<()>
         applied.plan.changed_files().count()
     )?;
     for line in &applied.verified {
-        writeln!(out, "verified: {line}")?;
+        writeln!(out, "verify: {line}")?;
     }
     Ok(())
 }

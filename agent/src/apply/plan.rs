@@ -195,6 +195,10 @@ fn compare(found: &Found, file: &ManagedFile, meta: Meta) -> (FileAction, Vec<St
     let mut lines = Vec::new();
     if found.content != file.content.as_bytes() {
         lines = changed_lines(&before, &file.shown);
+        if lines.is_empty() {
+            // Only redacted values differ.
+            lines.push("~ credentials changed (not shown)".to_string());
+        }
     }
     let found_meta = Meta {
         mode: found.mode,
