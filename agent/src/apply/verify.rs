@@ -56,9 +56,7 @@ impl Verifier {
         ];
         for (service, check) in checks.into_iter().filter(|(s, _)| changed.contains(s)) {
             if !self.health.enabled(check) {
-                seen.push(format!(
-                    "{check}: not verified, the check is disabled in health.toml"
-                ));
+                seen.push(format!("{check}: not checked, disabled in health.toml"));
                 continue;
             }
             let line = self.until_healthy(service, deadline).await.map_err(|why| {
