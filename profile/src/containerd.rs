@@ -4,6 +4,9 @@
 //!
 //! containerd itself accepts unknown keys and wrong types inside plugin sections, so every
 //! key is checked here.
+//!
+//! Shortcoming: version 3 cannot set registry mirrors or credentials inline (only
+//! `config_path`), and only the runc runtime can be configured in either version.
 
 use toml::{Table, Value};
 

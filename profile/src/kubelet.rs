@@ -1,6 +1,8 @@
 //! The `kubelet` section: an upstream `KubeletConfiguration` (`kubelet.config.k8s.io/v1beta1`,
 //! as read by kubelet 1.29, 1.30 and 1.31), limited to an allowlist of keys and merged over
 //! secure defaults.
+//!
+//! Shortcoming: one allowlist serves 1.29 to 1.31, so keys new in 1.30 or 1.31 are refused.
 
 use serde_norway::{Mapping, Value};
 

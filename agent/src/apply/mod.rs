@@ -202,6 +202,9 @@ pub async fn recover_at_start(paths: &StatePaths) {
 
 /// Every item the last committed apply on `node` owns that drifted since: files edited,
 /// removed or with another mode or owner, and live sysctls changed (when `node` is live).
+///
+/// Shortcoming: nothing calls it periodically yet; the stream integration will, and will
+/// report it as a node condition.
 pub fn drift(node: &Node) -> io::Result<Vec<Drift>> {
     match AppliedRecord::load(node)? {
         Some(record) => record::check(node, &record),
