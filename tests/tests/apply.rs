@@ -407,3 +407,41 @@ fn a_changed_registry_password_is_planned_and_applied_without_being_shown() {
     let config = fs::read_to_string(node.root.join("etc/containerd/config.toml")).unwrap();
     assert!(config.contains(rotated), "the new password is written");
 }
+
+#[test]
+fn reboot_scoped_values_are_refused_unless_allowed_and_then_flag_the_node() {
+    let node = Node::new(SOCKET, 1000);
+    let high =
+        "apiVersion: opi.fleet/v1\nkind: NodeProfile\nhardening: {baseline: anssi-bp028-high}\n";
+    let before = node.snapshot();
+
+    let output = node.run("apply", &node.profile(high), &[]);
+    assert_eq!(output.status.code(), Some(2));
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        error.contains("needs a reboot to take effect (kernel.modules_disabled=1"),
+        "{error}"
+    );
+    assert!(
+        error.contains("apply.allowReboot is false; nothing was changed"),
+        "{error}"
+    );
+    assert!(changed(&before, &node.snapshot()).is_empty());
+
+    let allowed = node.profile(&format!("{high}apply: {{allowReboot: true}}\n"));
+    let plan = ok(node.run("plan", &allowed, &[]));
+    assert!(
+        plan.contains("reboot        required for kernel.modules_disabled=1"),
+        "{plan}"
+    );
+    ok(node.run("apply", &allowed, &[]));
+    let sysctls = fs::read_to_string(node.root.join("etc/sysctl.d/90-opi-fleet.conf")).unwrap();
+    assert!(
+        sysctls.contains("kernel.yama.ptrace_scope = 3"),
+        "{sysctls}"
+    );
+    assert!(
+        node.root.join("var/run/reboot-required").exists(),
+        "the node asks for a reboot"
+    );
+}
