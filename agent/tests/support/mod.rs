@@ -280,7 +280,8 @@ async fn relay(
                 });
                 continue;
             }
-            None => continue,
+            // Apply reports come with the profile delivery; this fake scripts none.
+            Some(AgentBody::Apply(_)) | None => continue,
         };
         let report = hello.report.unwrap_or_default();
         let _ = service.events.send(conditions("hello", &report));
