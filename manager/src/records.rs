@@ -1,6 +1,6 @@
 //! What the manager stores, as JSON values under typed keys.
 //!
-//! Keys: `tokens/ID`, `nodes/NAME`, `audit/TIME-RAND` (time-ordered), `events/REVISION`,
+//! Keys: `tokens/ID`, `token-enrollments/ID/SPKI-SHA256`, `nodes/NAME`, `audit/TIME-RAND` (time-ordered), `events/REVISION`,
 //! `profiles/POOL/GENERATION`, and `meta/…` for the store's epoch and generation counter.
 //! Records keep their upstream-neutral shape so that both store backends hold the same bytes.
 
@@ -11,6 +11,8 @@ use time::OffsetDateTime;
 
 /// Key prefix of bootstrap tokens.
 pub const TOKENS: &str = "tokens/";
+/// Key prefix of the answers given with bootstrap tokens, one key per enrollment.
+pub const TOKEN_ENROLLMENTS: &str = "token-enrollments/";
 /// Key prefix of enrolled nodes.
 pub const NODES: &str = "nodes/";
 /// Key prefix of audit entries.
@@ -19,6 +21,17 @@ pub const AUDIT: &str = "audit/";
 /// Key of a token.
 pub fn token_key(id: &str) -> String {
     format!("{TOKENS}{id}")
+}
+
+/// Key prefix of the answers given with token `id`.
+pub fn token_enrollments_prefix(id: &str) -> String {
+    format!("{TOKEN_ENROLLMENTS}{id}/")
+}
+
+/// Key of the answer given with token `id` to the node key whose SubjectPublicKeyInfo has the
+/// SHA-256 `spki_sha256` (hex).
+pub fn token_enrollment_key(id: &str, spki_sha256: &str) -> String {
+    format!("{}{spki_sha256}", token_enrollments_prefix(id))
 }
 
 /// Key of a node.
@@ -48,7 +61,11 @@ pub struct TokenRecord {
     pub revoked: bool,
     pub created_by: String,
     pub description: String,
-    /// Answers already given, so a retried enrollment gets the same answer.
+    /// Answers already given, so a retried enrollment gets the same answer. Each is stored
+    /// under its own key ([`token_enrollment_key`]) so that using a token rewrites a record
+    /// of constant size; the store's record holds only answers written before that change,
+    /// and [`crate::fleet::Fleet::tokens`] fills in the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub enrollments: Vec<TokenEnrollment>,
 }
 

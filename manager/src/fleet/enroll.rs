@@ -15,8 +15,8 @@ use tracing::{info, warn};
 use super::{Fleet, FleetError};
 use crate::audit;
 use crate::records::{
-    node_key, rfc3339, token_key, ConfigRecord, Facts, NodeRecord, NodeState, Supervision,
-    TokenEnrollment, TokenRecord,
+    node_key, rfc3339, token_enrollment_key, token_key, ConfigRecord, Facts, NodeRecord, NodeState,
+    Supervision, TokenEnrollment, TokenRecord,
 };
 use crate::store::{get_json, to_json, Txn, TxnOutcome, Versioned};
 use crate::tokens::BootstrapToken;
@@ -86,7 +86,7 @@ impl Fleet {
     async fn try_enroll(&self, input: &EnrollInput) -> Result<EnrollOutput, FleetError> {
         let token: BootstrapToken = input.token.parse()?;
         // The token is checked before anything else, so that guessing costs a failed attempt.
-        self.load_token(&token).await?;
+        let first = self.load_token(&token).await?.value;
         let name = requested_name(input);
         opi_pki::identity::validate_name(&name).map_err(|source| FleetError::InvalidName {
             what: "node name",
@@ -94,85 +94,124 @@ impl Fleet {
         })?;
         let csr = check_node_csr(&input.csr_der, self.fleet_name(), &name)?;
         let spki_sha256 = data_encoding::HEXLOWER.encode(&Sha256::digest(&csr.spki_der));
+        if let Some(previous) = self.previous_answer(&first, &spki_sha256).await? {
+            return self.answer_retry(&first, &previous, input).await;
+        }
+        check_token_usable(&first)?;
+        self.check_name_free(&name)?;
 
+        // Signed once, outside the compare-and-swap loop, so that the loop's window between
+        // reading the token and committing its new use count stays short.
+        let issued = self.authority.issuer.issue_node(
+            &name,
+            &csr.public_key,
+            self.settings.node_cert_ttl,
+        )?;
+        let answer = TokenEnrollment {
+            spki_sha256,
+            node: name.clone(),
+            cert_chain_pem: issued.chain_pem.clone(),
+            at: OffsetDateTime::now_utc(),
+        };
         for _ in 0..super::CAS_ATTEMPTS {
-            let key = token_key(token.id());
             let current = self.load_token(&token).await?;
-            let record = current.value;
-            if let Some(previous) = record
-                .enrollments
-                .iter()
-                .find(|e| e.spki_sha256 == spki_sha256)
+            if let Some(previous) = self
+                .previous_answer(&current.value, &answer.spki_sha256)
+                .await?
             {
-                return self.answer_retry(&record, previous, input).await;
+                return self.answer_retry(&current.value, &previous, input).await;
             }
-            check_token_usable(&record)?;
-            if self
-                .nodes
-                .read()
-                .expect("fleet lock poisoned")
-                .contains_key(&name)
+            check_token_usable(&current.value)?;
+            if let Some(granted) = self
+                .commit_enrollment(current, &answer, &issued, input)
+                .await?
             {
-                return Err(FleetError::NameTaken { name });
-            }
-
-            let issued = self.authority.issuer.issue_node(
-                &name,
-                &csr.public_key,
-                self.settings.node_cert_ttl,
-            )?;
-            let now = OffsetDateTime::now_utc();
-            let mut node = new_node_record(&name, &record, input, &issued, now);
-            if let Some(profile) = self.latest_profile(&record.pool) {
-                // A new node has no history: its first config event comes with its first report.
-                let id = super::profiles::generation_id(&profile);
-                super::config_axis::on_target(&mut node, id, now, &mut Vec::new());
-            }
-            let mut token_record = record.clone();
-            token_record.used += 1;
-            token_record.enrollments.push(TokenEnrollment {
-                spki_sha256: spki_sha256.clone(),
-                node: name.clone(),
-                cert_chain_pem: issued.chain_pem.clone(),
-                at: now,
-            });
-
-            let txn = Txn::new()
-                .when_revision(&key, current.mod_revision)
-                .when_absent(node_key(&name))
-                .put(&key, to_json(&token_record))
-                .put(node_key(&name), to_json(&node));
-            let entry = audit::Entry::ok(
-                &token_actor(&input.token),
-                "node.enroll",
-                &name,
-                &input.remote.to_string(),
-            )
-            .detail(format!(
-                "pool {}, serial {}, until {}",
-                record.pool,
-                issued.serial,
-                rfc3339(issued.not_after)
-            ));
-            match self.store.txn(entry.into_txn(txn)).await? {
-                TxnOutcome::Committed(revision) => {
-                    self.replace_record(node, revision);
-                    info!(node = %name, pool = %record.pool, token = %record.id, remote = %input.remote, "node enrolled");
-                    return Ok(EnrollOutput {
-                        node: name,
-                        pool: record.pool,
-                        cert_chain_pem: issued.chain_pem,
-                    });
-                }
-                TxnOutcome::Conflict { key } if key == node_key(&name) => {
-                    return Err(FleetError::NameTaken { name });
-                }
-                TxnOutcome::Conflict { .. } => continue,
+                return Ok(granted);
             }
         }
         Err(FleetError::Conflict {
             what: format!("bootstrap token {}", token.id()),
         })
+    }
+
+    /// Refuses a name that an enrolled node already has.
+    fn check_name_free(&self, name: &str) -> Result<(), FleetError> {
+        let nodes = self.nodes.read().expect("fleet lock poisoned");
+        if nodes.contains_key(name) {
+            return Err(FleetError::NameTaken { name: name.into() });
+        }
+        Ok(())
+    }
+
+    /// The answer already given with `token` to the key `spki_sha256`, if any.
+    async fn previous_answer(
+        &self,
+        token: &TokenRecord,
+        spki_sha256: &str,
+    ) -> Result<Option<TokenEnrollment>, FleetError> {
+        // Records written before answers had keys of their own still hold them inline.
+        if let Some(legacy) = token
+            .enrollments
+            .iter()
+            .find(|e| e.spki_sha256 == spki_sha256)
+        {
+            return Ok(Some(legacy.clone()));
+        }
+        let key = token_enrollment_key(&token.id, spki_sha256);
+        Ok(get_json::<TokenEnrollment>(self.store(), &key)
+            .await?
+            .map(|v| v.value))
+    }
+
+    /// Commits one use of `token`, the node and the answer in one transaction; `None` when
+    /// the token changed since it was read, so that the caller reads it again.
+    async fn commit_enrollment(
+        &self,
+        token: Versioned<TokenRecord>,
+        answer: &TokenEnrollment,
+        issued: &opi_pki::IssuedCert,
+        input: &EnrollInput,
+    ) -> Result<Option<EnrollOutput>, FleetError> {
+        let (record, name) = (token.value, &answer.node);
+        let node = new_node_record(name, &record, input, issued, answer.at);
+        let mut used = record.clone();
+        used.used += 1;
+        let key = token_key(&record.id);
+        let answer_key = token_enrollment_key(&record.id, &answer.spki_sha256);
+        let txn = Txn::new()
+            .when_revision(&key, token.mod_revision)
+            .when_absent(node_key(name))
+            .when_absent(&answer_key)
+            .put(&key, to_json(&used))
+            .put(&answer_key, to_json(answer))
+            .put(node_key(name), to_json(&node));
+        let entry = audit::Entry::ok(
+            &token_actor(&input.token),
+            "node.enroll",
+            name,
+            &input.remote.to_string(),
+        )
+        .detail(format!(
+            "pool {}, serial {}, until {}",
+            record.pool,
+            issued.serial,
+            rfc3339(issued.not_after)
+        ));
+        match self.store.txn(entry.into_txn(txn)).await? {
+            TxnOutcome::Committed(revision) => {
+                self.replace_record(node, revision);
+                info!(node = %name, pool = %record.pool, token = %record.id, remote = %input.remote, "node enrolled");
+                Ok(Some(EnrollOutput {
+                    node: name.clone(),
+                    pool: record.pool,
+                    cert_chain_pem: answer.cert_chain_pem.clone(),
+                }))
+            }
+            TxnOutcome::Conflict { key } if key == node_key(name) => {
+                Err(FleetError::NameTaken { name: name.clone() })
+            }
+            TxnOutcome::Conflict { .. } => Ok(None),
+        }
     }
 
     /// Reads a token and checks its secret and revocation.

@@ -8,7 +8,9 @@ use tracing::info;
 
 use super::{Fleet, FleetError};
 use crate::audit;
-use crate::records::{rfc3339, token_key, TokenRecord, TOKENS};
+use crate::records::{
+    rfc3339, token_enrollments_prefix, token_key, TokenEnrollment, TokenRecord, TOKENS,
+};
 use crate::store::{get_json, list_json, to_json, Txn, TxnOutcome};
 use crate::tokens::BootstrapToken;
 
@@ -104,13 +106,21 @@ impl Fleet {
         Ok(NewToken { record, token })
     }
 
-    /// Every token, oldest first.
+    /// Every token, oldest first, with every enrollment made with it.
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>, FleetError> {
         let mut tokens: Vec<TokenRecord> = list_json::<TokenRecord>(self.store(), TOKENS)
             .await?
             .into_iter()
             .map(|v| v.value)
             .collect();
+        for token in &mut tokens {
+            let prefix = token_enrollments_prefix(&token.id);
+            let answers = list_json::<TokenEnrollment>(self.store(), &prefix).await?;
+            token
+                .enrollments
+                .extend(answers.into_iter().map(|v| v.value));
+            token.enrollments.sort_by_key(|e| e.at);
+        }
         tokens.sort_by_key(|t| t.created_at);
         Ok(tokens)
     }
