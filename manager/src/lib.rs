@@ -1,6 +1,7 @@
 //! OPI Fleet manager: fleet CA, enrollment, agent sessions, the fleet store and the
 //! operator API, on one TLS port.
 //!
+//! - [`cli`]: the command line, parsed by `main.rs`;
 //! - [`cmd`]: one module per `opi-manager` subcommand;
 //! - [`fleet`]: the fleet's state and every operation on it;
 //! - [`server`]: the gRPC services and the TLS listener;
@@ -11,6 +12,7 @@
 pub mod alerts;
 pub mod audit;
 pub mod bundles;
+pub mod cli;
 pub mod cmd;
 pub mod datadir;
 pub mod events;

@@ -3,32 +3,9 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use opi_manager::cli::{Cli, Command};
 use opi_manager::cmd;
-
-/// The OPI Fleet manager: fleet CA, enrollment, agent sessions and the operator API.
-#[derive(Debug, Parser)]
-#[command(name = "opi-manager", version)]
-struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Create a fleet: root CA, issuing CA, server certificate, store and admin bundle.
-    Init(cmd::init::InitArgs),
-    /// Serve agents and operators.
-    Serve(cmd::serve::ServeArgs),
-    /// Manage operator bundles.
-    #[command(subcommand)]
-    Operator(cmd::operator::OperatorCommand),
-    /// Run a manager and a small local fleet of real agents, until Ctrl-C.
-    Demo(cmd::demo::DemoArgs),
-}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

@@ -1,0 +1,32 @@
+//! The `opi-manager` command line, in the library so that packaging can generate its man
+//! pages and shell completions from it. Doc comments below are the help text.
+
+use clap::{Parser, Subcommand};
+
+use crate::cmd;
+
+/// The OPI Fleet manager: fleet CA, enrollment, agent sessions and the operator API.
+#[derive(Debug, Parser)]
+#[command(name = "opi-manager", version)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The manager's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a fleet: root CA, issuing CA, server certificate, store and admin bundle.
+    Init(cmd::init::InitArgs),
+    /// Serve agents and operators.
+    Serve(cmd::serve::ServeArgs),
+    /// Manage operator bundles.
+    #[command(subcommand)]
+    Operator(cmd::operator::OperatorCommand),
+    /// Run a manager and a small local fleet of real agents, until Ctrl-C.
+    Demo(cmd::demo::DemoArgs),
+}
