@@ -160,3 +160,55 @@ fn packaged_manager_and_agent_run_through_systemd_and_the_node_comes_online() {
     let journal = node.journal("opi-agent");
     assert!(journal.contains("pkg-node"), "{journal}");
 }
+
+#[test]
+fn packaged_agent_applies_a_profile_and_restarts_containerd_through_systemd() {
+    let dir = TempDir::new().unwrap();
+    let debs = build_debs(dir.path());
+    let node = Node::boot("node-apply");
+    install(&node, &debs);
+    let before = unit_property(&node, "containerd", "MainPID");
+    node.write("/root/profile.yaml", PROFILE.as_bytes());
+    // kernel.* and fs.* sysctls are read-only in a container: this node's floor keeps to net.*.
+    node.write("/etc/opi-agent/floor.toml", FLOOR.as_bytes());
+
+    let applied = node.exec(&["opi-agent", "apply", "--profile", "/root/profile.yaml"]);
+    assert!(
+        applied.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&applied.stdout),
+        String::from_utf8_lossy(&applied.stderr)
+    );
+
+    let config = node.exec_ok(&["cat", "/etc/containerd/config.toml"]);
+    assert!(config.contains("registry.k8s.io/pause:3.9"), "{config}");
+    let after = unit_property(&node, "containerd", "MainPID");
+    assert_ne!(after, before, "containerd was restarted");
+    assert_eq!(node.unit_state("containerd"), "active");
+    node.exec_ok(&["ctr", "version"]);
+    let redirects = node.exec_ok(&["sysctl", "-n", "net.ipv4.conf.all.accept_redirects"]);
+    assert_eq!(
+        redirects.trim(),
+        "0",
+        "the floor's sysctl is live in the node"
+    );
+}
+
+/// A node floor of one `net.*` sysctl, which a container's network namespace can set.
+const FLOOR: &str = r#"version = 1
+blacklisted_modules = []
+[sysctls."net.ipv4.conf.all.accept_redirects"]
+max = 0
+"#;
+
+/// A profile changing containerd's settings only.
+const PROFILE: &str = r#"apiVersion: opi.fleet/v1
+kind: NodeProfile
+containerd: |
+  version = 2
+
+  [plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "registry.k8s.io/pause:3.9"
+apply:
+  restartServices: true
+"#;
