@@ -194,3 +194,20 @@ fn a_node_is_gone_from_the_host_after_drop() {
         assert!(!dir.exists(), "cgroup {} left behind", dir.display());
     }
 }
+
+#[test]
+fn node_root_build_names_the_mirror_it_cannot_reach() {
+    let cache = TempDir::new().unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-node-root");
+    let output = opi_tests::run(
+        std::process::Command::new(script)
+            .env("OPI_NODE_CACHE", cache.path())
+            .env("OPI_NODE_MIRROR", "http://mirror.invalid/debian"),
+    );
+    let stderr = opi_tests::fails(output);
+    assert!(
+        stderr.contains("cannot resolve mirror.invalid") && stderr.contains("OPI_NODE_MIRROR"),
+        "{stderr}"
+    );
+}
