@@ -57,6 +57,10 @@ struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// After printing the report, keep the agents connected (reconnecting when their session
+    /// is lost) until standard input closes.
+    #[arg(long)]
+    hold: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -97,12 +101,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         target_pid: args.manager_pid,
         concurrency: args.concurrency.max(1),
         uses_per_token: args.uses_per_token.clamp(1, USES_PER_TOKEN),
+        hold: args.hold,
     };
-    let report = sim::run(config).await?;
-    if json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print!("{}", report.summary());
-    }
+    sim::run(config, |report| {
+        if json {
+            println!("{}", serde_json::to_string(report)?);
+        } else {
+            print!("{}", report.summary());
+        }
+        std::io::Write::flush(&mut std::io::stdout())?;
+        Ok(())
+    })
+    .await?;
     Ok(())
 }

@@ -1,11 +1,14 @@
 //! One simulated agent: its own TCP+TLS connection, a hello, then heartbeats at the planned
-//! interval with a random phase, and now and then a changed health report.
+//! interval with a random phase, and now and then a changed health report. A lost session is
+//! opened again with the real agent's backoff, as after a manager restart.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use opi_agent::backoff::Backoff;
+use opi_agent::run::{BACKOFF_BASE, BACKOFF_CAP};
 use opi_pki::tls::{client_config, ManagerVerifier};
 use opi_proto::v1::agent_client::AgentClient;
 use opi_proto::v1::agent_message::Body;
@@ -46,15 +49,14 @@ pub struct Counters {
     pub reports: AtomicU64,
     /// Sessions that the target ended while the agent still ran.
     pub lost: AtomicU64,
+    /// Sessions opened again after one was lost.
+    pub reconnected: AtomicU64,
 }
 
 impl Plan {
     /// The plan of `config`'s fleet.
     pub fn new(config: &Config) -> Self {
-        let verifier = super::identity::fleet_name(config).and_then(|fleet| {
-            let bundle = std::fs::read_to_string(config.data_dir.join("pki/trust-bundle.pem"))?;
-            Ok(ManagerVerifier::with_roots(&bundle, &fleet)?)
-        });
+        let verifier = super::identity::fleet_verifier(config);
         let per_minute = config.agents as f64 * 60.0 / config.heartbeat.as_secs_f64();
         Self {
             endpoint: config.endpoint.clone(),
@@ -62,6 +64,17 @@ impl Plan {
             verifier: verifier.ok(),
             interval: config.heartbeat,
             change_chance: (config.changes_per_min / per_minute).clamp(0.0, 1.0),
+        }
+    }
+
+    /// The plan of one agent outside a simulation, beating every `interval`.
+    pub fn single(endpoint: &str, verifier: Arc<ManagerVerifier>, interval: Duration) -> Self {
+        Self {
+            endpoint: endpoint.to_string(),
+            verifier: Some(verifier),
+            interval,
+            change_chance: 0.0,
+            error: std::sync::Mutex::new(None),
         }
     }
 
@@ -78,38 +91,80 @@ impl Counters {
     }
 }
 
-/// Runs one agent until `stopped` turns true or its session ends. `permit` bounds the
-/// connections being opened and is released once the session is open.
+/// Runs one agent until `stopped` turns true. `permit` bounds the connections being opened and
+/// is released once the first session is open. An agent whose first session fails gives up; a
+/// lost session is opened again, after the real agent's backoff, until `stopped`.
 pub async fn run(
     plan: Arc<Plan>,
     creds: Credentials,
     source: Option<IpAddr>,
     counters: Arc<Counters>,
-    stopped: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<bool>,
     permit: OwnedSemaphorePermit,
 ) {
     let opened = open(&plan, &creds, source).await;
     drop(permit);
-    match opened {
-        Ok((sender, responses)) => {
-            counters.connected.fetch_add(1, Ordering::Relaxed);
-            beat(&plan, sender, responses, &counters, stopped).await;
-        }
+    let (mut sender, mut responses) = match opened {
+        Ok(opened) => opened,
         Err(error) => {
             counters.failed.fetch_add(1, Ordering::Relaxed);
             let mut first = plan.error.lock().expect("error lock");
             first.get_or_insert_with(|| format!("session of {}: {error:#}", creds.name));
+            return;
+        }
+    };
+    counters.connected.fetch_add(1, Ordering::Relaxed);
+    loop {
+        if beat(&plan, sender, responses, &counters, stopped.clone()).await == Ended::Stopped {
+            return;
+        }
+        match reopen(&plan, &creds, source, &mut stopped).await {
+            Some(opened) => (sender, responses) = opened,
+            None => return,
+        }
+        counters.reconnected.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Opens the session again after a loss, waiting as the real agent does between attempts;
+/// `None` once `stopped`.
+async fn reopen(
+    plan: &Plan,
+    creds: &Credentials,
+    source: Option<IpAddr>,
+    stopped: &mut watch::Receiver<bool>,
+) -> Option<Opened> {
+    let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = stopped.changed() => return None,
+        }
+        if let Ok(opened) = open(plan, creds, source).await {
+            return Some(opened);
         }
     }
 }
 
-type Opened = (
+/// Why a session's heartbeat loop ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    Stopped,
+    Lost,
+}
+
+/// The sending side and the answers of an open session.
+pub type Opened = (
     mpsc::Sender<AgentMessage>,
     Streaming<opi_proto::v1::ManagerMessage>,
 );
 
 /// Connects, sends the hello and waits for the session to be accepted.
-async fn open(plan: &Plan, creds: &Credentials, source: Option<IpAddr>) -> anyhow::Result<Opened> {
+pub async fn open(
+    plan: &Plan,
+    creds: &Credentials,
+    source: Option<IpAddr>,
+) -> anyhow::Result<Opened> {
     let verifier = plan
         .verifier
         .clone()
@@ -126,13 +181,14 @@ async fn open(plan: &Plan, creds: &Credentials, source: Option<IpAddr>) -> anyho
     Ok((sender, responses))
 }
 
+/// Heartbeats on one session until it is lost or the simulation stops.
 async fn beat(
     plan: &Plan,
     sender: mpsc::Sender<AgentMessage>,
     mut responses: Streaming<opi_proto::v1::ManagerMessage>,
     counters: &Counters,
     mut stopped: watch::Receiver<bool>,
-) {
+) -> Ended {
     let phase = rand::random_range(0.0..1.0) * plan.interval.as_secs_f64();
     let mut next = Instant::now() + Duration::from_secs_f64(phase);
     let mut seq = 0;
@@ -140,12 +196,12 @@ async fn beat(
     loop {
         tokio::select! {
             _ = sleep_until(next) => {}
-            _ = stopped.changed() => return,
+            _ = stopped.changed() => return Ended::Stopped,
             message = responses.message() => match message {
                 Ok(Some(_)) => continue,
                 _ => {
                     counters.lost.fetch_add(1, Ordering::Relaxed);
-                    return;
+                    return Ended::Lost;
                 }
             },
         }
@@ -161,7 +217,7 @@ async fn beat(
         };
         if sender.send(message).await.is_err() {
             counters.lost.fetch_add(1, Ordering::Relaxed);
-            return;
+            return Ended::Lost;
         }
     }
 }
@@ -189,7 +245,8 @@ fn heartbeat(seq: u64) -> AgentMessage {
     }
 }
 
-fn report_message(problem: bool) -> AgentMessage {
+/// A health report whose first condition is a problem when `problem` is set.
+pub fn report_message(problem: bool) -> AgentMessage {
     AgentMessage {
         body: Some(Body::Report(report(problem))),
     }

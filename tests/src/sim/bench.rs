@@ -1,47 +1,115 @@
 //! The benchmark: for each fleet size, the echo ceiling then a real manager under the same
-//! simulated load, each in a fresh data directory; results as a Markdown table.
+//! simulated load, each in a fresh data directory; with the manager still loaded, `opictl`
+//! latency, watch fan-out and a restart's reconnection storm. Then heartbeat throughput at
+//! saturation against the ceiling, and the real agent's footprint against node_exporter.
 
-use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use serde::Serialize;
 
-use super::scrape::rss_kib;
+use super::footprint::{self, Footprint};
+use super::scrape::{rss_kib, Snapshot};
 use super::Report;
 
 /// Longest wait for a server to write its address files.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time a freshly started server gets to settle before its idle memory is read.
 const SETTLE: Duration = Duration::from_secs(1);
+/// Longest wait for every agent to be back after a manager restart.
+const STORM_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest wait for a stopped manager to exit.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between two checks of a server's state.
+const POLL: Duration = Duration::from_millis(100);
+/// Runs of each timed `opictl` command; the median is reported.
+const OPICTL_RUNS: usize = 5;
 
 /// One benchmark run.
 #[derive(Clone, Debug)]
 pub struct Bench {
-    /// Directory holding `opi-manager`, `opi-echo-ceiling` and `opi-fleet-sim`.
+    /// Directory holding `opi-manager`, `opi-agent`, `opictl`, `opi-echo-ceiling` and
+    /// `opi-fleet-sim`.
     pub bin_dir: PathBuf,
+    /// Scratch directory for data directories and logs.
     pub work_dir: PathBuf,
+    /// Fleet sizes, each measured in turn.
     pub sizes: Vec<usize>,
+    /// Heartbeat interval of the fleet-size runs.
     pub heartbeat: Duration,
+    /// Measurement window of each run.
     pub duration: Duration,
+    /// Loopback source addresses for the agents' connections.
     pub sources: Vec<String>,
+    /// Health report changes per minute across the fleet.
     pub changes_per_min: f64,
+    /// Agents enrolled with one bootstrap token.
     pub uses_per_token: usize,
+    /// Watch streams of the fan-out measurement.
+    pub watchers: usize,
+    /// Agents of the saturation run, and the interval at which each sends.
+    pub saturation: (usize, Duration),
+    /// Window of the agent footprint measurement; none skips it.
+    pub footprint: Option<Duration>,
 }
 
 /// The measurements of one fleet size.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Row {
+    /// Simulated agents.
     pub agents: usize,
+    /// The manager under load.
     pub manager: Report,
+    /// The echo ceiling under the same load.
     pub echo: Report,
+    /// Resident memory of each server before any agent connected.
     pub manager_idle_kib: u64,
+    /// See `manager_idle_kib`.
     pub echo_idle_kib: u64,
+    /// Median wall time of `opictl status`.
+    pub status_secs: Option<f64>,
+    /// Median wall time of `opictl nodes --pool sim --health degraded`.
+    pub nodes_secs: Option<f64>,
+    /// Per round, time from the probe's report to the last watcher receiving its event.
+    pub fanout_secs: Vec<f64>,
+    /// Time from the manager's stop to every agent's session being open again.
+    pub storm_secs: Option<f64>,
+    /// What failed among the measurements above, if anything.
+    pub notes: Vec<String>,
 }
 
-/// A server process, killed when dropped.
-struct Server(Child);
+/// Heartbeats at saturation: the same agents sending as fast as they may.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Saturation {
+    /// The manager.
+    pub manager: Report,
+    /// The echo ceiling.
+    pub echo: Report,
+}
+
+/// Everything one run measured.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Results {
+    /// One row per fleet size.
+    pub rows: Vec<Row>,
+    /// The saturation run.
+    pub saturation: Option<Saturation>,
+    /// The agent against node_exporter.
+    pub footprint: Option<Footprint>,
+}
+
+/// A child process, killed when dropped.
+pub struct Server(Child);
+
+impl Server {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -50,69 +118,174 @@ impl Drop for Server {
     }
 }
 
+/// A simulator holding its agents connected until dropped.
+struct Held {
+    child: Child,
+    report: Report,
+}
+
 impl Bench {
-    /// Runs every size in turn.
-    pub fn run(&self) -> anyhow::Result<Vec<Row>> {
-        self.sizes.iter().map(|&n| self.run_size(n)).collect()
+    /// Runs every size, the saturation run and the footprint, in this order.
+    pub fn run(&self) -> anyhow::Result<Results> {
+        let mut results = Results::default();
+        for &agents in &self.sizes {
+            results.rows.push(self.run_size(agents)?);
+        }
+        if self.saturation.0 > 0 {
+            results.saturation = Some(self.run_saturation()?);
+        }
+        if let Some(window) = self.footprint {
+            eprintln!("bench: agent footprint against node_exporter for {window:?}");
+            let dir = self.fresh_dir("footprint")?;
+            results.footprint = Some(footprint::measure(self, &dir, window)?);
+        }
+        Ok(results)
     }
 
     fn run_size(&self, agents: usize) -> anyhow::Result<Row> {
-        let dir = self.work_dir.join(format!("n{agents}"));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = self.fresh_dir(&format!("n{agents}"))?;
         let data_dir = dir.join("manager");
         self.init(&data_dir)?;
 
         eprintln!("bench: {agents} agents against the echo ceiling");
-        let run_dir = dir.join("echo-run");
-        let echo = self.spawn(
-            Command::new(self.bin_dir.join("opi-echo-ceiling"))
-                .arg("--data-dir")
-                .arg(&data_dir)
-                .arg("--run-dir")
-                .arg(&run_dir),
-            &dir.join("echo.log"),
-        )?;
-        let (echo_addr, echo_metrics) = addresses(&run_dir)?;
-        let echo_idle_kib = idle_rss(&echo)?;
-        let echo_report = self.simulate(
-            &data_dir,
-            agents,
-            &echo,
-            &echo_addr,
-            &["--target", "echo", "--metrics", &echo_metrics],
-        )?;
-        drop(echo);
+        let (echo, echo_idle_kib) = self.echo_run(&dir, &data_dir, agents, self.heartbeat)?;
 
         eprintln!("bench: {agents} agents against the manager");
-        let manager = self.spawn(
-            Command::new(self.bin_dir.join("opi-manager"))
-                .args([
-                    "serve",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--metrics-listen",
-                    "127.0.0.1:0",
-                ])
-                .arg("--heartbeat")
-                .arg(humantime::format_duration(self.heartbeat).to_string())
-                .arg("--data-dir")
-                .arg(&data_dir)
-                .env("RUST_LOG", "info"),
-            &dir.join("manager.log"),
-        )?;
-        let (addr, _) = addresses(&data_dir.join("run"))?;
+        let log = dir.join("manager.log");
+        let manager = self.start_manager(&data_dir, "127.0.0.1:0", "127.0.0.1:0", &log)?;
+        let (listen, metrics) = addresses(&data_dir.join("run"))?;
         let manager_idle_kib = idle_rss(&manager)?;
-        let report = self.simulate(&data_dir, agents, &manager, &addr, &[])?;
-        Ok(Row {
+        let sim = self.sim_command(&data_dir, agents, self.heartbeat, &manager, &listen, &[]);
+        let held = self.hold(sim)?;
+
+        let mut row = Row {
             agents,
-            manager: report,
-            echo: echo_report,
+            echo,
+            manager: held.report.clone(),
             manager_idle_kib,
             echo_idle_kib,
-        })
+            ..Row::default()
+        };
+        self.loaded_measurements(&mut row, &data_dir, &listen);
+        let restarted = self.storm(&mut row, manager, &data_dir, &listen, &metrics, &log);
+        let final_report = release(held)?;
+        row.manager.sessions_lost = final_report.sessions_lost;
+        row.manager.reconnected = final_report.reconnected;
+        drop(restarted?);
+        Ok(row)
     }
 
-    fn init(&self, data_dir: &Path) -> anyhow::Result<()> {
+    /// `opictl` latency and watch fan-out against the loaded manager; failures become notes.
+    fn loaded_measurements(&self, row: &mut Row, data_dir: &Path, listen: &str) {
+        let endpoint = format!("https://{listen}");
+        let filtered = ["nodes", "--pool", "sim", "--health", "degraded"];
+        for (args, slot) in [
+            (&["status"][..], &mut row.status_secs),
+            (&filtered[..], &mut row.nodes_secs),
+        ] {
+            match self.time_opictl(data_dir, &endpoint, args) {
+                Ok(secs) => *slot = Some(secs),
+                Err(error) => row
+                    .notes
+                    .push(format!("opictl {}: {error:#}", args.join(" "))),
+            }
+        }
+
+        eprintln!("bench: watch fan-out to {} watchers", self.watchers);
+        let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+        let fanout = super::fanout::measure(&endpoint, data_dir, self.watchers);
+        match runtime.block_on(fanout) {
+            Ok(times) => row.fanout_secs = times.iter().map(Duration::as_secs_f64).collect(),
+            Err(error) => row.notes.push(format!("watch fan-out: {error:#}")),
+        }
+    }
+
+    /// Stops the manager, starts it again on the same addresses and waits for every agent's
+    /// session; returns the new manager.
+    fn storm(
+        &self,
+        row: &mut Row,
+        manager: Server,
+        data_dir: &Path,
+        listen: &str,
+        metrics: &str,
+        log: &Path,
+    ) -> anyhow::Result<Server> {
+        eprintln!(
+            "bench: manager restart with {} agents",
+            row.manager.connected
+        );
+        let started = Instant::now();
+        stop(manager)?;
+        let restart_log = log.with_extension("restart.log");
+        let manager = self.start_manager(data_dir, listen, metrics, &restart_log)?;
+        let metrics = metrics.parse().context("metrics address")?;
+        let expected = row.manager.connected as f64;
+        while started.elapsed() < STORM_TIMEOUT {
+            let sessions = Snapshot::take_blocking(metrics).map_or(0.0, |s| s.sessions);
+            if sessions >= expected {
+                row.storm_secs = Some(started.elapsed().as_secs_f64());
+                return Ok(manager);
+            }
+            std::thread::sleep(POLL);
+        }
+        row.notes.push(format!(
+            "reconnection storm: not every agent was back within {STORM_TIMEOUT:?}"
+        ));
+        Ok(manager)
+    }
+
+    fn run_saturation(&self) -> anyhow::Result<Saturation> {
+        let (agents, interval) = self.saturation;
+        let dir = self.fresh_dir("saturation")?;
+        let data_dir = dir.join("manager");
+        self.init(&data_dir)?;
+        eprintln!("bench: saturation, {agents} agents every {interval:?}, echo ceiling");
+        let (echo, _) = self.echo_run(&dir, &data_dir, agents, interval)?;
+
+        eprintln!("bench: saturation, {agents} agents every {interval:?}, manager");
+        let log = dir.join("manager.log");
+        let manager = self.start_manager(&data_dir, "127.0.0.1:0", "127.0.0.1:0", &log)?;
+        let (listen, _) = addresses(&data_dir.join("run"))?;
+        let mut sim = self.sim_command(&data_dir, agents, interval, &manager, &listen, &[]);
+        let manager = simulate(&mut sim)?;
+        Ok(Saturation { manager, echo })
+    }
+
+    /// One simulation against a fresh echo ceiling; its report and the ceiling's idle memory.
+    fn echo_run(
+        &self,
+        dir: &Path,
+        data_dir: &Path,
+        agents: usize,
+        interval: Duration,
+    ) -> anyhow::Result<(Report, u64)> {
+        let run_dir = dir.join("echo-run");
+        let _ = std::fs::remove_dir_all(&run_dir);
+        let mut command = Command::new(self.bin_dir.join("opi-echo-ceiling"));
+        command
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--run-dir")
+            .arg(&run_dir);
+        let echo = self.spawn(&mut command, &dir.join("echo.log"))?;
+        let (addr, metrics) = addresses(&run_dir)?;
+        let idle = idle_rss(&echo)?;
+        let extra = ["--target", "echo", "--metrics", &metrics];
+        let mut sim = self.sim_command(data_dir, agents, interval, &echo, &addr, &extra);
+        Ok((simulate(&mut sim)?, idle))
+    }
+
+    /// A scratch directory of its own under the work directory, emptied.
+    fn fresh_dir(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let dir = self.work_dir.join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// `opi-manager init` of a fleet named `bench` in `data_dir`.
+    pub fn init(&self, data_dir: &Path) -> anyhow::Result<()> {
         let output = Command::new(self.bin_dir.join("opi-manager"))
             .args([
                 "init",
@@ -134,7 +307,29 @@ impl Bench {
         Ok(())
     }
 
-    fn spawn(&self, command: &mut Command, log: &Path) -> anyhow::Result<Server> {
+    /// `opi-manager serve` on `listen`, metrics on `metrics`, logging to `log`.
+    pub fn start_manager(
+        &self,
+        data_dir: &Path,
+        listen: &str,
+        metrics: &str,
+        log: &Path,
+    ) -> anyhow::Result<Server> {
+        let _ = std::fs::remove_file(data_dir.join("run/listen-addr"));
+        let _ = std::fs::remove_file(data_dir.join("run/metrics-addr"));
+        let mut command = Command::new(self.bin_dir.join("opi-manager"));
+        command
+            .args(["serve", "--listen", listen, "--metrics-listen", metrics])
+            .arg("--heartbeat")
+            .arg(humantime::format_duration(self.heartbeat).to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "warn");
+        self.spawn(&mut command, log)
+    }
+
+    /// Starts `command` with its standard error in `log`.
+    pub fn spawn(&self, command: &mut Command, log: &Path) -> anyhow::Result<Server> {
         let log = std::fs::File::create(log).with_context(|| format!("{}", log.display()))?;
         let child = command
             .stdin(Stdio::null())
@@ -145,14 +340,50 @@ impl Bench {
         Ok(Server(child))
     }
 
-    fn simulate(
+    /// Runs `opictl ARGS -o json` as the fleet's admin; fails with its standard error.
+    pub fn opictl(
+        &self,
+        data_dir: &Path,
+        endpoint: &str,
+        args: &[&str],
+    ) -> anyhow::Result<std::process::Output> {
+        let output = Command::new(self.bin_dir.join("opictl"))
+            .arg("--config")
+            .arg(data_dir.join("opictl-admin.toml"))
+            .args(["--manager", endpoint])
+            .args(args)
+            .args(["-o", "json"])
+            .stdin(Stdio::null())
+            .output()
+            .context("run opictl")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        Ok(output)
+    }
+
+    /// Median wall time of [`OPICTL_RUNS`] runs of `opictl ARGS`, process start included.
+    fn time_opictl(&self, data_dir: &Path, endpoint: &str, args: &[&str]) -> anyhow::Result<f64> {
+        let mut times = Vec::new();
+        for _ in 0..OPICTL_RUNS {
+            let started = Instant::now();
+            self.opictl(data_dir, endpoint, args)?;
+            times.push(started.elapsed().as_secs_f64());
+        }
+        Ok(median(&mut times))
+    }
+
+    fn sim_command(
         &self,
         data_dir: &Path,
         agents: usize,
+        interval: Duration,
         server: &Server,
         addr: &str,
         extra: &[&str],
-    ) -> anyhow::Result<Report> {
+    ) -> Command {
         let mut command = Command::new(self.bin_dir.join("opi-fleet-sim"));
         command
             .arg("--manager")
@@ -160,34 +391,85 @@ impl Bench {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--agents", &agents.to_string(), "--json"])
-            .args(["--manager-pid", &server.0.id().to_string()])
+            .args(["--manager-pid", &server.pid().to_string()])
             .arg("--heartbeat")
-            .arg(humantime::format_duration(self.heartbeat).to_string())
+            .arg(humantime::format_duration(interval).to_string())
             .arg("--duration")
             .arg(humantime::format_duration(self.duration).to_string())
             .args([
                 "--report-changes-per-min",
                 &self.changes_per_min.to_string(),
             ])
+            .args(["--uses-per-token", &self.uses_per_token.to_string()])
             .args(extra);
         if !self.sources.is_empty() {
             command.args(["--sources", &self.sources.join(",")]);
         }
-        let output = command
-            .stdin(Stdio::null())
+        command
+    }
+
+    /// Starts the simulator with `--hold` and waits for its report.
+    fn hold(&self, mut command: Command) -> anyhow::Result<Held> {
+        let mut child = command
+            .arg("--hold")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .output()?;
-        anyhow::ensure!(
-            output.status.success(),
-            "opi-fleet-sim failed ({})",
-            output.status
-        );
-        serde_json::from_slice(&output.stdout).context("simulator report")
+            .spawn()
+            .context("start opi-fleet-sim")?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let report = first_report(stdout).context("opi-fleet-sim report")?;
+        Ok(Held { child, report })
     }
 }
 
+/// Runs the simulator to its end and parses its report.
+fn simulate(command: &mut Command) -> anyhow::Result<Report> {
+    let output = command
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "opi-fleet-sim failed ({})",
+        output.status
+    );
+    serde_json::from_slice(&output.stdout).context("simulator report")
+}
+
+/// The first line of a simulator's standard output, as a report.
+fn first_report(stdout: ChildStdout) -> anyhow::Result<Report> {
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    anyhow::ensure!(!line.is_empty(), "the simulator ended without a report");
+    Ok(serde_json::from_str(&line)?)
+}
+
+/// Closes a held simulator's standard input and returns its final report.
+fn release(mut held: Held) -> anyhow::Result<Report> {
+    drop(held.child.stdin.take());
+    let status = held.child.wait()?;
+    anyhow::ensure!(status.success(), "opi-fleet-sim failed ({status})");
+    Ok(held.report)
+}
+
+/// Sends SIGTERM and waits for the process to exit.
+fn stop(mut server: Server) -> anyhow::Result<()> {
+    let pid = nix::unistd::Pid::from_raw(server.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+    let started = Instant::now();
+    while server.0.try_wait()?.is_none() {
+        anyhow::ensure!(
+            started.elapsed() < STOP_TIMEOUT,
+            "manager did not stop on SIGTERM"
+        );
+        std::thread::sleep(POLL);
+    }
+    Ok(())
+}
+
 /// The `listen-addr` and `metrics-addr` a server wrote in `run_dir`, once both exist.
-fn addresses(run_dir: &Path) -> anyhow::Result<(String, String)> {
+pub fn addresses(run_dir: &Path) -> anyhow::Result<(String, String)> {
     let read = |name| std::fs::read_to_string(run_dir.join(name)).map(|s| s.trim().to_string());
     let started = Instant::now();
     loop {
@@ -201,63 +483,17 @@ fn addresses(run_dir: &Path) -> anyhow::Result<(String, String)> {
             "no addresses in {}",
             run_dir.display()
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(POLL);
     }
 }
 
 fn idle_rss(server: &Server) -> anyhow::Result<u64> {
     std::thread::sleep(SETTLE);
-    rss_kib(server.0.id()).context("server exited before the benchmark")
+    rss_kib(server.pid()).context("server exited before the benchmark")
 }
 
-/// RESULTS.md: the machine, the date, the settings and one row per size.
-pub fn markdown(bench: &Bench, rows: &[Row], machine: &str, date: &str) -> String {
-    let mut out = String::from("# Fleet benchmark results\n\n");
-    let _ = writeln!(out, "Written by `scripts/bench` on {date}.\n\n{machine}\n");
-    let _ = writeln!(
-        out,
-        "Settings: heartbeat every {}, measurement window {}, {} health report changes/min, {} agents per bootstrap token, sources {}.\n",
-        humantime::format_duration(bench.heartbeat),
-        humantime::format_duration(bench.duration),
-        bench.changes_per_min,
-        bench.uses_per_token,
-        if bench.sources.is_empty() { "kernel's choice".to_string() } else { bench.sources.join(",") },
-    );
-    out.push_str("| agents | connected (manager / ceiling) | heartbeats/s manager | heartbeats/s ceiling | manager / ceiling | sent/s | p50 processing | p99 processing | manager RSS/agent | ceiling RSS/agent | enrollments/s | enroll retries |\n");
-    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-    for row in rows {
-        let ratio = row.manager.accepted_per_sec / row.echo.accepted_per_sec.max(f64::MIN_POSITIVE);
-        let _ = writeln!(
-            out,
-            "| {} | {} / {} | {:.1} | {:.1} | {:.1} % | {:.1} | {} | {} | {} | {} | {:.0} | {} |",
-            row.agents,
-            row.manager.connected,
-            row.echo.connected,
-            row.manager.accepted_per_sec,
-            row.echo.accepted_per_sec,
-            ratio * 100.0,
-            row.manager.sent_per_sec,
-            micros(row.manager.p50_seconds),
-            micros(row.manager.p99_seconds),
-            per_agent(&row.manager, row.manager_idle_kib),
-            per_agent(&row.echo, row.echo_idle_kib),
-            row.manager.enroll_per_sec,
-            row.manager.enroll_retries,
-        );
-    }
-    out
-}
-
-fn micros(seconds: Option<f64>) -> String {
-    seconds.map_or("n/a".into(), |s| format!("{:.0} µs", s * 1e6))
-}
-
-fn per_agent(report: &Report, idle_kib: u64) -> String {
-    match report.target_rss_kib {
-        Some(kib) if report.connected > 0 => {
-            let per = kib.saturating_sub(idle_kib) as f64 / report.connected as f64;
-            format!("{per:.1} KiB")
-        }
-        _ => "n/a".into(),
-    }
+/// The median of `values` (sorted in place); 0 when empty.
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or_default()
 }

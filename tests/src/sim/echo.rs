@@ -1,6 +1,8 @@
-//! The echo ceiling: the Agent service over the manager's own transport (one TLS 1.3 port,
-//! the same server configuration and client certificate check, tonic with the same HTTP/2
-//! keep-alive) that only counts heartbeats. What it sustains bounds what the manager can.
+//! The echo ceiling: the manager's own transport (one TLS 1.3 port, the same server
+//! configuration and client certificate check, tonic with the same HTTP/2 keep-alive) with
+//! nothing behind it. Its Agent service counts heartbeats and answers nothing else (the
+//! manager acknowledges no heartbeat either); its Enrollment service checks and signs the CSR
+//! as the manager does, with no token, store or audit. What it sustains bounds the manager.
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,8 +17,12 @@ use anyhow::Context;
 use opi_pki::tls::{server_config, ClientAuth};
 use opi_proto::v1::agent_message::Body;
 use opi_proto::v1::agent_server::{Agent, AgentServer};
+use opi_proto::v1::enrollment_server::{Enrollment, EnrollmentServer};
 use opi_proto::v1::manager_message::Body as ManagerBody;
-use opi_proto::v1::{AgentMessage, ManagerMessage, RenewRequest, RenewResponse, Welcome};
+use opi_proto::v1::{
+    AgentMessage, EnrollRequest, EnrollResponse, ManagerMessage, RenewRequest, RenewResponse,
+    Welcome,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
@@ -58,7 +64,7 @@ pub async fn serve(
     metrics_listen: SocketAddr,
     ready: impl FnOnce(EchoAddrs) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let (acceptor, client_auth) = tls(data_dir, listen)?;
+    let (acceptor, client_auth, signer) = tls(data_dir, listen)?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("bind {listen}"))?;
@@ -78,13 +84,18 @@ pub async fn serve(
         .http2_keepalive_interval(Some(opi_pki::channel::KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(AgentServer::new(EchoAgent { counts }))
+        .add_service(EnrollmentServer::new(signer))
         .serve_with_incoming(ReceiverStream::new(incoming))
         .await?;
     Ok(())
 }
 
-/// The manager's TLS setup, with an echo certificate from the fleet's issuing CA.
-fn tls(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<(TlsAcceptor, Arc<ClientAuth>)> {
+/// The manager's TLS setup, with an echo certificate from the fleet's issuing CA, and the
+/// signer of enrollments.
+fn tls(
+    data_dir: &Path,
+    listen: SocketAddr,
+) -> anyhow::Result<(TlsAcceptor, Arc<ClientAuth>, EchoSigner)> {
     let bundle = std::fs::read_to_string(data_dir.join("pki/trust-bundle.pem"))
         .with_context(|| format!("trust bundle in {}", data_dir.display()))?;
     let admin = opi_pki::bundle::OperatorBundle::read(&data_dir.join("opictl-admin.toml"))?;
@@ -93,7 +104,11 @@ fn tls(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<(TlsAcceptor, Arc<
     let (issued, key) = issuer.issue_server("echo", &names, CERT_TTL)?;
     let client_auth = ClientAuth::new(&bundle)?;
     let config = server_config(&issued.chain_pem, &key, client_auth.clone())?;
-    Ok((TlsAcceptor::from(config), client_auth))
+    let signer = EchoSigner {
+        issuer: Arc::new(issuer),
+        fleet: admin.fleet,
+    };
+    Ok((TlsAcceptor::from(config), client_auth, signer))
 }
 
 async fn accept_loop(
@@ -197,6 +212,34 @@ impl Agent for EchoAgent {
 
     async fn renew(&self, _: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
         Err(Status::unimplemented("the echo ceiling renews nothing"))
+    }
+}
+
+/// Signs every well-formed node CSR, as the manager does once a token is accepted.
+struct EchoSigner {
+    issuer: Arc<opi_pki::Issuer>,
+    fleet: String,
+}
+
+#[tonic::async_trait]
+impl Enrollment for EchoSigner {
+    async fn enroll(
+        &self,
+        request: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
+        let request = request.into_inner();
+        let csr = opi_pki::csr::check_node_csr(&request.csr_der, &self.fleet, &request.name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let issued = self
+            .issuer
+            .issue_node(&request.name, &csr.public_key, CERT_TTL)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(EnrollResponse {
+            node_name: request.name,
+            fleet: self.fleet.clone(),
+            cert_chain_pem: issued.chain_pem,
+            ..EnrollResponse::default()
+        }))
     }
 }
 

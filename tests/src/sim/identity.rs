@@ -1,5 +1,6 @@
-//! Node identities for simulated agents: enrolled through real bootstrap tokens against the
-//! manager, or issued straight from the issuing CA for the echo ceiling, which keeps no store.
+//! Node identities for simulated agents, each enrolled with its own key over its own TLS
+//! connection: through real bootstrap tokens against the manager, or against the echo ceiling,
+//! which signs every CSR it gets and keeps nothing.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +18,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tonic::Code;
 
-use super::Config;
+use super::{Config, Target};
 
 /// Uses of one bootstrap token at most (the manager's own limit), the default per token.
 pub const USES_PER_TOKEN: usize = 10_000;
@@ -28,8 +29,8 @@ const TOKEN_TTL: Duration = Duration::from_secs(3600);
 const ENROLL_ATTEMPTS: u32 = 50;
 /// Longest pause before retrying an aborted enrollment (picked at random below it).
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
-/// Lifetime of certificates issued for the echo ceiling.
-const ECHO_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// What the simulator presents as a token to the echo ceiling, which checks none.
+const ECHO_TOKEN: &str = "echo.ceiling";
 
 /// Enrollments retried after an abort, in this process.
 pub static RETRIES: AtomicU64 = AtomicU64::new(0);
@@ -62,12 +63,18 @@ pub fn node_name(i: usize) -> String {
     format!("sim-{i:05}")
 }
 
-/// Creates the tokens, then enrolls every agent, each with its own key over its own TLS
-/// connection, `concurrency` at a time. Agents that fail are left out, after one line on
-/// stderr naming the first failure.
+/// Creates the tokens (on the manager), then enrolls every agent, each with its own key over
+/// its own TLS connection, `concurrency` at a time. Agents that fail are left out, after one
+/// line on stderr naming the first failure.
 pub async fn enroll_all(config: &Arc<Config>) -> anyhow::Result<Vec<Credentials>> {
-    let (secrets, pin) = create_tokens(config).await?;
-    let verifier = ManagerVerifier::with_pin(pin.parse().context("CA pin from the manager")?);
+    let (secrets, verifier) = match config.target {
+        Target::Manager => {
+            let (secrets, pin) = create_tokens(config).await?;
+            let pin = pin.parse().context("CA pin from the manager")?;
+            (secrets, ManagerVerifier::with_pin(pin))
+        }
+        Target::Echo => (vec![ECHO_TOKEN.to_string()], fleet_verifier(config)?),
+    };
     let tls = client_config(verifier, None)?;
 
     let permits = Arc::new(Semaphore::new(config.concurrency));
@@ -78,7 +85,7 @@ pub async fn enroll_all(config: &Arc<Config>) -> anyhow::Result<Vec<Credentials>
             .acquire_owned()
             .await
             .expect("semaphore open");
-        let token = secrets[i / config.uses_per_token].clone();
+        let token = secrets[(i / config.uses_per_token).min(secrets.len() - 1)].clone();
         let (config, tls) = (config.clone(), tls.clone());
         tasks.spawn(async move {
             let _permit = permit;
@@ -88,21 +95,11 @@ pub async fn enroll_all(config: &Arc<Config>) -> anyhow::Result<Vec<Credentials>
     collect(tasks, "enroll").await
 }
 
-/// Issues every agent's certificate from the issuing CA in the data directory.
-pub fn issue_all(config: &Config) -> anyhow::Result<Vec<Credentials>> {
-    let issuer = crate::grpc::issuer(&config.data_dir, &fleet_name(config)?);
-    (0..config.agents)
-        .map(|i| {
-            let name = node_name(i);
-            let key = opi_pki::ca::generate_key()?;
-            let issued = issuer.issue_node(&name, &key, ECHO_CERT_TTL)?;
-            Ok(Credentials {
-                name,
-                chain_pem: issued.chain_pem,
-                key: SecretPem::new(key.serialize_pem()),
-            })
-        })
-        .collect()
+/// The manager verifier of `config`'s fleet, from the trust bundle in its data directory.
+pub fn fleet_verifier(config: &Config) -> anyhow::Result<Arc<ManagerVerifier>> {
+    let path = config.data_dir.join("pki/trust-bundle.pem");
+    let bundle = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+    Ok(ManagerVerifier::with_roots(&bundle, &fleet_name(config)?)?)
 }
 
 /// One token per `uses_per_token` agents; returns their secrets and the fleet CA pin.
@@ -135,11 +132,30 @@ async fn enroll_one(
     i: usize,
     token: &str,
 ) -> anyhow::Result<Credentials> {
-    let name = node_name(i);
+    enroll_named(
+        &config.endpoint,
+        tls,
+        config.source(i),
+        &node_name(i),
+        token,
+    )
+    .await
+}
+
+/// Enrolls node `name` with a new key over a new connection from `source`, retrying calls
+/// the manager aborted because of a concurrent use of the token.
+pub async fn enroll_named(
+    endpoint: &str,
+    tls: Arc<ClientConfig>,
+    source: Option<std::net::IpAddr>,
+    name: &str,
+    token: &str,
+) -> anyhow::Result<Credentials> {
+    let name = name.to_string();
     let key = opi_pki::ca::generate_key()?;
     let csr_der = opi_pki::csr::make_node_csr(&key, &name)?;
 
-    let channel = opi_pki::channel::connect_from(&config.endpoint, tls, config.source(i)).await?;
+    let channel = opi_pki::channel::connect_from(endpoint, tls, source).await?;
     let mut client = EnrollmentClient::new(channel);
     let request = EnrollRequest {
         token: token.to_string(),

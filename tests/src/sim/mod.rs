@@ -7,13 +7,21 @@
 //!   the measurement window, next to heartbeats the simulator sent in the same window;
 //! - latency: the manager's own handling time of one heartbeat, p50/p99 interpolated from the
 //!   `opi_heartbeat_processing_seconds` bucket deltas over the window (not a round trip: the
-//!   protocol acknowledges no heartbeat, and none is added for the benchmark).
+//!   protocol acknowledges no heartbeat, and none is added for the benchmark);
+//! - target CPU: user and system time of the target process over the window, from `/proc`.
+//!
+//! With `hold`, the agents stay connected after the report is out, reconnecting with the real
+//! agent's backoff whenever their session is lost, until standard input closes: the benchmark
+//! restarts the manager meanwhile and times the reconnection storm.
 
 pub mod agent;
 pub mod bench;
 pub mod echo;
+pub mod fanout;
+pub mod footprint;
 pub mod identity;
 pub mod scrape;
+pub mod table;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -54,8 +62,11 @@ pub struct Config {
     pub endpoint: String,
     /// The manager's data directory (trust bundle, issuing CA, admin bundle).
     pub data_dir: PathBuf,
+    /// What the agents talk to.
     pub target: Target,
+    /// Number of simulated agents.
     pub agents: usize,
+    /// Interval between two heartbeats of one agent.
     pub heartbeat: Duration,
     /// Length of the measurement window, once every session is open.
     pub duration: Duration,
@@ -63,40 +74,61 @@ pub struct Config {
     pub sources: Vec<IpAddr>,
     /// Health report changes per minute across the whole fleet.
     pub changes_per_min: f64,
+    /// Pool the agents enroll into.
     pub pool: String,
     /// Metrics listener of the target; by default `DATA_DIR/run/metrics-addr`.
     pub metrics: Option<SocketAddr>,
     /// Process whose resident memory is reported.
     pub target_pid: Option<u32>,
+    /// Enrollments and connections in flight at once.
     pub concurrency: usize,
     /// Agents enrolled with one bootstrap token, 1 to [`identity::USES_PER_TOKEN`].
     pub uses_per_token: usize,
+    /// Keep the agents connected after the report, until standard input closes.
+    pub hold: bool,
 }
 
 /// What one simulation measured.
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct Report {
+    /// Agents asked for.
     pub agents: usize,
+    /// Agents that got a certificate.
     pub enrolled: usize,
-    /// Enrollments per second, from the first request to the last answer (0 for the echo).
+    /// Enrollments per second, from the first request to the last answer.
     pub enroll_per_sec: f64,
     /// Enrollments the manager aborted because of a concurrent use of the token, retried.
     pub enroll_retries: u64,
+    /// Agents whose first session opened.
     pub connected: usize,
+    /// Time until every first session opened or failed.
     pub connect_secs: f64,
     /// `opi_agent_sessions` at the end of the window.
     pub sessions_seen: f64,
+    /// Length of the measurement window.
     pub window_secs: f64,
+    /// Heartbeats the simulator sent in the window.
     pub sent: u64,
+    /// Heartbeats the target counted in the window.
     pub accepted: u64,
+    /// `sent` per second.
     pub sent_per_sec: f64,
+    /// `accepted` per second.
     pub accepted_per_sec: f64,
+    /// Changed health reports sent in the window.
     pub reports_sent: u64,
     /// Sessions the target ended before the simulator did.
     pub sessions_lost: u64,
+    /// Sessions opened again after a loss.
+    pub reconnected: u64,
+    /// Median heartbeat handling time on the target.
     pub p50_seconds: Option<f64>,
+    /// 99th percentile of the heartbeat handling time on the target.
     pub p99_seconds: Option<f64>,
+    /// Resident memory of the target at the end of the window.
     pub target_rss_kib: Option<u64>,
+    /// CPU time (user and system) the target used during the window.
+    pub target_cpu_secs: Option<f64>,
 }
 
 impl Config {
@@ -131,8 +163,13 @@ pub fn raise_open_files() -> anyhow::Result<u64> {
     Ok(hard)
 }
 
-/// Runs one simulation to its end and reports what it measured.
-pub async fn run(config: Config) -> anyhow::Result<Report> {
+/// Runs one simulation to its end and reports what it measured: `emit` gets the report as
+/// soon as the window is measured (then, with `hold`, the agents stay until standard input
+/// closes), and the returned report adds the sessions lost and reopened until the end.
+pub async fn run(
+    config: Config,
+    emit: impl FnOnce(&Report) -> anyhow::Result<()>,
+) -> anyhow::Result<Report> {
     let metrics = config.metrics_addr()?;
     let config = Arc::new(config);
     let mut report = Report {
@@ -141,15 +178,10 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     };
 
     let started = Instant::now();
-    let credentials = match config.target {
-        Target::Manager => identity::enroll_all(&config).await?,
-        Target::Echo => identity::issue_all(&config)?,
-    };
+    let credentials = identity::enroll_all(&config).await?;
     report.enrolled = credentials.len();
-    if config.target == Target::Manager {
-        report.enroll_per_sec = credentials.len() as f64 / started.elapsed().as_secs_f64();
-        report.enroll_retries = identity::RETRIES.load(Ordering::Relaxed);
-    }
+    report.enroll_per_sec = credentials.len() as f64 / started.elapsed().as_secs_f64();
+    report.enroll_retries = identity::RETRIES.load(Ordering::Relaxed);
 
     let (stop, stopped) = watch::channel(false);
     let counters = Arc::new(Counters::default());
@@ -159,9 +191,18 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     report.connect_secs = started.elapsed().as_secs_f64();
 
     measure(&config, metrics, &counters, &mut report).await?;
+    report.sessions_lost = counters.lost.load(Ordering::Relaxed);
+    emit(&report)?;
+    if config.hold {
+        // Standard input closing is the signal to end; its content is ignored.
+        tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink()))
+            .await
+            .context("wait for standard input to close")??;
+    }
     let _ = stop.send(true);
     while agents.join_next().await.is_some() {}
     report.sessions_lost = counters.lost.load(Ordering::Relaxed);
+    report.reconnected = counters.reconnected.load(Ordering::Relaxed);
     Ok(report)
 }
 
@@ -207,6 +248,7 @@ async fn measure(
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let before = Snapshot::take(metrics).await?;
+    let cpu_before = config.target_pid.and_then(scrape::cpu_secs);
     let sent_before = counters.sent.load(Ordering::Relaxed);
     let reports_before = counters.reports.load(Ordering::Relaxed);
     let started = Instant::now();
@@ -225,6 +267,8 @@ async fn measure(
     report.p50_seconds = scrape::quantile(&buckets, 0.5);
     report.p99_seconds = scrape::quantile(&buckets, 0.99);
     report.target_rss_kib = config.target_pid.and_then(scrape::rss_kib);
+    let cpu_after = config.target_pid.and_then(scrape::cpu_secs);
+    report.target_cpu_secs = cpu_before.zip(cpu_after).map(|(b, a)| a - b);
     Ok(())
 }
 

@@ -7,6 +7,10 @@ use anyhow::Context;
 /// The histogram of heartbeat handling durations.
 pub const PROCESSING: &str = "opi_heartbeat_processing_seconds";
 
+/// Clock ticks per second of `/proc/PID/stat` times (`USER_HZ`, 100 on every Linux
+/// architecture this runs on).
+const CLOCK_TICKS: f64 = 100.0;
+
 /// Cumulative bucket counts by upper bound, `+Inf` last.
 pub type Buckets = Vec<(f64, u64)>;
 
@@ -25,6 +29,18 @@ impl Snapshot {
         let response = tokio::task::spawn_blocking(move || crate::http::get(addr, "/metrics"))
             .await
             .context("scrape task")?
+            .with_context(|| format!("scrape http://{addr}/metrics"))?;
+        anyhow::ensure!(
+            response.status == 200,
+            "GET /metrics on {addr}: {}",
+            response.status
+        );
+        Ok(Self::parse(&response.body))
+    }
+
+    /// [`Snapshot::take`] from a thread outside any runtime.
+    pub fn take_blocking(addr: SocketAddr) -> anyhow::Result<Self> {
+        let response = crate::http::get(addr, "/metrics")
             .with_context(|| format!("scrape http://{addr}/metrics"))?;
         anyhow::ensure!(
             response.status == 200,
@@ -108,6 +124,15 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// User plus system CPU time of process `pid` in seconds, from `/proc/PID/stat`.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields are counted after its closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let (utime, stime): (u64, u64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
+    Some((utime + stime) as f64 / CLOCK_TICKS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +153,17 @@ mod tests {
     #[test]
     fn the_resident_memory_of_this_process_is_read() {
         assert!(rss_kib(std::process::id()).is_some_and(|kib| kib > 0));
+    }
+
+    #[test]
+    fn the_cpu_time_of_this_process_grows_with_work() {
+        let before = cpu_secs(std::process::id()).expect("cpu time of this process");
+        let spin = std::time::Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < std::time::Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let after = cpu_secs(std::process::id()).expect("cpu time of this process");
+        assert!(after >= before + 0.02, "{before} -> {after}");
     }
 }
