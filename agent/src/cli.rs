@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use crate::{apply, enroll, health, run, status};
+use crate::{apply, compliance, enroll, health, run, status};
 
 /// Log level used when `RUST_LOG` is unset.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
@@ -39,6 +39,8 @@ pub enum Command {
     Plan(apply::PlanArgs),
     /// Apply a node profile as one transaction: save, apply, verify, commit or roll back
     Apply(apply::ApplyArgs),
+    /// Show this node's ANSSI-BP-028 evidence: each recommendation of its baseline, observed
+    Compliance(compliance::command::ComplianceArgs),
 }
 
 /// Format of the logs.

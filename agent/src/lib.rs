@@ -27,6 +27,7 @@ pub mod apply;
 pub mod backoff;
 pub mod cert;
 pub mod cli;
+pub mod compliance;
 pub mod conditions;
 pub mod config;
 pub mod enroll;
@@ -72,6 +73,9 @@ pub enum Error {
     /// `opi-agent plan` or `opi-agent apply` failed.
     #[error(transparent)]
     Apply(#[from] apply::ApplyError),
+    /// `opi-agent compliance` failed.
+    #[error(transparent)]
+    Compliance(#[from] compliance::command::ComplianceError),
 }
 
 impl Error {
@@ -83,6 +87,7 @@ impl Error {
             Error::Status(e) => e.exit_code(),
             Error::Health(e) => e.exit_code(),
             Error::Apply(e) => e.exit_code(),
+            Error::Compliance(e) => e.exit_code(),
         }
     }
 }
@@ -96,6 +101,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Health(args) => health::run(args).await?,
         Command::Plan(args) => apply::plan_command::run(args).await?,
         Command::Apply(args) => apply::apply_command::run(args).await?,
+        Command::Compliance(args) => compliance::command::run(args)?,
     }
     Ok(())
 }

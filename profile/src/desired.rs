@@ -7,8 +7,10 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::compliance::{self, Promise};
 use crate::errors::ProfileErrors;
 use crate::floor::{Floor, FLOOR_ORIGIN};
+use crate::hardening::settings::SettingFile;
 use crate::hardening::{Change, ItemId, Scope};
 use crate::kubelet::KERNEL_DEFAULTS;
 use crate::options::ApplyOptions;
@@ -21,6 +23,8 @@ pub const MANAGED_HEADER_HASH: &str =
 pub const SYSCTL_FILE: &str = "/etc/sysctl.d/90-opi-fleet.conf";
 /// Module blacklist file.
 pub const MODPROBE_FILE: &str = "/etc/modprobe.d/opi-fleet-blacklist.conf";
+/// Modules loaded at every boot by systemd-modules-load.
+pub const MODULES_LOAD_FILE: &str = "/etc/modules-load.d/opi-fleet.conf";
 /// sshd drop-in; sshd keeps the first value it reads, and drop-ins are read in name order.
 pub const SSHD_FILE: &str = "/etc/ssh/sshd_config.d/10-opi-fleet.conf";
 /// kubelet's configuration file.
@@ -46,12 +50,26 @@ pub enum ChangeKind {
     Kubelet,
     /// containerd configuration.
     Containerd,
+    /// sudo `Defaults` drop-in.
+    Sudo,
+    /// Keys of `/etc/login.defs`.
+    #[serde(rename = "login.defs")]
+    LoginDefs,
+    /// Login shell timeout and umask.
+    Shell,
+    /// Core dump limits and systemd-coredump.
+    Coredump,
+    /// Password quality.
+    Pwquality,
 }
 
 /// A service restarted when one of its files changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Service {
+    /// `systemd-modules-load.service`: loads the modules listed for every boot now, before
+    /// the services that need them restart.
+    ModulesLoad,
     /// `kubelet.service`.
     Kubelet,
     /// `containerd.service`.
@@ -108,6 +126,15 @@ pub struct Permission {
     pub origin: String,
 }
 
+/// Keys the agent sets in a file the node's image owns, keeping its other lines.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KeyEdit {
+    /// The file.
+    pub file: SettingFile,
+    /// Keys and values.
+    pub keys: BTreeMap<String, String>,
+}
+
 /// Everything the profile wants on the node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DesiredState {
@@ -117,8 +144,14 @@ pub struct DesiredState {
     pub sysctls: Vec<SysctlSetting>,
     /// Blacklisted modules, sorted.
     pub blacklisted_modules: Vec<String>,
+    /// Modules loaded at every boot, sorted.
+    pub loaded_modules: Vec<String>,
     /// Permission rules.
     pub permissions: Vec<Permission>,
+    /// Keys set in files the image owns.
+    pub edits: Vec<KeyEdit>,
+    /// What the baseline promises, for evidence; `None` without a baseline.
+    pub promise: Option<Promise>,
     /// How to apply.
     pub options: ApplyOptions,
 }
@@ -130,6 +163,7 @@ impl Service {
             Service::Kubelet => "kubelet.service",
             Service::Containerd => "containerd.service",
             Service::Sshd => "ssh.service",
+            Service::ModulesLoad => "systemd-modules-load.service",
         }
     }
 }
@@ -165,6 +199,8 @@ pub fn build(profile: &Profile, floor: &Floor) -> Result<DesiredState, ProfileEr
     let mut sysctls = BTreeMap::new();
     let mut modules = BTreeMap::new();
     let mut sshd = BTreeMap::new();
+    let mut loaded = BTreeMap::new();
+    let mut settings: BTreeMap<SettingFile, BTreeMap<String, String>> = BTreeMap::new();
     let mut permissions = Vec::new();
 
     for item in profile.hardening.items.values() {
@@ -180,6 +216,15 @@ pub fn build(profile: &Profile, floor: &Floor) -> Result<DesiredState, ProfileEr
             }
             Change::BlacklistModule { module } => {
                 modules.insert(module.clone(), item.origin.clone());
+            }
+            Change::LoadModule { module } => {
+                loaded.insert(module.clone(), item.path.clone());
+            }
+            Change::Setting { file, key, value } => {
+                settings
+                    .entry(*file)
+                    .or_default()
+                    .insert(key.clone(), value.clone());
             }
             Change::Sshd { key, value } => {
                 sshd.insert(key.clone(), value.clone());
@@ -206,17 +251,91 @@ pub fn build(profile: &Profile, floor: &Floor) -> Result<DesiredState, ProfileEr
         add_kubelet_sysctls(&mut sysctls, &mut errors);
     }
     apply_floor(profile, floor, &mut sysctls, &mut modules, &mut errors);
+    refuse_loading_blacklisted(&loaded, &modules, &mut errors);
 
-    let sysctls: Vec<SysctlSetting> = sysctls.into_values().map(|(s, _)| s).collect();
+    let sysctls: BTreeMap<String, SysctlSetting> =
+        sysctls.into_iter().map(|(k, (s, _))| (k, s)).collect();
+    let promise = compliance::build(&profile.hardening, &sysctls);
+    let sysctls: Vec<SysctlSetting> = sysctls.into_values().collect();
     let modules: Vec<String> = modules.into_keys().collect();
-    let files = render_files(profile, &sysctls, &modules, &sshd);
+    let loaded: Vec<String> = loaded.into_keys().collect();
+    let mut files = render_files(profile, &sysctls, &modules, &sshd);
+    files.extend(render_modules_load(&loaded));
+    let edits = render_settings(settings, &mut files);
     errors.into_result(DesiredState {
         files,
         sysctls,
         blacklisted_modules: modules,
+        loaded_modules: loaded,
         permissions,
+        edits,
+        promise,
         options: profile.apply.clone(),
     })
+}
+
+/// A module both blacklisted and loaded at boot is a contradiction the profile must settle.
+fn refuse_loading_blacklisted(
+    loaded: &BTreeMap<String, Option<String>>,
+    blacklisted: &BTreeMap<String, String>,
+    errors: &mut ProfileErrors,
+) {
+    for (module, path) in loaded {
+        if let Some(origin) = blacklisted.get(module) {
+            let at = path
+                .clone()
+                .unwrap_or_else(|| "hardening.baseline".to_string());
+            errors.push(
+                at,
+                format!("loads module {module} at boot, which {origin} blacklists"),
+            );
+        }
+    }
+}
+
+/// The modules-load.d file, restarting systemd-modules-load so they load now too.
+fn render_modules_load(loaded: &[String]) -> Option<ManagedFile> {
+    if loaded.is_empty() {
+        return None;
+    }
+    let mut content = MANAGED_HEADER_HASH.to_string();
+    for module in loaded {
+        content.push_str(&format!("{module}\n"));
+    }
+    Some(ManagedFile {
+        path: MODULES_LOAD_FILE.to_string(),
+        kind: ChangeKind::Modules,
+        shown: content.clone(),
+        content,
+        mode: 0o644,
+        restarts: Some(Service::ModulesLoad),
+        daemon_reload: false,
+    })
+}
+
+/// Drop-ins into `files`; the edits of files the image owns are returned.
+fn render_settings(
+    settings: BTreeMap<SettingFile, BTreeMap<String, String>>,
+    files: &mut Vec<ManagedFile>,
+) -> Vec<KeyEdit> {
+    let mut edits = Vec::new();
+    for (file, keys) in settings {
+        if file.is_edit() {
+            edits.push(KeyEdit { file, keys });
+            continue;
+        }
+        let content = file.render(&keys);
+        files.push(ManagedFile {
+            path: file.path().to_string(),
+            kind: file.kind(),
+            shown: content.clone(),
+            content,
+            mode: file.mode(),
+            restarts: None,
+            daemon_reload: false,
+        });
+    }
+    edits
 }
 
 type Sysctls = BTreeMap<String, (SysctlSetting, Option<String>)>;

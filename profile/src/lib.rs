@@ -21,12 +21,14 @@
 //! ```
 //!
 //! Module map: [`errors`] (problems with paths), [`hardening`] (baselines, overrides,
-//! exceptions, rules), [`kubelet`], [`containerd`], [`options`] (the `apply` section),
-//! [`floor`], [`desired`] (the rendered state).
+//! exceptions, rules, settings files, the guide's coverage), [`kubelet`], [`containerd`],
+//! [`options`] (the `apply` section), [`floor`], [`desired`] (the rendered state),
+//! [`compliance`] (what the baseline promises, for evidence).
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod compliance;
 pub mod containerd;
 pub mod desired;
 pub mod errors;
@@ -38,11 +40,15 @@ mod yaml;
 
 use serde_norway::Value;
 
+pub use compliance::{ExceptionRecord, ItemPromise, Promise, RulePromise};
 pub use containerd::Containerd;
-pub use desired::{ChangeKind, DesiredState, ManagedFile, Permission, Service, SysctlSetting};
+pub use desired::{
+    ChangeKind, DesiredState, KeyEdit, ManagedFile, Permission, Service, SysctlSetting,
+};
 pub use errors::{Problem, ProfileErrors};
 pub use floor::{Floor, SysctlFloor};
-pub use hardening::{Hardening, Scope};
+pub use hardening::settings::SettingFile;
+pub use hardening::{Hardening, Level, Scope};
 pub use kubelet::Kubelet;
 pub use options::{ApplyOptions, DriftRemediation};
 

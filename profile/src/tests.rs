@@ -2,7 +2,10 @@
 //! name, the floor enforced, credentials redacted, the desired state rendered.
 
 use super::*;
-use crate::desired::{CONTAINERD_CONFIG, KUBELET_CONFIG, MODPROBE_FILE, SSHD_FILE, SYSCTL_FILE};
+use crate::desired::{
+    CONTAINERD_CONFIG, KUBELET_CONFIG, MODPROBE_FILE, MODULES_LOAD_FILE, SSHD_FILE, SYSCTL_FILE,
+};
+use crate::hardening::settings;
 
 const WORKER: &str = include_str!("../../deploy/profiles/worker.yaml");
 const HEAD: &str = "apiVersion: opi.fleet/v1\nkind: NodeProfile\n";
@@ -149,11 +152,11 @@ fn changing_a_baseline_item_needs_an_exception_with_a_reason() {
     let body = "hardening:
   baseline: anssi-bp028-intermediary
   overrides:
-    sysctls: {net.ipv4.ip_forward: 1}
+    sysctls: {kernel.sysrq: 1}
 ";
     let errors = profile(body).unwrap_err();
     assert_eq!(errors.len(), 1, "{errors}");
-    assert!(errors.problems[0].message.contains("R12"), "{errors}");
+    assert!(errors.problems[0].message.contains("R9"), "{errors}");
     assert!(
         errors.problems[0].message.contains("add an exception"),
         "{errors}"
@@ -264,4 +267,144 @@ fn not_yaml_is_one_problem_naming_the_document() {
     let errors = Profile::from_yaml("apiVersion: [").unwrap_err();
     assert_eq!(errors.len(), 1);
     assert_eq!(errors.problems[0].path, "(document)");
+}
+
+#[test]
+fn an_exception_without_a_reason_is_refused_naming_it() {
+    let body = "hardening:
+  baseline: anssi-bp028-intermediary
+  exceptions:
+    - {item: sudo/requiretty, reason: \"  \", approver: secops@example.gouv.fr}
+";
+    let errors = profile(body).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors}");
+    assert_eq!(errors.problems[0].path, "hardening.exceptions[0].reason");
+    assert!(
+        errors.problems[0].message.contains("needs a reason"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn settings_overrides_are_checked_against_their_allowlists() {
+    let body = "hardening:
+  overrides:
+    sudo: {secure_path: /tmp, use_pty: true}
+    loginDefs: {UMASK: \"027\", ENCRYPT_METHOD: MD5}
+    shell: {TMOUT: 900}
+    coredump: {Storage: \"|/bin/sh\"}
+";
+    let errors = profile(body).unwrap_err();
+    let paths: Vec<&str> = errors.problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "hardening.overrides.sudo.secure_path",
+            "hardening.overrides.loginDefs.ENCRYPT_METHOD",
+            "hardening.overrides.coredump.Storage",
+        ],
+        "{errors}"
+    );
+    assert!(errors.to_string().contains("allowlist"), "{errors}");
+}
+
+#[test]
+fn settings_render_into_drop_ins_and_login_defs_into_an_edit() {
+    let state = profile("hardening: {baseline: anssi-bp028-enhanced}\n")
+        .unwrap()
+        .desired_state(&Floor::default())
+        .unwrap();
+    let sudo = state.file(settings::SUDO_FILE).expect("sudo drop-in");
+    assert_eq!(sudo.mode, 0o440);
+    assert!(
+        sudo.content.contains("Defaults use_pty\n"),
+        "{}",
+        sudo.content
+    );
+    let shell = &state.file(settings::SHELL_FILE).unwrap().content;
+    assert!(
+        shell.contains("umask 077\n") && shell.contains("readonly TMOUT"),
+        "{shell}"
+    );
+    assert!(state.file(settings::LIMITS_FILE).is_some());
+    assert!(state.file(settings::COREDUMP_FILE).is_some());
+    assert!(state.file(settings::PWQUALITY_FILE).is_some());
+    assert!(
+        state.file(settings::LOGIN_DEFS_FILE).is_none(),
+        "edited, not owned"
+    );
+    assert_eq!(state.edits.len(), 1);
+    assert_eq!(state.edits[0].keys["UMASK"], "077");
+    assert_eq!(state.edits[0].keys["ENCRYPT_METHOD"], "YESCRYPT");
+    let load = &state.file(MODULES_LOAD_FILE).unwrap().content;
+    assert!(
+        load.contains("br_netfilter\n") && load.contains("overlay\n"),
+        "{load}"
+    );
+}
+
+#[test]
+fn a_module_both_loaded_and_blacklisted_is_refused() {
+    let body = "hardening:
+  baseline: anssi-bp028-minimal
+  overrides:
+    loadModules: [usb-storage]
+";
+    let errors = profile(body)
+        .unwrap()
+        .desired_state(&Floor::default())
+        .unwrap_err();
+    assert!(
+        errors.mentions("hardening.overrides.loadModules[0]"),
+        "{errors}"
+    );
+    assert!(errors.to_string().contains("R62"), "{errors}");
+}
+
+#[test]
+fn the_promise_lists_every_rule_of_the_level_with_exceptions_and_floor_values() {
+    let body = "hardening:
+  baseline: anssi-bp028-intermediary
+  overrides:
+    sysctls: {net.ipv4.conf.all.rp_filter: 2}
+  exceptions:
+    - {item: sysctl/net.ipv4.conf.all.rp_filter, reason: Calico, approver: secops, expires: \"2027-06-30\"}
+    - {item: sysctl/kernel.sysrq, reason: console access}
+";
+    let mut floor = Floor::default();
+    floor.sysctls.insert(
+        "kernel.perf_event_paranoid".into(),
+        SysctlFloor {
+            min: Some(3),
+            ..Default::default()
+        },
+    );
+    let state = profile(body).unwrap().desired_state(&floor).unwrap();
+    let promise = state.promise.expect("a baseline promises");
+    assert_eq!(promise.level, Level::Intermediary);
+    assert_eq!(promise.rules.len(), 40, "minimal and intermediary rules");
+    let item = |id: &str| {
+        promise
+            .rules
+            .iter()
+            .flat_map(|r| &r.items)
+            .find(|i| i.id.0 == id)
+            .unwrap_or_else(|| panic!("{id} promised"))
+            .clone()
+    };
+    let rp = item("sysctl/net.ipv4.conf.all.rp_filter");
+    assert_eq!(rp.expected.value_text(), "2");
+    assert_eq!(rp.baseline_value.as_deref(), Some("1"));
+    let exception = rp.exception.unwrap();
+    assert_eq!(exception.expires.as_deref(), Some("2027-06-30"));
+    assert!(exception.expired_on(time::macros::date!(2027 - 07 - 01)));
+    let sysrq = item("sysctl/kernel.sysrq");
+    assert!(!sysrq.applied && sysrq.exception.is_some());
+    assert_eq!(
+        item("sysctl/kernel.perf_event_paranoid")
+            .expected
+            .value_text(),
+        "3"
+    );
+    assert!(item("sysctl/net.ipv4.ip_forward").deviation.is_some());
 }

@@ -360,11 +360,11 @@ fn refusals_name_the_key_and_the_rule_and_change_nothing() {
 
     write(
         &node.root.join("etc/opi-agent/floor.toml"),
-        "version = 1\n[sysctls.\"net.ipv4.ip_forward\"]\nequals = \"0\"\n",
+        "version = 1\n[sysctls.\"net.ipv4.conf.all.rp_filter\"]\nequals = \"1\"\n",
         0o644,
     );
     let floor_lowered = fails(node.run("plan", &node.profile(WORKER), &[]));
-    assert!(floor_lowered.contains("hardening.overrides.sysctls.\"net.ipv4.ip_forward\": lowers the node's hardening floor"), "{floor_lowered}");
+    assert!(floor_lowered.contains("hardening.overrides.sysctls.\"net.ipv4.conf.all.rp_filter\": lowers the node's hardening floor"), "{floor_lowered}");
     let mut expected = before.clone();
     let floor = node.snapshot().remove("/etc/opi-agent/floor.toml").unwrap();
     expected.insert("/etc/opi-agent/floor.toml".to_string(), floor);
@@ -419,7 +419,8 @@ fn reboot_scoped_values_are_refused_unless_allowed_and_then_flag_the_node() {
     assert_eq!(output.status.code(), Some(2));
     let error = String::from_utf8_lossy(&output.stderr);
     assert!(
-        error.contains("needs a reboot to take effect (kernel.modules_disabled=1"),
+        error.contains("needs a reboot to take effect (")
+            && error.contains("kernel.modules_disabled=1"),
         "{error}"
     );
     assert!(
@@ -431,7 +432,7 @@ fn reboot_scoped_values_are_refused_unless_allowed_and_then_flag_the_node() {
     let allowed = node.profile(&format!("{high}apply: {{allowReboot: true}}\n"));
     let plan = ok(node.run("plan", &allowed, &[]));
     assert!(
-        plan.contains("reboot        required for kernel.modules_disabled=1"),
+        plan.contains("reboot        required for") && plan.contains("kernel.modules_disabled=1"),
         "{plan}"
     );
     ok(node.run("apply", &allowed, &[]));

@@ -10,10 +10,10 @@ use tracing::{info, warn};
 
 use super::fsops::{self, Meta};
 use super::journal::{self, Journal, Phase};
-use super::kinds::{self, files::PermissionStep, sysctl};
+use super::kinds::{self, files::PermissionStep, login_defs::EditStep, sysctl};
 use super::node::Node;
 use super::plan::{self, Plan};
-use super::record::{own, AppliedRecord, OwnedFile, OwnedPermission, OwnedSysctl};
+use super::record::{own, AppliedRecord, OwnedEdit, OwnedFile, OwnedPermission, OwnedSysctl};
 use super::verify::Verifier;
 use crate::output::timestamp;
 use crate::systemd::{Systemd, DEFAULT_JOB_TIMEOUT};
@@ -183,6 +183,7 @@ fn validate_configs(desired: &DesiredState, plan: &Plan) -> Result<(), EngineErr
         };
         let checked = match file.kind {
             ChangeKind::Sshd => kinds::sshd::validate(&file.content),
+            ChangeKind::Sudo => kinds::sudo::validate(&file.content),
             ChangeKind::Containerd => kinds::containerd::validate(&file.content),
             _ => continue,
         };
@@ -317,7 +318,7 @@ fn new_record(
         .collect();
     let mut permissions = Vec::new();
     for rule in &desired.permissions {
-        let meta = match kinds::files::step(&node.root, rule)? {
+        let meta = match plan::permission_step(node, desired, rule)? {
             PermissionStep::Change { to, .. } => Some(to),
             PermissionStep::Unchanged => fsops::meta(&node.file(&rule.path))?,
             PermissionStep::Absent | PermissionStep::UnknownOwner(_) => None,
@@ -339,6 +340,15 @@ fn new_record(
             .collect(),
         false => Vec::new(),
     };
+    let mut edits = Vec::new();
+    for edit in &desired.edits {
+        if let EditStep::Write { .. } = kinds::login_defs::step(node, edit)? {
+            edits.push(OwnedEdit {
+                file: edit.file,
+                keys: edit.keys.clone(),
+            });
+        }
+    }
     let applied_at = timestamp(time::OffsetDateTime::now_utc());
     Ok(AppliedRecord {
         version: super::record::RECORD_VERSION,
@@ -347,6 +357,8 @@ fn new_record(
         files,
         permissions,
         sysctls,
+        edits,
+        promise: desired.promise.clone(),
     })
 }
 

@@ -131,6 +131,25 @@ pub fn gid_of(root: &Path, name: &str) -> Option<u32> {
     id_in(&root.join("etc/group"), name).or((name == "root").then_some(0))
 }
 
+/// The name of user `uid` in `ROOT/etc/passwd`.
+pub fn user_name(root: &Path, uid: u32) -> Option<String> {
+    name_in(&root.join("etc/passwd"), uid).or((uid == 0).then(|| "root".to_string()))
+}
+
+/// The name of group `gid` in `ROOT/etc/group`.
+pub fn group_name(root: &Path, gid: u32) -> Option<String> {
+    name_in(&root.join("etc/group"), gid).or((gid == 0).then(|| "root".to_string()))
+}
+
+/// The first field of the line of `file` whose third field is `id`.
+fn name_in(file: &Path, id: u32) -> Option<String> {
+    let text = fs::read_to_string(file).ok()?;
+    text.lines()
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .find(|fields| fields.get(2).and_then(|f| f.parse().ok()) == Some(id))
+        .and_then(|fields| fields.first().map(|name| name.to_string()))
+}
+
 /// The third field of the line of `file` whose first field is `name`.
 fn id_in(file: &Path, name: &str) -> Option<u32> {
     let text = fs::read_to_string(file).ok()?;

@@ -208,6 +208,10 @@ fn restore_file(node: &Node, saved: &SavedFile) -> io::Result<()> {
             let content = fs::read(node.lkg_dir().join(copy))?;
             fsops::write_atomic(&path, &content, *meta)
         }
-        (Some(meta), None) => fsops::set_meta(&path, *meta),
+        // A directory the apply was to create for a new file may not exist yet.
+        (Some(meta), None) => match fsops::set_meta(&path, *meta) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            done => done,
+        },
     }
 }

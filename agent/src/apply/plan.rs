@@ -6,17 +6,28 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
 use opi_profile::desired::{
-    CONTAINERD_CONFIG, KUBELET_CONFIG, KUBELET_DROPIN, SSHD_FILE, SYSCTL_FILE,
+    CONTAINERD_CONFIG, KUBELET_CONFIG, KUBELET_DROPIN, MODULES_LOAD_FILE, SSHD_FILE, SYSCTL_FILE,
 };
-use opi_profile::{ChangeKind, DesiredState, ManagedFile, Scope, Service};
+use opi_profile::{ChangeKind, DesiredState, ManagedFile, Permission, Scope, Service};
 use serde::Serialize;
 
 use super::diff::changed_lines;
 use super::fsops::{self, Found, Meta};
 use super::kinds::files::{self, PermissionStep};
+use super::kinds::login_defs::{self, EditStep};
 use super::kinds::{modules, sysctl};
 use super::node::Node;
 use super::record::{own, AppliedRecord};
+
+/// Where systemd finds unit files, to tell whether a service is installed on the node.
+pub const UNIT_DIRS: [&str; 4] = [
+    "/etc/systemd/system",
+    "/run/systemd/system",
+    "/lib/systemd/system",
+    "/usr/lib/systemd/system",
+];
+/// Services a node image may lack: their restart is skipped, not failed, when absent.
+pub const OPTIONAL_SERVICES: [Service; 2] = [Service::Sshd, Service::ModulesLoad];
 
 /// What happens to a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -152,6 +163,7 @@ pub fn compute(
         plan.files.push(file_step(node, file)?);
     }
     plan.files.extend(removals(node, desired, previous)?);
+    plan_edits(node, desired, &mut plan)?;
     plan_permissions(node, desired, &mut plan)?;
     plan_sysctls(node, desired, &current_sysctls, &mut plan)?;
     plan_services(node, desired, &mut plan);
@@ -251,13 +263,75 @@ pub fn service_of(path: &str) -> Option<Service> {
         KUBELET_CONFIG | KUBELET_DROPIN => Some(Service::Kubelet),
         CONTAINERD_CONFIG => Some(Service::Containerd),
         SSHD_FILE => Some(Service::Sshd),
+        MODULES_LOAD_FILE => Some(Service::ModulesLoad),
         _ => None,
     }
 }
 
+/// Keys set in files the image owns: a file step each, keeping the file's mode and owner.
+fn plan_edits(node: &Node, desired: &DesiredState, plan: &mut Plan) -> io::Result<()> {
+    for edit in &desired.edits {
+        let path = edit.file.path();
+        let (found, content, meta) = match login_defs::step(node, edit)? {
+            EditStep::Absent => {
+                plan.notes
+                    .push(format!("{path}: absent here, keys not set"));
+                continue;
+            }
+            EditStep::Write {
+                found,
+                content,
+                meta,
+            } => (found, content, meta),
+        };
+        let before = String::from_utf8_lossy(&found.content);
+        let lines = changed_lines(&before, &content);
+        let action = match found.content == content.as_bytes() {
+            true => FileAction::Unchanged,
+            false => FileAction::Update,
+        };
+        plan.files.push(FileStep {
+            path: path.to_string(),
+            kind: edit.file.kind().to_string(),
+            action,
+            mode: format!("{:04o}", meta.mode),
+            lines,
+            restarts: None,
+            daemon_reload: false,
+            write: Some((content.into_bytes(), meta)),
+        });
+    }
+    Ok(())
+}
+
+/// The step a permission rule needs; a directory that the apply creates for one of its files
+/// (`/etc/sudoers.d`) gets its mode right after it is made.
+pub fn permission_step(
+    node: &Node,
+    desired: &DesiredState,
+    rule: &Permission,
+) -> io::Result<PermissionStep> {
+    let step = files::step(&node.root, rule)?;
+    let created = desired
+        .files
+        .iter()
+        .any(|f| std::path::Path::new(&f.path).parent() == Some(std::path::Path::new(&rule.path)));
+    Ok(match step {
+        PermissionStep::Absent if created => {
+            let made = own(Meta {
+                mode: fsops::NEW_DIR_MODE,
+                uid: 0,
+                gid: 0,
+            });
+            files::step_from(&node.root, rule, made)
+        }
+        step => step,
+    })
+}
+
 fn plan_permissions(node: &Node, desired: &DesiredState, plan: &mut Plan) -> io::Result<()> {
     for rule in &desired.permissions {
-        match files::step(&node.root, rule)? {
+        match permission_step(node, desired, rule)? {
             PermissionStep::Unchanged => {}
             PermissionStep::Absent => plan
                 .notes
@@ -305,7 +379,13 @@ fn plan_sysctls(
                 .push(format!("{}={}", setting.key, value)),
             Scope::Live if node.live => {
                 let from = sysctl::read_live(&node.proc_sys, &setting.key)?;
-                if from.as_ref() != Some(&value) {
+                if from.is_none() {
+                    // net.bridge.* appear only once br_netfilter is loaded, at the next boot.
+                    plan.skipped.push(format!(
+                        "live sysctl {}={} (this kernel has no such sysctl now: its module is not loaded; set from the file at boot)",
+                        setting.key, value
+                    ));
+                } else if from.as_ref() != Some(&value) {
                     let origin = setting.origin.clone();
                     plan.sysctls.push(SysctlStep {
                         key: setting.key.clone(),
@@ -329,7 +409,12 @@ fn plan_services(node: &Node, desired: &DesiredState, plan: &mut Plan) {
     let reload = plan.changed_files().any(|f| f.daemon_reload);
     plan.daemon_reload = reload;
     for service in plan.services() {
-        if !node.live {
+        if node.live && OPTIONAL_SERVICES.contains(&service) && !unit_installed(node, service) {
+            plan.skipped.push(format!(
+                "restart {} (not installed on this node)",
+                service.unit()
+            ));
+        } else if !node.live {
             plan.skipped
                 .push(format!("restart {} (root is not /)", service.unit()));
         } else if !desired.options.restart_services {
@@ -346,4 +431,11 @@ fn plan_services(node: &Node, desired: &DesiredState, plan: &mut Plan) {
             .push("systemd daemon-reload (root is not /)".to_string());
         plan.daemon_reload = false;
     }
+}
+
+/// Whether the unit of `service` has a unit file on `node`.
+fn unit_installed(node: &Node, service: Service) -> bool {
+    UNIT_DIRS
+        .iter()
+        .any(|dir| node.file(&format!("{dir}/{}", service.unit())).exists())
 }

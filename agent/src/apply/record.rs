@@ -1,13 +1,16 @@
 //! `applied.json`: what the last committed apply owns (each file's digest, mode and owner, the
-//! permission rules, the live sysctls), and the drift check against it.
+//! permission rules, the keys edited in files the image owns, the live sysctls) and what its
+//! baseline promises, and the drift check against it.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 
+use opi_profile::{KeyEdit, Promise, SettingFile};
 use serde::{Deserialize, Serialize};
 
 use super::fsops::{self, Meta};
-use super::kinds::sysctl;
+use super::kinds::{login_defs, sysctl};
 use super::node::Node;
 
 /// The only `version` of the record.
@@ -42,6 +45,15 @@ pub struct OwnedSysctl {
     pub value: String,
 }
 
+/// Keys the applied profile set in a file the node's image owns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnedEdit {
+    /// The file.
+    pub file: SettingFile,
+    /// Keys and the values set.
+    pub keys: BTreeMap<String, String>,
+}
+
 /// The record of the last committed apply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +70,12 @@ pub struct AppliedRecord {
     pub permissions: Vec<OwnedPermission>,
     /// Live sysctls (only when applied with the root `/`).
     pub sysctls: Vec<OwnedSysctl>,
+    /// Keys set in files the image owns (absent from records written before them).
+    #[serde(default)]
+    pub edits: Vec<OwnedEdit>,
+    /// What the profile's baseline promises, for compliance evidence.
+    #[serde(default)]
+    pub promise: Option<Promise>,
 }
 
 /// Something the applied profile owns that is no longer as it was applied.
@@ -130,10 +148,34 @@ pub fn check(node: &Node, record: &AppliedRecord) -> io::Result<Vec<Drift>> {
             what,
         }));
     }
+    for edit in &record.edits {
+        drifts.extend(edit_drift(node, edit)?);
+    }
     if node.live {
         drifts.extend(sysctl_drift(&node.proc_sys, &record.sysctls)?);
     }
     Ok(drifts)
+}
+
+/// The keys of `edit` no longer as applied.
+fn edit_drift(node: &Node, edit: &OwnedEdit) -> io::Result<Option<Drift>> {
+    let path = edit.file.path();
+    let what = match fsops::read(&node.file(path))? {
+        None => Some("the file was removed".to_string()),
+        Some(found) => {
+            let key_edit = KeyEdit {
+                file: edit.file,
+                keys: edit.keys.clone(),
+            };
+            let differences =
+                login_defs::differences(&key_edit, &String::from_utf8_lossy(&found.content));
+            (!differences.is_empty()).then(|| differences.join(", "))
+        }
+    };
+    Ok(what.map(|what| Drift {
+        item: path.to_string(),
+        what,
+    }))
 }
 
 fn sysctl_drift(proc_sys: &Path, sysctls: &[OwnedSysctl]) -> io::Result<Vec<Drift>> {

@@ -84,7 +84,7 @@ impl Verifier {
             let probe = match service {
                 Service::Containerd => kinds::containerd::healthy(&self.health, &self.files).await,
                 Service::Kubelet => kinds::kubelet::healthy(&self.health).await,
-                Service::Sshd => return Ok("no health check".to_string()),
+                Service::Sshd | Service::ModulesLoad => return Ok("no health check".to_string()),
             };
             match probe {
                 Ok(line) => return Ok(line),

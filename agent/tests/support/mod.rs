@@ -280,8 +280,9 @@ async fn relay(
                 });
                 continue;
             }
-            // Apply reports come with the profile delivery; this fake scripts none.
-            Some(AgentBody::Apply(_)) | None => continue,
+            // Apply reports come with the profile delivery, and compliance evidence with an
+            // applied baseline; this fake scripts neither.
+            Some(AgentBody::Apply(_)) | Some(AgentBody::Compliance(_)) | None => continue,
         };
         let report = hello.report.unwrap_or_default();
         let _ = service.events.send(conditions("hello", &report));

@@ -1,10 +1,14 @@
 //! The items a hardening baseline or a profile sets, named by what they change
-//! (`sysctl/kernel.kptr_restrict`, `module/usb-storage`, `sshd/PermitRootLogin`,
-//! `file/etc/shadow`), and when the change takes effect.
+//! (`sysctl/kernel.kptr_restrict`, `module/usb-storage`, `load/br_netfilter`,
+//! `sshd/PermitRootLogin`, `file/etc/shadow`, `sudo/use_pty`, `login.defs/UMASK`…), and when
+//! the change takes effect.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+use super::level::Level;
+use super::settings::SettingFile;
 
 /// When a change takes effect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -20,7 +24,7 @@ pub enum Scope {
 }
 
 /// What an item changes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum Change {
     /// A kernel parameter.
@@ -32,6 +36,11 @@ pub enum Change {
     },
     /// A kernel module that must not load.
     BlacklistModule {
+        /// Module name.
+        module: String,
+    },
+    /// A kernel module loaded at every boot (`/etc/modules-load.d`).
+    LoadModule {
         /// Module name.
         module: String,
     },
@@ -53,11 +62,43 @@ pub enum Change {
         /// Owner group name.
         group: String,
     },
+    /// One key of a settings file (sudo `Defaults`, `/etc/login.defs`…).
+    Setting {
+        /// The file.
+        file: SettingFile,
+        /// The key as its program spells it.
+        key: String,
+        /// Its value.
+        value: String,
+    },
 }
 
 /// The name of an item: its kind and subject, unique within a resolved hardening.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ItemId(pub String);
+
+/// Where a baseline item comes from in the guide.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuideRef {
+    /// The level of the baseline file that sets it.
+    pub level: Level,
+    /// The recommendation it implements, `R12`.
+    pub rule: String,
+    /// What it does, for people.
+    pub what: String,
+    /// Set when the item departs from the guide for Kubernetes, with the guide's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deviation: Option<Deviation>,
+}
+
+/// A documented departure of a baseline item from the guide.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deviation {
+    /// What the guide asks for.
+    pub guide: String,
+    /// Why a Kubernetes node needs otherwise.
+    pub reason: String,
+}
 
 /// A hardening item after resolution, with where it came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -72,6 +113,8 @@ pub struct ResolvedItem {
     pub origin: String,
     /// Its path in the profile, when the profile set it rather than the baseline.
     pub path: Option<String>,
+    /// The guide recommendation, for baseline items.
+    pub guide: Option<GuideRef>,
 }
 
 impl Change {
@@ -80,16 +123,21 @@ impl Change {
         ItemId(match self {
             Change::Sysctl { key, .. } => format!("sysctl/{key}"),
             Change::BlacklistModule { module } => format!("module/{module}"),
+            Change::LoadModule { module } => format!("load/{module}"),
             Change::Sshd { key, .. } => format!("sshd/{key}"),
             Change::Permission { path, .. } => format!("file{path}"),
+            Change::Setting { file, key, .. } => format!("{}/{key}", file.prefix()),
         })
     }
 
     /// The value this change sets, for messages.
     pub fn value_text(&self) -> String {
         match self {
-            Change::Sysctl { value, .. } | Change::Sshd { value, .. } => value.clone(),
+            Change::Sysctl { value, .. }
+            | Change::Sshd { value, .. }
+            | Change::Setting { value, .. } => value.clone(),
             Change::BlacklistModule { .. } => "blacklisted".to_string(),
+            Change::LoadModule { .. } => "loaded at boot".to_string(),
             Change::Permission {
                 mode, owner, group, ..
             } => format!("{mode:04o} {owner}:{group}"),

@@ -5,8 +5,11 @@
 //! departure from the baseline carries a reason. An exception alone removes the item.
 
 pub mod baseline;
+pub mod coverage;
 pub mod items;
+pub mod level;
 pub mod rules;
+pub mod settings;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,12 +18,27 @@ use time::Date;
 
 use crate::errors::{index, join, ProfileErrors};
 use crate::yaml;
-pub use items::{sysctl_scope, Change, ItemId, ResolvedItem, Scope};
+pub use baseline::{Coverage, Rule};
+pub use items::{sysctl_scope, Change, Deviation, GuideRef, ItemId, ResolvedItem, Scope};
+pub use level::Level;
+use settings::SettingFile;
 
 /// Keys of the `hardening` section.
 pub const HARDENING_KEYS: [&str; 3] = ["baseline", "overrides", "exceptions"];
 /// Keys of `hardening.overrides`.
-pub const OVERRIDE_KEYS: [&str; 4] = ["sysctls", "blacklistModules", "sshd", "files"];
+pub const OVERRIDE_KEYS: [&str; 11] = [
+    "sysctls",
+    "blacklistModules",
+    "loadModules",
+    "sshd",
+    "files",
+    "sudo",
+    "loginDefs",
+    "shell",
+    "limits",
+    "coredump",
+    "pwquality",
+];
 /// Keys of one exception.
 pub const EXCEPTION_KEYS: [&str; 4] = ["item", "reason", "approver", "expires"];
 /// Keys of one file permission override.
@@ -46,6 +64,12 @@ pub struct Exception {
 pub struct Hardening {
     /// The baseline named, if any.
     pub baseline: Option<String>,
+    /// Its level.
+    pub level: Option<Level>,
+    /// The guide's recommendations up to that level, in guide order.
+    pub rules: Vec<Rule>,
+    /// The baseline's items as it defines them, before overrides and exceptions.
+    pub baseline_items: BTreeMap<ItemId, ResolvedItem>,
     /// The exceptions, as written.
     pub exceptions: Vec<Exception>,
     /// Every item after baseline, overrides and exceptions, by name.
@@ -69,12 +93,16 @@ impl Hardening {
         let baseline = yaml::get(&found, "baseline")
             .and_then(|v| yaml::string(v, &join(path, "baseline"), errors));
         let mut items = BTreeMap::new();
+        let (mut level, mut rules) = (None, Vec::new());
         if let Some(name) = &baseline {
-            match baseline::resolve(name) {
-                Ok(resolved) => items = resolved,
+            let resolved = baseline::resolve(name)
+                .and_then(|items| Ok((items, baseline::level(name)?, baseline::rules(name)?)));
+            match resolved {
+                Ok(resolved) => (items, level, rules) = (resolved.0, Some(resolved.1), resolved.2),
                 Err(message) => errors.push(join(path, "baseline"), message),
             }
         }
+        let baseline_items = items.clone();
         let overrides = yaml::get(&found, "overrides")
             .map(|v| parse_overrides(v, &join(path, "overrides"), errors))
             .unwrap_or_default();
@@ -91,6 +119,9 @@ impl Hardening {
         );
         Self {
             baseline,
+            level,
+            rules,
+            baseline_items,
             exceptions,
             items,
             removed,
@@ -154,6 +185,7 @@ fn merge(
             scope,
             origin: path.clone(),
             path: Some(path),
+            guide: items.get(&id).and_then(|base| base.guide.clone()),
         };
         items.insert(id, item);
     }
@@ -190,20 +222,10 @@ fn parse_overrides(value: &Value, path: &str, errors: &mut ProfileErrors) -> Vec
             }
         }
     }
-    if let Some(modules) = yaml::get(&found, "blacklistModules") {
-        let at = join(path, "blacklistModules");
-        for (i, module) in yaml::sequence(modules, &at, errors).iter().enumerate() {
-            let at = index(&at, i);
-            let Some(module) = yaml::string(module, &at, errors) else {
-                continue;
-            };
-            match rules::check_module(&module) {
-                Ok(()) => overrides.push(Override {
-                    change: Change::BlacklistModule { module },
-                    path: at,
-                }),
-                Err(message) => errors.push(at, message),
-            }
+    for (section, load) in [("blacklistModules", false), ("loadModules", true)] {
+        if let Some(modules) = yaml::get(&found, section) {
+            let at = join(path, section);
+            overrides.extend(module_overrides(modules, &at, load, errors));
         }
     }
     if let Some(sshd) = yaml::get(&found, "sshd") {
@@ -234,6 +256,62 @@ fn parse_overrides(value: &Value, path: &str, errors: &mut ProfileErrors) -> Vec
             if let Some(change) = permission_override(file, &at, errors) {
                 overrides.push(Override { change, path: at });
             }
+        }
+    }
+    for file in SettingFile::ALL {
+        if let Some(section) = yaml::get(&found, file.section()) {
+            let at = join(path, file.section());
+            overrides.extend(setting_overrides(file, section, &at, errors));
+        }
+    }
+    overrides
+}
+
+/// Modules to blacklist, or with `load`, to load at boot.
+fn module_overrides(
+    value: &Value,
+    path: &str,
+    load: bool,
+    errors: &mut ProfileErrors,
+) -> Vec<Override> {
+    let mut overrides = Vec::new();
+    for (i, module) in yaml::sequence(value, path, errors).iter().enumerate() {
+        let at = index(path, i);
+        let Some(module) = yaml::string(module, &at, errors) else {
+            continue;
+        };
+        if let Err(message) = rules::check_module(&module) {
+            errors.push(at, message);
+            continue;
+        }
+        let change = match load {
+            true => Change::LoadModule { module },
+            false => Change::BlacklistModule { module },
+        };
+        overrides.push(Override { change, path: at });
+    }
+    overrides
+}
+
+/// The keys of one settings file, each checked against its allowlist.
+fn setting_overrides(
+    file: SettingFile,
+    value: &Value,
+    path: &str,
+    errors: &mut ProfileErrors,
+) -> Vec<Override> {
+    let mut overrides = Vec::new();
+    for (key, value) in yaml::entries(value, path, errors) {
+        let at = join(path, &key);
+        let Some(value) = yaml::scalar_text(value, &at, errors) else {
+            continue;
+        };
+        match file.check(&key, &value) {
+            Ok(value) => overrides.push(Override {
+                change: Change::Setting { file, key, value },
+                path: at,
+            }),
+            Err(message) => errors.push(at, message),
         }
     }
     overrides

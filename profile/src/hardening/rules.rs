@@ -90,15 +90,27 @@ pub const FORBIDDEN_SSHD_KEYS: [(&str, &str); 8] = [
     ),
 ];
 
-/// Files whose mode and owner the hardening section may set, never their content.
-pub const PERMISSION_FILES: [&str; 9] = [
+/// Files and directories whose mode and owner the hardening section may set, never their
+/// content.
+pub const PERMISSION_FILES: [&str; 20] = [
     "/etc/shadow",
     "/etc/gshadow",
     "/etc/passwd",
     "/etc/group",
+    "/etc/shells",
     "/etc/crontab",
+    "/etc/cron.d",
+    "/etc/cron.hourly",
+    "/etc/cron.daily",
+    "/etc/cron.weekly",
+    "/etc/cron.monthly",
     "/etc/ssh/sshd_config",
+    "/etc/ssh/ssh_host_ecdsa_key",
+    "/etc/ssh/ssh_host_ed25519_key",
+    "/etc/ssh/ssh_host_rsa_key",
     "/etc/sudoers",
+    "/etc/sudoers.d",
+    "/boot",
     "/boot/grub/grub.cfg",
     "/var/lib/kubelet/config.yaml",
 ];

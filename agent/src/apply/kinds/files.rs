@@ -32,23 +32,26 @@ pub fn step(root: &Path, rule: &Permission) -> std::io::Result<PermissionStep> {
     let Some(from) = fsops::meta(&under_root(root, Path::new(&rule.path)))? else {
         return Ok(PermissionStep::Absent);
     };
+    Ok(step_from(root, rule, from))
+}
+
+/// The step `rule` needs on a directory the apply itself creates with `created` (such as
+/// `/etc/sudoers.d` for the agent's sudo drop-in).
+pub fn step_from(root: &Path, rule: &Permission, from: Meta) -> PermissionStep {
     let Some(uid) = fsops::uid_of(root, &rule.owner) else {
-        return Ok(PermissionStep::UnknownOwner(format!("user {}", rule.owner)));
+        return PermissionStep::UnknownOwner(format!("user {}", rule.owner));
     };
     let Some(gid) = fsops::gid_of(root, &rule.group) else {
-        return Ok(PermissionStep::UnknownOwner(format!(
-            "group {}",
-            rule.group
-        )));
+        return PermissionStep::UnknownOwner(format!("group {}", rule.group));
     };
     let to = Meta {
         mode: rule.mode,
         uid,
         gid,
     };
-    Ok(if from == to {
+    if from == to {
         PermissionStep::Unchanged
     } else {
         PermissionStep::Change { from, to }
-    })
+    }
 }

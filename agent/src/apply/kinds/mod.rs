@@ -1,13 +1,17 @@
 //! One module per kind of change. The engine writes every file the same way; what differs per
 //! kind lives here: live kernel values (sysctl), loaded modules (modules), modes and owners
-//! (files), validation by the real program when it is installed (sshd, containerd), and the
-//! health checks that tell whether a restarted service came back (kubelet, containerd).
+//! (files), keys edited in a file the image owns (login_defs), validation by the real program
+//! when it is installed (sshd, sudo, containerd), and the health checks that tell whether a
+//! restarted service came back (kubelet, containerd). The other settings drop-ins (shell,
+//! core dumps, password quality) need nothing but the engine's atomic write.
 
 pub mod containerd;
 pub mod files;
 pub mod kubelet;
+pub mod login_defs;
 pub mod modules;
 pub mod sshd;
+pub mod sudo;
 pub mod sysctl;
 
 use std::path::{Path, PathBuf};
