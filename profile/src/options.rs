@@ -34,8 +34,9 @@ pub enum DriftRemediation {
 pub struct ApplyOptions {
     /// Restart the services whose configuration changed (default true).
     pub restart_services: bool,
-    /// Accept changes that need a reboot to take effect (default false); the agent itself
-    /// never reboots, it marks the node as needing one.
+    /// Accept changes that need a reboot to take effect (default false). `opi-agent apply`
+    /// only marks the node as needing one; `opi-agent run` reboots it through systemd once it
+    /// has reported a generation from the manager applied, when its root is `/`.
     pub allow_reboot: bool,
     /// What drift leads to (default `report`).
     pub drift_remediation: DriftRemediation,

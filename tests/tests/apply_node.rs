@@ -230,3 +230,43 @@ fn generations_from_the_manager_apply_live_on_a_real_node_and_a_breaking_one_rol
     let live = node.exec_ok(&["sysctl", "-n", "net.ipv4.ip_forward"]);
     assert_eq!(live.trim(), forward, "the first generation's value stays");
 }
+
+#[test]
+fn a_reboot_scoped_generation_the_profile_allows_reboots_the_node_through_systemd() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut node = node("apply-reboot", "\"RebootRequired\"");
+    let mut manager = node
+        .host_manager(dir.path(), "nodes")
+        .with_args(&["--heartbeat", "1s"]);
+    manager.start();
+    let opictl = manager.opictl();
+    let (_, token) = opictl.create_token("workers", 1, &[]);
+    opi_tests::ok(node.enroll(&manager.endpoint(), &manager.ca_pin(), &token, "worker-1"));
+    node.start_agent();
+    opi_tests::wait_until_every(opi_tests::POLL_OPICTL, NODE_WAIT, "worker-1 online", || {
+        opi_tests::all_online(&opictl, &["worker-1"])
+    });
+
+    let profile = "apiVersion: opi.fleet/v1\nkind: NodeProfile\nhardening:\n  overrides:\n    sysctls:\n      kernel.kexec_load_disabled: 1\napply: {allowReboot: true}\n";
+    let path = dir.path().join("reboot.yaml");
+    std::fs::write(&path, profile).unwrap();
+    opictl.json(&["profile", "set", "workers", "-f", path.to_str().unwrap()]);
+    opi_tests::wait_until_every(
+        opi_tests::POLL_OPICTL,
+        NODE_WAIT,
+        "applied, reboot required",
+        || {
+            let config = config_axis(&opictl, "worker-1");
+            config["state"] == "in-sync" && config["reboot_required"] == true
+        },
+    );
+    let sysctls = std::fs::read_to_string(node.root().join("etc/sysctl.d/90-opi-fleet.conf"));
+    assert!(sysctls.unwrap().contains("kernel.kexec_load_disabled = 1"));
+
+    let status = node.wait_stopped(NODE_WAIT);
+    assert_eq!(
+        status.code(),
+        Some(133),
+        "nspawn exits with 133 when its node reboots"
+    );
+}
