@@ -270,3 +270,39 @@ fn a_reboot_scoped_generation_the_profile_allows_reboots_the_node_through_system
         "nspawn exits with 133 when its node reboots"
     );
 }
+
+#[test]
+fn a_containerd_config_that_stops_containerd_from_starting_is_rolled_back_and_containerd_runs_again(
+) {
+    let node = node("apply-containerd", "\"ContainerRuntimeHealthy\"");
+    // containerd 1.6 starts with every value the allowlist lets through; this node's containerd
+    // is made to refuse one sandbox image at start, as a containerd refusing a setting would.
+    node.write(
+        "/etc/systemd/system/containerd.service.d/50-test-refuses.conf",
+        b"[Service]\nExecStartPre=/bin/sh -c '! grep -q pause:refused /etc/containerd/config.toml'\n",
+    );
+    node.exec_ok(&["systemctl", "daemon-reload"]);
+    let config_before = node.exec_ok(&["cat", "/etc/containerd/config.toml"]);
+    let before = main_pid(&node, "containerd.service");
+    let profile = "apiVersion: opi.fleet/v1\nkind: NodeProfile\ncontainerd: |\n  version = 2\n  [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"registry.k8s.io/pause:refused\"\napply: {verifyTimeout: 10s}\n";
+
+    let error = opi_tests::fails(apply(&node, profile));
+    assert!(
+        error.contains("the apply was rolled back to the last-known-good"),
+        "{error}"
+    );
+    assert!(error.contains("containerd.service"), "{error}");
+    let config_after = node.exec_ok(&["cat", "/etc/containerd/config.toml"]);
+    assert_eq!(
+        config_after, config_before,
+        "containerd's config restored byte for byte"
+    );
+    node.wait_active("containerd", NODE_WAIT);
+    let version = node.exec_ok(&["ctr", "version"]);
+    assert!(version.contains("Server:"), "{version}");
+    let after = main_pid(&node, "containerd.service");
+    assert!(
+        after != before && after != "u 0",
+        "containerd started again with its last-known-good: {before} -> {after}"
+    );
+}
