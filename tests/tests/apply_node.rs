@@ -147,6 +147,23 @@ fn a_failed_kubelet_check_on_a_real_node_restores_the_files_and_restarts_kubelet
     node.wait_active("kubelet", Duration::from_secs(30));
 }
 
+/// A manager on the host, with `node`'s agent enrolled as worker-1, running under the node's
+/// systemd and online.
+fn managed(node: &Node, dir: &std::path::Path) -> opi_tests::Manager {
+    let mut manager = node
+        .host_manager(dir, "nodes")
+        .with_args(&["--heartbeat", "1s"]);
+    manager.start();
+    let opictl = manager.opictl();
+    let (_, token) = opictl.create_token("workers", 1, &[]);
+    opi_tests::ok(node.enroll(&manager.endpoint(), &manager.ca_pin(), &token, "worker-1"));
+    node.start_agent();
+    opi_tests::wait_until_every(opi_tests::POLL_OPICTL, NODE_WAIT, "worker-1 online", || {
+        opi_tests::all_online(&opictl, &["worker-1"])
+    });
+    manager
+}
+
 /// The node's config axis, as `opictl nodes -o json` shows it.
 fn config_axis(opictl: &opi_tests::Opictl, name: &str) -> serde_json::Value {
     let nodes = opictl.nodes();
@@ -160,17 +177,8 @@ fn generations_from_the_manager_apply_live_on_a_real_node_and_a_breaking_one_rol
         "apply-managed",
         "\"KubeletHealthy\", \"ContainerRuntimeHealthy\"",
     );
-    let mut manager = node
-        .host_manager(dir.path(), "nodes")
-        .with_args(&["--heartbeat", "1s"]);
-    manager.start();
+    let manager = managed(&node, dir.path());
     let opictl = manager.opictl();
-    let (_, token) = opictl.create_token("workers", 1, &[]);
-    opi_tests::ok(node.enroll(&manager.endpoint(), &manager.ca_pin(), &token, "worker-1"));
-    node.start_agent();
-    opi_tests::wait_until_every(opi_tests::POLL_OPICTL, NODE_WAIT, "worker-1 online", || {
-        opi_tests::all_online(&opictl, &["worker-1"])
-    });
     let set = |file: &str, text: &str| {
         let path = dir.path().join(file);
         std::fs::write(&path, text).unwrap();
@@ -235,17 +243,8 @@ fn generations_from_the_manager_apply_live_on_a_real_node_and_a_breaking_one_rol
 fn a_reboot_scoped_generation_the_profile_allows_reboots_the_node_through_systemd() {
     let dir = tempfile::TempDir::new().unwrap();
     let mut node = node("apply-reboot", "\"RebootRequired\"");
-    let mut manager = node
-        .host_manager(dir.path(), "nodes")
-        .with_args(&["--heartbeat", "1s"]);
-    manager.start();
+    let manager = managed(&node, dir.path());
     let opictl = manager.opictl();
-    let (_, token) = opictl.create_token("workers", 1, &[]);
-    opi_tests::ok(node.enroll(&manager.endpoint(), &manager.ca_pin(), &token, "worker-1"));
-    node.start_agent();
-    opi_tests::wait_until_every(opi_tests::POLL_OPICTL, NODE_WAIT, "worker-1 online", || {
-        opi_tests::all_online(&opictl, &["worker-1"])
-    });
 
     let profile = "apiVersion: opi.fleet/v1\nkind: NodeProfile\nhardening:\n  overrides:\n    sysctls:\n      kernel.kexec_load_disabled: 1\napply: {allowReboot: true}\n";
     let path = dir.path().join("reboot.yaml");

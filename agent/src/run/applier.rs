@@ -272,16 +272,8 @@ impl Task {
                 warn!(generation = id.generation, reason = %done.reason, "profile generation refused")
             }
         }
-        let attempt = Attempt {
-            id,
-            digest: digest.to_string(),
-            outcome: done.outcome,
-            reason: done.reason,
-            changes: done.changes,
-            reboot_required: done.reboot_required,
-            at: timestamp(OffsetDateTime::now_utc()),
-        };
-        if done.outcome == Outcome::Applied {
+        let attempt = attempt_of(id, digest, done);
+        if attempt.outcome == Outcome::Applied {
             if let Some(applied) = applied {
                 self.state.applied = Some(applied);
             }
@@ -349,10 +341,7 @@ impl Task {
         if done.outcome == Outcome::Applied {
             self.drift_reported = None;
         }
-        let attempt = attempt_of(applied.id, &applied.digest, done);
-        self.state.last = Some(attempt.clone());
-        self.save();
-        self.publish(report_of(&attempt));
+        self.finish(applied.id, &applied.digest, done, None);
     }
 
     async fn reboot(&self) {
