@@ -81,8 +81,9 @@ impl ApplyOptions {
         if let Some(v) = yaml::get(&found, "verifyTimeout") {
             let at = join(path, "verifyTimeout");
             if let Some(text) = yaml::string(v, &at, errors) {
+                let allowed = 1..=MAX_VERIFY_TIMEOUT_SECS;
                 match parse_seconds(&text) {
-                    Some(secs) if (1..=MAX_VERIFY_TIMEOUT_SECS).contains(&secs) => options.verify_timeout_secs = secs,
+                    Some(secs) if allowed.contains(&secs) => options.verify_timeout_secs = secs,
                     _ => errors.push(at, format!("{text:?} is not a duration between 1s and {MAX_VERIFY_TIMEOUT_SECS}s, such as 90s or 2m")),
                 }
             }
