@@ -7,6 +7,7 @@
 //! - [`server`]: the gRPC services and the TLS listener;
 //! - [`store`]: the store interface and its backends;
 //! - [`metrics`], [`alerts`]: the Prometheus metrics page and the alerts pushed to Alertmanager;
+//! - [`compliance`]: the nodes' ANSSI-BP-028 evidence, its history and the signed report;
 //! - [`datadir`], [`records`], [`tokens`], [`audit`], [`bundles`]: supporting pieces.
 
 pub mod alerts;
@@ -14,6 +15,7 @@ pub mod audit;
 pub mod bundles;
 pub mod cli;
 pub mod cmd;
+pub mod compliance;
 pub mod datadir;
 pub mod events;
 pub mod fleet;

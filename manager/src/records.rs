@@ -243,7 +243,8 @@ pub struct EventRecord {
     pub time: OffsetDateTime,
     pub node: String,
     pub pool: String,
-    /// `connectivity`, `health`, `condition`, `flapping`, `maintenance` or `lifecycle`.
+    /// `connectivity`, `health`, `condition`, `flapping`, `maintenance`, `lifecycle`, `config`
+    /// or `compliance`.
     pub kind: String,
     pub subject: String,
     pub from: String,

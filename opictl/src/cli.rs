@@ -10,7 +10,7 @@ use crate::filter::{
     parse_condition_type, parse_revision, ConfigFilter, ConnectivityFilter, EventKind,
     HealthFilter, SeverityFilter,
 };
-use crate::output::Format;
+use crate::output::OutputChoice;
 use crate::token::args::{parse_label, parse_ttl, Label};
 
 /// The most audit entries one `opictl audit` asks for.
@@ -34,10 +34,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "URL", help_heading = GLOBAL)]
     pub manager: Option<String>,
 
-    /// Output format
+    /// Output format (csv: `opictl compliance` only)
     #[arg(short, long, global = true, value_name = "FORMAT", help_heading = GLOBAL)]
-    #[arg(value_enum, default_value_t = Format::Table)]
-    pub output: Format,
+    #[arg(value_enum, default_value_t = OutputChoice::Table)]
+    pub output: OutputChoice,
 
     /// What to do
     #[command(subcommand)]
@@ -70,6 +70,12 @@ pub enum Command {
     Profile(ProfileCommand),
     /// Show the latest entries of the audit log
     Audit(AuditArgs),
+    /// Show every node's ANSSI-BP-028 evidence, write a signed report, or verify one
+    ///
+    /// Without a subcommand: a row per node (its baseline, recommendations passing, failing
+    /// or excepted, since when), then a row per recommendation across the nodes. `-o json`
+    /// prints every item of every node; `-o csv` a row per node and recommendation.
+    Compliance(ComplianceArgs),
     /// Show who the manager takes you for, your role and when your certificate expires
     Whoami,
 }
@@ -266,6 +272,64 @@ pub struct TokenCreateArgs {
     pub description: Option<String>,
 }
 
+/// Arguments of `opictl compliance`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ComplianceArgs {
+    /// Write or verify a signed report
+    #[command(subcommand)]
+    pub command: Option<ComplianceCommand>,
+
+    /// Only the nodes of this pool
+    #[arg(long, value_name = "POOL")]
+    pub pool: Option<String>,
+}
+
+/// `opictl compliance …`.
+#[derive(Debug, Subcommand)]
+pub enum ComplianceCommand {
+    /// Have the manager sign a report (every node's evidence, history and exceptions) and
+    /// write it: JSON, its signature, the signer's chain and a Markdown rendering
+    Report(ComplianceReportArgs),
+    /// Verify a report offline with the fleet root CA: chain, validity and signature
+    Verify(ComplianceVerifyArgs),
+}
+
+/// Arguments of `opictl compliance report`.
+#[derive(Debug, Args)]
+pub struct ComplianceReportArgs {
+    /// Directory to write the report's four files into (created if missing)
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// Only the nodes of this pool
+    #[arg(long, value_name = "POOL")]
+    pub pool: Option<String>,
+
+    /// Evidence snapshots per node in the history [default: the manager's, 10]
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub history: u32,
+}
+
+/// Arguments of `opictl compliance verify`.
+#[derive(Debug, Args)]
+pub struct ComplianceVerifyArgs {
+    /// The report document (compliance-report.json)
+    pub file: PathBuf,
+
+    /// The fleet root CA to trust (PEM), from the manager's DATA_DIR/pki/root-ca.pem
+    #[arg(long, value_name = "FILE")]
+    pub ca: PathBuf,
+
+    /// The detached signature [default: FILE.sig]
+    #[arg(long, value_name = "FILE")]
+    pub signature: Option<PathBuf>,
+
+    /// The signer's chain [default: compliance-report.chain.pem beside FILE]
+    #[arg(long, value_name = "FILE")]
+    pub chain: Option<PathBuf>,
+}
+
 /// Arguments of `opictl audit`.
 #[derive(Debug, Args)]
 pub struct AuditArgs {
@@ -316,7 +380,7 @@ mod tests {
     fn output_format_is_accepted_after_the_subcommand() {
         let cli = Cli::parse_from(["opictl", "nodes", "--pool", "db", "-o", "json"]);
 
-        assert_eq!(cli.output, Format::Json);
+        assert_eq!(cli.output, OutputChoice::Json);
     }
 
     #[test]

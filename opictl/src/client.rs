@@ -16,6 +16,9 @@ use opi_proto::v1::{
     SetProfileRequest, StatusRequest, StatusResponse, Token, WatchRequest, WhoAmIRequest,
     WhoAmIResponse,
 };
+use opi_proto::v1::{
+    GetComplianceReportRequest, GetComplianceRequest, NodeCompliance, SignedComplianceReport,
+};
 use tonic::transport::Channel;
 use tonic::Streaming;
 use tracing::debug;
@@ -240,6 +243,28 @@ impl Client {
         let what = format!("to diff the profile of pool `{}`", message.pool);
         let answer = self.inner.diff_profile(request(message)).await;
         self.answer(what, answer)
+    }
+
+    /// The latest compliance evidence of every node of `pool` (every pool when empty).
+    pub async fn get_compliance(&mut self, pool: &str) -> Result<Vec<NodeCompliance>, Error> {
+        let message = GetComplianceRequest { pool: pool.into() };
+        let answer = self.inner.get_compliance(request(message)).await;
+        Ok(self.answer("to show compliance evidence", answer)?.nodes)
+    }
+
+    /// A compliance report of `pool` (every pool when empty) signed by the manager, with
+    /// `history` snapshots per node (0: the manager's default).
+    pub async fn get_compliance_report(
+        &mut self,
+        pool: &str,
+        history: u32,
+    ) -> Result<SignedComplianceReport, Error> {
+        let message = GetComplianceReportRequest {
+            pool: pool.into(),
+            history,
+        };
+        let answer = self.inner.get_compliance_report(request(message)).await;
+        self.answer("to sign a compliance report", answer)
     }
 
     /// The caller's identity as the manager sees it.

@@ -140,6 +140,30 @@ pub enum Error {
     /// Writing the result to stdout failed.
     #[error("cannot write the result to stdout")]
     Output(#[source] std::io::Error),
+    /// A file of a compliance report cannot be written.
+    #[error("cannot write the compliance report file {path}")]
+    WriteReport {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file of a compliance report cannot be read.
+    #[error("cannot read {path}; pass the report's files with --signature, --chain and --ca")]
+    ReadReport {
+        /// The file.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A compliance report document is not one the manager writes.
+    #[error("not a compliance report document: {0}")]
+    BadReport(String),
+    /// A compliance report's signature does not verify.
+    #[error("the compliance report does not verify")]
+    Unverified(#[source] opi_pki::signature::VerifyError),
 }
 
 /// A command line that parses but cannot be acted on.
@@ -148,6 +172,9 @@ pub enum UsageError {
     /// The same label key was given twice.
     #[error("label `{0}` is given twice; give each key once")]
     DuplicateLabel(String),
+    /// `-o csv` was asked of a command that prints no table of rows.
+    #[error("-o csv is only for `opictl compliance`; use -o table or -o json here")]
+    CsvOnlyForCompliance,
 }
 
 impl Error {
@@ -162,13 +189,17 @@ impl Error {
             | Error::BadEndpoint(_)
             | Error::Usage(_)
             | Error::ReadProfile { .. }
-            | Error::ProfileTooLarge { .. } => EXIT_USAGE,
+            | Error::ProfileTooLarge { .. }
+            | Error::ReadReport { .. }
+            | Error::BadReport(_) => EXIT_USAGE,
             Error::Connect { .. }
             | Error::ServerRefused { .. }
             | Error::Refused { .. }
             | Error::Lost { .. }
             | Error::EventsGone { .. }
-            | Error::Output(_) => EXIT_FAILURE,
+            | Error::Output(_)
+            | Error::WriteReport { .. }
+            | Error::Unverified(_) => EXIT_FAILURE,
         }
     }
 

@@ -45,6 +45,8 @@ pub enum EventKind {
     Lifecycle,
     /// A node's config axis changed: applying, in-sync, failed or drifted
     Config,
+    /// A node's verdict on an ANSSI-BP-028 recommendation changed (pass, fail, exception)
+    Compliance,
 }
 
 /// `--config-state` of `opictl nodes`: the state of the config axis.

@@ -9,7 +9,7 @@
 //! - [`filter`]: the values of filter options, checked while parsing;
 //! - [`health`] and [`event`]: how health, conditions and events read, shared by commands;
 //! - one module per subcommand: [`status`], [`nodes`], [`node`], [`watch`], [`token`],
-//!   [`profile`], [`audit`], [`whoami`], each with its own `run`;
+//!   [`profile`], [`compliance`], [`audit`], [`whoami`], each with its own `run`;
 //! - [`error`]: failures, their exit codes and their report.
 
 #![warn(missing_docs)]
@@ -17,6 +17,7 @@
 pub mod audit;
 pub mod cli;
 pub mod client;
+pub mod compliance;
 pub mod config;
 pub mod error;
 pub mod event;
@@ -45,6 +46,8 @@ pub struct Context {
     manager: Option<String>,
     /// The output format chosen with `-o`.
     pub format: Format,
+    /// Whether `-o csv` was chosen (`opictl compliance` only).
+    pub csv: bool,
 }
 
 impl Context {
@@ -55,6 +58,11 @@ impl Context {
         let endpoint = self.manager.as_deref().unwrap_or(&bundle.endpoint);
         Client::connect(&bundle, &path, endpoint).await
     }
+
+    /// The operator bundle and where it was read.
+    pub fn bundle(&self) -> Result<(opi_pki::bundle::OperatorBundle, std::path::PathBuf), Error> {
+        config::load(&self.sources)
+    }
 }
 
 /// Runs one `opictl` command line.
@@ -62,8 +70,12 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
     let context = Context {
         sources: Sources::from_env(cli.config),
         manager: cli.manager,
-        format: cli.output,
+        format: cli.output.format(),
+        csv: cli.output == output::OutputChoice::Csv,
     };
+    if context.csv && !matches!(cli.command, Command::Compliance(_)) {
+        return Err(error::UsageError::CsvOnlyForCompliance.into());
+    }
 
     match cli.command {
         Command::Status => status::run(&context).await,
@@ -73,6 +85,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Token(command) => token::run(&context, command).await,
         Command::Profile(command) => profile::run(&context, command).await,
         Command::Audit(args) => audit::run(&context, args).await,
+        Command::Compliance(args) => compliance::run(&context, args).await,
         Command::Whoami => whoami::run(&context).await,
     }
 }

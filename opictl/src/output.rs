@@ -28,6 +28,28 @@ pub enum Format {
     Json,
 }
 
+/// What `-o` accepts: the formats of every command, and CSV for `opictl compliance`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputChoice {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// JSON for programs.
+    Json,
+    /// Comma-separated values, one row per node and recommendation (`opictl compliance`).
+    Csv,
+}
+
+impl OutputChoice {
+    /// The format of commands that have no CSV form.
+    pub fn format(self) -> Format {
+        match self {
+            OutputChoice::Json => Format::Json,
+            OutputChoice::Table | OutputChoice::Csv => Format::Table,
+        }
+    }
+}
+
 /// A table, with or without a header row, rendered as left-aligned columns.
 #[derive(Debug)]
 pub struct Table {

@@ -23,6 +23,9 @@ pub const ISSUING_CA_TTL: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
 pub const SERVER_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Default lifetime of a node certificate.
 pub const DEFAULT_NODE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Lifetime of a document signer's certificate: it signs one report at once, and verifiers
+/// check it was valid when the report says it was made.
+pub const SIGNER_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Default lifetime of an operator certificate.
 pub const DEFAULT_OPERATOR_TTL: Duration = Duration::from_secs(8 * 3600);
 /// Backdating of `notBefore`, to absorb clock skew between manager and node (at most a tenth
@@ -222,6 +225,28 @@ impl Issuer {
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = generate_key()?;
+        let issued = self.sign(&identity, params, &key)?;
+        Ok((issued, SecretPem::new(key.serialize_pem())))
+    }
+
+    /// Issues, with a fresh key, a certificate for the manager replica to sign documents
+    /// (compliance reports): key usages digital signature and content commitment, no extended
+    /// key usage, so that it can serve neither TLS side.
+    pub fn issue_signer(
+        &self,
+        replica: &str,
+        ttl: Duration,
+    ) -> Result<(IssuedCert, SecretPem), CaError> {
+        let identity = Identity::manager(&self.fleet, replica);
+        let mut params = leaf_params(&identity, ttl)?;
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, "document signer");
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::ContentCommitment,
         ];
         let key = generate_key()?;
         let issued = self.sign(&identity, params, &key)?;

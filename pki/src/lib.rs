@@ -13,6 +13,7 @@
 //! - [`tls`]: rustls server and client configurations, with the identity checks;
 //! - [`bundle`]: the operator bundle that `opictl --config` reads;
 //! - [`channel`]: gRPC channels to the manager over those configs;
+//! - [`signature`]: detached signatures of documents, verifiable offline with the root CA;
 //! - [`files`]: PEM files on disk, secrets written 0600 and atomically.
 
 pub mod bundle;
@@ -22,6 +23,7 @@ pub mod csr;
 pub mod files;
 pub mod identity;
 pub mod pin;
+pub mod signature;
 pub mod tls;
 
 pub use ca::{CertifiedKey, IssuedCert, Issuer};

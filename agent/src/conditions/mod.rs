@@ -19,6 +19,7 @@ pub mod containerd;
 pub mod disk;
 pub mod drift;
 pub mod evaluator;
+pub mod exceptions;
 pub mod hardware;
 pub mod http;
 pub mod kubelet;
@@ -282,6 +283,9 @@ pub fn collectors(
     }
     if config.enabled(drift::CONFIG_DRIFT) {
         all.push(Arc::new(drift::DriftCollector::new(paths)));
+    }
+    if config.enabled(exceptions::HARDENING_EXCEPTION_EXPIRED) {
+        all.push(Arc::new(exceptions::ExceptionCollector::new(paths)));
     }
     all
 }

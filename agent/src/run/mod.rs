@@ -27,6 +27,7 @@ use crate::store::{self, NodeState, StoreError};
 use crate::{facts, ErrorChain, EXIT_RUNTIME};
 
 pub mod applier;
+pub mod compliance;
 pub mod evaluation;
 pub mod probe;
 pub mod profile_state;
@@ -128,6 +129,8 @@ struct Agent {
     health: HealthCollector,
     checks: Checks,
     applier: Applier,
+    /// The latest compliance evidence.
+    compliance: tokio::sync::watch::Receiver<compliance::LatestEvidence>,
     /// The manager the apply verification probes: the one of the current session.
     probe_target: tokio::sync::watch::Sender<Option<Target>>,
     facts: NodeFacts,
@@ -145,10 +148,13 @@ impl Agent {
         let (probe_target, target) = tokio::sync::watch::channel(None);
         let probe = Arc::new(SessionProbe::new(target));
         let applier = Applier::start(&paths, checks.latest.clone(), probe);
+        let compliance =
+            compliance::start(&paths, checks.interval.subscribe(), applier.reports.clone());
         let mut agent = Self {
             health: HealthCollector::new(&paths.root),
             checks,
             applier,
+            compliance,
             probe_target,
             facts: facts::collect(&paths.root),
             boot_id: facts::boot_id(),

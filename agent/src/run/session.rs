@@ -20,7 +20,7 @@ use tonic::Streaming;
 use tracing::{debug, info, warn};
 
 use super::evaluation::{self, Latest};
-use super::{applier, Agent};
+use super::{applier, compliance, Agent};
 use crate::conditions::to_timestamp;
 use crate::rpc::{self, RpcError};
 use crate::ErrorChain;
@@ -107,6 +107,9 @@ impl Agent {
         info!(endpoint = %endpoint, "session open");
         // The manager learns what became of the last generation, even if it ended offline.
         let mut applied_sent = applier::send_report_if_due(&outbox, &reports, None);
+        let mut evidence = self.compliance.clone();
+        let mut evidence_sent = compliance::send_if_due(&outbox, &evidence, None);
+        let mut observing = true;
 
         let mut heartbeat = heartbeat_timer(self.heartbeat);
         let mut seq = 0u64;
@@ -118,7 +121,13 @@ impl Agent {
                     // Also retries a report the full outbox could not take.
                     reported = evaluation::send_report_if_due(&outbox, &latest, reported);
                     applied_sent = applier::send_report_if_due(&outbox, &reports, applied_sent);
+                    evidence_sent = compliance::send_if_due(&outbox, &evidence, evidence_sent);
                     self.send_heartbeat(&outbox, seq, &latest);
+                }
+                changed = evidence.changed(), if observing => {
+                    // The compliance task only ends with the runtime.
+                    observing = changed.is_ok();
+                    evidence_sent = compliance::send_if_due(&outbox, &evidence, evidence_sent);
                 }
                 changed = reports.changed() => {
                     // The applier task only ends with the runtime.

@@ -1,5 +1,8 @@
 //! `opi-manager demo`: a manager with its embedded store and a small local fleet, enrolled
-//! through a real token over real mTLS, each agent a real process with its own `--root`.
+//! through a real token over real mTLS, each agent a real process with its own `--root`. The
+//! pools get the profiles shipped in `deploy/profiles/`: the worker nodes the worker profile,
+//! one more node the control-plane profile, both ANSSI-BP-028 intermediary; under `--root`
+//! only files change, and each node reports its compliance evidence.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,6 +23,21 @@ use crate::fleet::TokenSpec;
 
 /// Most nodes the demo starts.
 pub const MAX_DEMO_NODES: usize = 50;
+/// The pool of the worker nodes, and its profile.
+pub const WORKER_POOL: (&str, &str) =
+    ("demo", include_str!("../../../deploy/profiles/worker.yaml"));
+/// The pool of the control-plane node, and its profile.
+pub const CONTROL_PLANE_POOL: (&str, &str) = (
+    "control-plane",
+    include_str!("../../../deploy/profiles/control-plane.yaml"),
+);
+/// The demo nodes' checks: no kubelet or containerd runs under their roots, so the checks of
+/// those two (which an apply waits for) are left out.
+pub const DEMO_HEALTH: &str = r#"version = 1
+checks = ["DiskPressure", "InodePressure", "MemoryPressure", "PidPressure", "ReadOnlyFilesystem",
+    "ClockUnsynchronised", "CertificateExpiring", "RebootRequired", "HardwareErrors",
+    "ConfigDrift", "HardeningExceptionExpired"]
+"#;
 
 /// Arguments of `opi-manager demo`.
 #[derive(Debug, Args)]
@@ -51,34 +69,41 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let running = serve::start(&serve_args(&data_dir, args.listen)).await?;
     let endpoint = running.endpoints[0].clone();
     let pin = running.fleet.authority().pin.to_string();
-
-    let spec = TokenSpec {
-        pool: "demo".into(),
-        ttl: Duration::from_secs(3600),
-        uses: args.nodes as u32,
-        labels: BTreeMap::from([("env".to_string(), "demo".to_string())]),
-        description: "opi-manager demo".into(),
-    };
-    let token = running
-        .fleet
-        .create_token(spec, "local:demo", "local")
-        .await?;
-    let token_file = data_dir.join("demo-token");
-    files::write_secret(&token_file, token.token.expose().as_bytes())?;
+    let workers = token_file(&running, &data_dir, WORKER_POOL.0, args.nodes).await?;
+    let control_plane = token_file(&running, &data_dir, CONTROL_PLANE_POOL.0, 1).await?;
 
     let agent_bin = args.agent_bin.clone().unwrap_or_else(find_agent_bin);
+    let mut nodes: Vec<(Node, &Path)> = (1..=args.nodes)
+        .map(|i| {
+            let node = Node {
+                name: format!("demo-node-{i}"),
+                root: data_dir.join("nodes").join(format!("node-{i}")),
+            };
+            (node, workers.as_path())
+        })
+        .collect();
+    let control = Node {
+        name: "demo-control-plane-1".to_string(),
+        root: data_dir.join("nodes").join("control-plane-1"),
+    };
+    nodes.push((control, control_plane.as_path()));
+    for (node, token) in &nodes {
+        node.enroll(&agent_bin, &endpoint, &pin, token).await?;
+    }
+    // Set once the nodes are enrolled: a node enrolled later is not given its pool's profile.
+    for (pool, profile) in [WORKER_POOL, CONTROL_PLANE_POOL] {
+        running
+            .fleet
+            .set_profile(pool, profile, "local:demo", "local")
+            .await
+            .with_context(|| format!("cannot set the profile of pool {pool}"))?;
+    }
     let mut agents = Vec::new();
-    for i in 1..=args.nodes {
-        let node = Node {
-            name: format!("demo-node-{i}"),
-            root: data_dir.join("nodes").join(format!("node-{i}")),
-        };
-        node.enroll(&agent_bin, &endpoint, &pin, &token_file)
-            .await?;
+    for (node, _) in &nodes {
         agents.push(node.spawn(&agent_bin)?);
     }
 
-    print_instructions(&dir, &endpoint, args.nodes);
+    print_instructions(&dir, &endpoint, nodes.len());
     crate::signals::terminated().await;
     info!("stopping the demo fleet");
     for mut agent in agents {
@@ -105,6 +130,9 @@ impl Node {
             return Ok(());
         }
         files::create_dir(&self.root, 0o755)?;
+        let health = self.root.join("etc/opi-agent/health.toml");
+        std::fs::create_dir_all(health.parent().expect("a file under the root"))?;
+        files::write_public(&health, DEMO_HEALTH.as_bytes())?;
         let output = Command::new(bin)
             .args([
                 "enroll",
@@ -148,6 +176,29 @@ impl Node {
         info!(node = %self.name, log = %log_path.display(), "agent started");
         Ok(child)
     }
+}
+
+/// A token for `uses` nodes of `pool`, written to a secret file of the data directory.
+async fn token_file(
+    running: &serve::Running,
+    data_dir: &Path,
+    pool: &str,
+    uses: usize,
+) -> anyhow::Result<PathBuf> {
+    let spec = TokenSpec {
+        pool: pool.into(),
+        ttl: Duration::from_secs(3600),
+        uses: uses as u32,
+        labels: BTreeMap::from([("env".to_string(), "demo".to_string())]),
+        description: "opi-manager demo".into(),
+    };
+    let token = running
+        .fleet
+        .create_token(spec, "local:demo", "local")
+        .await?;
+    let path = data_dir.join(format!("demo-token-{pool}"));
+    files::write_secret(&path, token.token.expose().as_bytes())?;
+    Ok(path)
 }
 
 fn init_args(data_dir: &Path, listen: SocketAddr) -> InitArgs {
@@ -211,6 +262,8 @@ fn print_instructions(dir: &DataDir, endpoint: &str, nodes: usize) {
     println!("  export OPICTL_CONFIG={}", config.display());
     println!("  opictl status");
     println!("  opictl nodes");
+    println!("  opictl compliance");
+    println!("  opictl compliance report --out report && opictl compliance verify report/compliance-report.json --ca {}/pki/root-ca.pem", dir.root().display());
     println!(
         "agent logs: {}/nodes/node-N/agent.log; stop with Ctrl-C",
         dir.root().display()

@@ -59,6 +59,8 @@ pub enum FleetError {
     Store(#[from] StoreError),
     #[error("cannot issue a certificate")]
     Issue(#[from] opi_pki::ca::CaError),
+    #[error("cannot sign the compliance report")]
+    SignReport(#[from] opi_pki::signature::SignError),
 }
 
 impl FleetError {

@@ -97,7 +97,8 @@ impl RefusalReason {
             | FleetError::UnknownProfile { .. }
             | FleetError::Conflict { .. }
             | FleetError::Store(_)
-            | FleetError::Issue(_) => Self::Other,
+            | FleetError::Issue(_)
+            | FleetError::SignReport(_) => Self::Other,
         }
     }
 

@@ -172,6 +172,11 @@ async fn serve_session(
                         Err(why) => warn!(reason = %why, "invalid apply report ignored"),
                     }
                 }
+                Ok(Some(AgentMessage { body: Some(AgentBody::Compliance(report)) })) => {
+                    if let Err(error) = crate::compliance::receive(&fleet, &session.node, report).await {
+                        warn!(error = %error, "cannot record compliance evidence");
+                    }
+                }
                 Ok(Some(_)) => debug!("ignored unexpected message"),
                 Ok(None) => break,
                 Err(status) => {

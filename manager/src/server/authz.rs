@@ -22,12 +22,14 @@ pub enum Action {
     MoveNode,
     SetProfile,
     ShowProfile,
+    ShowCompliance,
+    ComplianceReport,
     WhoAmI,
 }
 
 impl Action {
     /// Every action, in table order.
-    pub const ALL: [Action; 16] = [
+    pub const ALL: [Action; 18] = [
         Action::Status,
         Action::ListNodes,
         Action::ShowNode,
@@ -43,6 +45,8 @@ impl Action {
         Action::MoveNode,
         Action::SetProfile,
         Action::ShowProfile,
+        Action::ShowCompliance,
+        Action::ComplianceReport,
         Action::WhoAmI,
     ];
 
@@ -60,6 +64,8 @@ impl Action {
             Action::Maintenance | Action::MoveNode => &[Admin, Operator],
             Action::SetProfile => &[Admin, Operator],
             Action::ShowProfile => &[Admin, Operator, Viewer],
+            Action::ShowCompliance => &[Admin, Operator, Viewer],
+            Action::ComplianceReport => &[Admin, Operator],
             Action::WhoAmI => &[Admin, Operator, Viewer, Alerting],
         }
     }
@@ -82,6 +88,8 @@ impl Action {
             Action::MoveNode => "move nodes between pools",
             Action::SetProfile => "set pool profiles",
             Action::ShowProfile => "read pool profiles",
+            Action::ShowCompliance => "read compliance evidence",
+            Action::ComplianceReport => "sign compliance reports",
             Action::WhoAmI => "ask who it is",
         }
     }
@@ -112,6 +120,14 @@ mod tests {
             assert!(!action.allows(Viewer), "{action:?}");
         }
         assert!(Action::ListNodes.allows(Viewer));
+    }
+
+    #[test]
+    fn viewers_read_compliance_evidence_but_only_operators_sign_reports() {
+        assert!(Action::ShowCompliance.allows(Viewer));
+        assert!(!Action::ComplianceReport.allows(Viewer));
+        assert!(Action::ComplianceReport.allows(Operator));
+        assert!(!Action::ShowCompliance.allows(Alerting));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::{profiles, query, watch};
 use crate::fleet::{Fleet, FleetError, TokenSpec};
 use crate::records::{AuditRecord, AUDIT};
 use crate::store::decode;
+use crate::{audit, compliance};
 
 /// Audit entries returned when the caller names no limit.
 const DEFAULT_AUDIT_LIMIT: usize = 50;
@@ -285,6 +286,35 @@ impl Operator for OperatorService {
         peer::operator(&request, &self.fleet, Action::ShowProfile)?;
         let diff = profiles::diff(&self.fleet, request.into_inner()).await?;
         Ok(Response::new(diff))
+    }
+
+    async fn get_compliance(
+        &self,
+        request: Request<pb::GetComplianceRequest>,
+    ) -> Result<Response<pb::GetComplianceResponse>, Status> {
+        peer::operator(&request, &self.fleet, Action::ShowCompliance)?;
+        let nodes = compliance::listing(&self.fleet, &request.into_inner().pool).await?;
+        Ok(Response::new(pb::GetComplianceResponse { nodes }))
+    }
+
+    async fn get_compliance_report(
+        &self,
+        request: Request<pb::GetComplianceReportRequest>,
+    ) -> Result<Response<pb::SignedComplianceReport>, Status> {
+        let (caller, _) = peer::operator(&request, &self.fleet, Action::ComplianceReport)?;
+        let actor = caller.cert.identity.uri();
+        let body = request.into_inner();
+        let subject = match body.pool.is_empty() {
+            true => "every pool".to_string(),
+            false => format!("pool {}", body.pool),
+        };
+        let signed = compliance::report::signed(&self.fleet, body, &actor).await?;
+        let digest = compliance::report::sha256(&signed.document);
+        audit::Entry::ok(&actor, "compliance.report", &subject, &caller.remote)
+            .detail(format!("document sha256:{digest}"))
+            .write(self.fleet.store())
+            .await;
+        Ok(Response::new(signed))
     }
 
     async fn who_am_i(

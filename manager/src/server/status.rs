@@ -31,6 +31,7 @@ impl From<FleetError> for Status {
             FleetError::Conflict { .. } => Code::Aborted,
             FleetError::Store(_) => Code::Unavailable,
             FleetError::Issue(_) => Code::Internal,
+            FleetError::SignReport(_) => Code::Internal,
         };
         Status::new(code, message(&error))
     }

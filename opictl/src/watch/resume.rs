@@ -106,7 +106,11 @@ pub fn verdict(error: &Error) -> Verdict {
         | Error::EventsGone { .. }
         | Error::ReadProfile { .. }
         | Error::ProfileTooLarge { .. }
-        | Error::Output(_) => Verdict::GiveUp,
+        | Error::Output(_)
+        | Error::WriteReport { .. }
+        | Error::ReadReport { .. }
+        | Error::BadReport(_)
+        | Error::Unverified(_) => Verdict::GiveUp,
     }
 }
 
