@@ -83,6 +83,8 @@ pub fn sign(key_pem: &SecretPem, document: &[u8]) -> Result<Vec<u8>, SignError> 
 /// Verifies `signature` over `document` by the signer whose chain is `chain_pem` (signer then
 /// issuing CA), trusting only the roots of `roots_pem`, with every certificate valid at `at`
 /// (when the document was made).
+///
+/// Shortcoming: there is no trusted timestamp, so `at` is the time the document states.
 pub fn verify(
     document: &[u8],
     signature: &[u8],

@@ -198,6 +198,9 @@ impl<'a> Observer<'a> {
     }
 
     /// Keywords of the agent's sshd drop-in; sshd keeps the first value it reads.
+    ///
+    /// Shortcoming: only this drop-in is read, so one sorting before it that sets the same
+    /// keyword first is not seen (the same holds for the other settings drop-ins).
     fn sshd(&self) -> io::Result<BTreeMap<String, String>> {
         let mut found = BTreeMap::new();
         for line in self.read(SSHD_FILE)?.lines().map(str::trim) {

@@ -39,6 +39,9 @@ checks = ["DiskPressure", "InodePressure", "MemoryPressure", "PidPressure", "Rea
     "ConfigDrift", "HardeningExceptionExpired"]
 "#;
 
+/// The host's `login.defs`, copied into each demo root as a node image would have one.
+pub const IMAGE_LOGIN_DEFS: &str = "/etc/login.defs";
+
 /// Arguments of `opi-manager demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -133,6 +136,10 @@ impl Node {
         let health = self.root.join("etc/opi-agent/health.toml");
         std::fs::create_dir_all(health.parent().expect("a file under the root"))?;
         files::write_public(&health, DEMO_HEALTH.as_bytes())?;
+        // A node image has its own login.defs, whose keys the baseline edits (R36, R68).
+        if let Ok(login_defs) = std::fs::read(IMAGE_LOGIN_DEFS) {
+            files::write_public(&self.root.join("etc/login.defs"), &login_defs)?;
+        }
         let output = Command::new(bin)
             .args([
                 "enroll",

@@ -119,6 +119,9 @@ pub fn failing_rules(snapshot: &Snapshot) -> Vec<String> {
 }
 
 /// Keys of the oldest snapshots of `node` beyond what one more snapshot leaves room for.
+///
+/// Shortcoming: the store lists values with their keys, so this reads up to 51 snapshots at
+/// each change of a node's evidence; snapshots of a removed node are never deleted.
 async fn expired_keys(fleet: &Fleet, node: &str) -> Result<Vec<String>, FleetError> {
     let kvs = fleet
         .store()

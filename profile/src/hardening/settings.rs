@@ -438,6 +438,9 @@ impl fmt::Display for SettingFile {
 }
 
 /// `umask` first, then a timeout no later profile script can lift.
+///
+/// Shortcoming: non-login interactive shells do not read `/etc/profile.d`, so the timeout
+/// covers login shells only.
 fn render_shell(settings: &BTreeMap<String, String>, text: &mut String) {
     if let Some(umask) = settings.get("umask") {
         text.push_str(&format!("umask {umask}\n"));

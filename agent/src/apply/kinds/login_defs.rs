@@ -1,6 +1,9 @@
 //! `/etc/login.defs`: the image owns the file (Debian 12 reads no drop-in for it), so the
 //! agent replaces the lines of the keys the profile sets and keeps every other line, mode and
 //! owner as found. The last-known-good of the file is saved like any other.
+//!
+//! Shortcoming: keys stay as set when a later profile no longer sets them, since the image's
+//! previous values are not kept.
 
 use std::io;
 
