@@ -1,0 +1,559 @@
+//! One decision step of a rollout, a pure function of its record, the pool's nodes and the
+//! time: track the nodes of the current wave, halt on failures over budget, start the next
+//! wave within the unavailability budget, or complete.
+//!
+//! Rules (mirrored in the README):
+//! - a node is done once it runs the new generation and stayed online and healthy for the
+//!   settle time;
+//! - it fails when its agent refuses or rolls back the generation, when it goes offline before
+//!   it is done, when it is degraded while settling, when it is not healthy within
+//!   [`HEALTHY_WITHIN`] of applying, or when it has not applied within [`APPLY_DEADLINE`];
+//! - a node that applied a generation needing a reboot is `reboot-pending` (not done, not
+//!   failed) until it says hello with a new boot id; it may be offline meanwhile;
+//! - any failure in the canary wave halts the rollout; after it, more failures than the budget;
+//! - a wave starts only when the previous one has no node in flight (updating, reboot-pending,
+//!   settling), and holds only as many nodes as the unavailability budget leaves: every online
+//!   node of the pool that is not healthy, whatever the cause, and every reboot-pending node
+//!   uses it up;
+//! - waves take healthy pending nodes, in name order (domain by domain with a failure domain);
+//!   pending nodes that are online but not healthy wait until they are;
+//! - a node offline when its wave comes is skipped rather than waited for; it is queued again
+//!   when it comes back while the rollout runs, and is targeted when the rollout completes.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::{NodeProgress, NodeStep, RolloutRecord, RolloutState, Wave};
+use crate::events::Draft;
+use crate::records::{ConfigRecord, ConfigStatus, GenerationId, Health, Severity};
+
+/// A targeted node that has not reported the generation applied by then has failed.
+pub const APPLY_DEADLINE: Duration = Duration::from_secs(15 * 60);
+/// A node that applied the generation must be healthy within this time (a health report or
+/// two after its services restarted), or it has failed.
+pub const HEALTHY_WITHIN: Duration = Duration::from_secs(60);
+
+/// What the step needs to know of one node of the pool.
+#[derive(Clone, Debug)]
+pub struct NodeFacts {
+    pub name: String,
+    pub online: bool,
+    pub health: Health,
+    pub config: ConfigRecord,
+    pub boot_id: String,
+    /// Value of the failure-domain label, when the strategy names one.
+    pub domain: Option<String>,
+    /// Conditions that make the node degraded, for the failure reason.
+    pub problems: Vec<String>,
+}
+
+/// What the step decided beyond the record it changed.
+#[derive(Debug, Default)]
+pub struct Decision {
+    /// Nodes to target now, at the generation given.
+    pub target: Vec<(String, GenerationId)>,
+    pub events: Vec<Draft>,
+    /// The record changed and must be stored.
+    pub changed: bool,
+}
+
+/// Where a tracked node goes next, and why.
+type Next = Option<(NodeStep, String)>;
+
+/// Advances `rollout` by one step.
+pub fn step(rollout: &mut RolloutRecord, nodes: &[NodeFacts], now: OffsetDateTime) -> Decision {
+    let mut decision = Decision::default();
+    if !rollout.state.is_active() {
+        return decision;
+    }
+    sync_membership(rollout, nodes, now, &mut decision);
+    for facts in nodes {
+        track(rollout, facts, now, &mut decision);
+    }
+    if matches!(
+        rollout.state,
+        RolloutState::Progressing | RolloutState::Paused
+    ) {
+        check_failures(rollout, now, &mut decision);
+    }
+    if rollout.state == RolloutState::Progressing {
+        advance(rollout, nodes, now, &mut decision);
+    }
+    retarget(rollout, nodes, &mut decision);
+    if decision.changed {
+        rollout.updated_at = now;
+    }
+    decision
+}
+
+/// New nodes of the pool join the queue; nodes that left it are forgotten; skipped nodes that
+/// came back are queued again.
+fn sync_membership(
+    rollout: &mut RolloutRecord,
+    nodes: &[NodeFacts],
+    now: OffsetDateTime,
+    d: &mut Decision,
+) {
+    let before = rollout.nodes.len();
+    rollout
+        .nodes
+        .retain(|name, _| nodes.iter().any(|n| &n.name == name));
+    d.changed |= rollout.nodes.len() != before;
+    for facts in nodes {
+        match rollout.nodes.get(&facts.name).map(|p| p.step) {
+            None => {
+                rollout
+                    .nodes
+                    .insert(facts.name.clone(), NodeProgress::pending());
+                let reason = "joined the pool during the rollout; waits for its wave".into();
+                note_node(rollout, facts, "none", NodeStep::Pending, reason, d);
+            }
+            Some(NodeStep::Skipped) if facts.online => {
+                let reason = "back online; waits for its wave".into();
+                move_node(rollout, facts, NodeStep::Pending, reason, now, d);
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// Moves one node of a wave along: settling, reboot-pending, done or failed.
+fn track(rollout: &mut RolloutRecord, facts: &NodeFacts, now: OffsetDateTime, d: &mut Decision) {
+    let Some(progress) = rollout.nodes.get(&facts.name) else {
+        return;
+    };
+    let next = match progress.step {
+        NodeStep::Updating => updating(rollout, progress, facts, now),
+        NodeStep::RebootPending => rebooting(rollout.to, progress, facts),
+        NodeStep::Settling => settling(rollout, progress, facts, now),
+        _ => None,
+    };
+    let Some((step, reason)) = next else { return };
+    if step == NodeStep::Failed {
+        rollout.failures.push(facts.name.clone());
+    }
+    move_node(rollout, facts, step, reason, now, d);
+}
+
+/// A targeted node that has not run the generation healthy yet.
+fn updating(r: &RolloutRecord, p: &NodeProgress, facts: &NodeFacts, now: OffsetDateTime) -> Next {
+    let generation = r.to.generation;
+    if let Some(refusal) = refused(&facts.config, r.to) {
+        return Some((NodeStep::Failed, refusal));
+    }
+    if !facts.online {
+        return Some((NodeStep::Failed, "went offline before it was done".into()));
+    }
+    if facts.config.applied != Some(r.to) {
+        let waited = p.since.map_or(time::Duration::ZERO, |since| now - since);
+        return (waited >= APPLY_DEADLINE).then(|| {
+            let deadline = APPLY_DEADLINE.as_secs() / 60;
+            let why = format!("did not report generation {generation} applied within {deadline}m");
+            (NodeStep::Failed, why)
+        });
+    }
+    if facts.config.reboot_required {
+        let why = format!("applied generation {generation}, which waits for a reboot");
+        return Some((NodeStep::RebootPending, why));
+    }
+    if facts.health == Health::Healthy {
+        return Some((
+            NodeStep::Settling,
+            format!("runs generation {generation}, healthy"),
+        ));
+    }
+    let applied_for = facts.config.since.map_or(time::Duration::ZERO, |s| now - s);
+    (applied_for >= HEALTHY_WITHIN).then(|| {
+        let within = HEALTHY_WITHIN.as_secs();
+        let why = format!(
+            "not healthy within {within}s of applying: {}",
+            health_text(facts)
+        );
+        (NodeStep::Failed, why)
+    })
+}
+
+/// A node whose generation waits for its next boot: rebooted once its boot id changed.
+fn rebooting(to: GenerationId, progress: &NodeProgress, facts: &NodeFacts) -> Next {
+    if let Some(refusal) = refused(&facts.config, to) {
+        return Some((NodeStep::Failed, refusal));
+    }
+    let rebooted = facts.online && facts.boot_id != progress.boot_id;
+    (rebooted && facts.config.applied == Some(to)).then(|| {
+        let why = format!("rebooted into generation {}", to.generation);
+        (NodeStep::Settling, why)
+    })
+}
+
+/// A node running the generation healthy: done once the settle time passed.
+fn settling(r: &RolloutRecord, p: &NodeProgress, facts: &NodeFacts, now: OffsetDateTime) -> Next {
+    let generation = r.to.generation;
+    if let Some(refusal) = refused(&facts.config, r.to) {
+        return Some((NodeStep::Failed, refusal));
+    }
+    if !facts.online {
+        return Some((NodeStep::Failed, "went offline before it was done".into()));
+    }
+    if facts.config.applied != Some(r.to) {
+        let why = format!("no longer runs generation {generation}");
+        return Some((NodeStep::Failed, why));
+    }
+    let settle = time::Duration::seconds(r.strategy.settle_secs as i64);
+    match facts.health {
+        Health::Degraded => {
+            let why = format!(
+                "degraded on generation {generation}: {}",
+                health_text(facts)
+            );
+            Some((NodeStep::Failed, why))
+        }
+        Health::Healthy if p.since.is_some_and(|since| now - since >= settle) => {
+            let why = format!("stayed healthy for {}s", r.strategy.settle_secs);
+            Some((NodeStep::Done, why))
+        }
+        Health::Healthy | Health::Unknown => None,
+    }
+}
+
+/// Why the agent refused or rolled back `to`, if it did.
+fn refused(config: &ConfigRecord, to: GenerationId) -> Option<String> {
+    (config.desired == Some(to) && config.status == ConfigStatus::Failed)
+        .then(|| config.reason.clone())
+}
+
+fn health_text(facts: &NodeFacts) -> String {
+    match (facts.health, facts.problems.is_empty()) {
+        (Health::Degraded, false) => format!("degraded ({})", facts.problems.join(", ")),
+        (Health::Degraded, true) => "degraded".into(),
+        (Health::Unknown, _) => "health unknown (no fresh report)".into(),
+        (Health::Healthy, _) => "healthy".into(),
+    }
+}
+
+/// Halts the rollout when the canary failed or failures exceed the budget.
+fn check_failures(rollout: &mut RolloutRecord, now: OffsetDateTime, d: &mut Decision) {
+    if rollout.failures.is_empty() {
+        return;
+    }
+    let canary_failed = rollout.failures.iter().any(|name| {
+        let wave = rollout.nodes.get(name).and_then(|p| p.wave);
+        wave.is_some_and(|w| rollout.waves.get(w as usize).is_some_and(|w| w.canary))
+    });
+    let budget = rollout.strategy.failure_budget as usize;
+    let reason = if canary_failed {
+        format!("canary failed: {}", failure_list(rollout))
+    } else if rollout.failures.len() > budget {
+        format!(
+            "{} failure(s), more than the budget of {budget}: {}",
+            rollout.failures.len(),
+            failure_list(rollout)
+        )
+    } else {
+        return;
+    };
+    set_state(rollout, RolloutState::Halted, "Halted", reason, now, d);
+}
+
+/// Starts the next wave, or completes the rollout when no node is left.
+fn advance(
+    rollout: &mut RolloutRecord,
+    nodes: &[NodeFacts],
+    now: OffsetDateTime,
+    d: &mut Decision,
+) {
+    if rollout.nodes.values().any(|p| p.step.in_flight()) {
+        return;
+    }
+    skip_offline(rollout, nodes, now, d);
+    if rollout.count(NodeStep::Pending) == 0 {
+        complete(rollout, now, d);
+        return;
+    }
+
+    let room = room(rollout, nodes);
+    let candidates = next_candidates(rollout, nodes);
+    if room == 0 || candidates.is_empty() {
+        let reason = if room == 0 {
+            "waiting: the pool has no room for another node out of healthy".to_string()
+        } else {
+            format!(
+                "waiting for pending nodes to be healthy: {}",
+                unhealthy(rollout, nodes)
+            )
+        };
+        if rollout.reason != reason {
+            rollout.reason = reason;
+            d.changed = true;
+        }
+        return;
+    }
+    let size = if rollout.waves.is_empty() {
+        (rollout.strategy.canary as usize).min(room)
+    } else {
+        room
+    };
+    start_wave(rollout, candidates, size, nodes, now, d);
+}
+
+/// Pending nodes that are offline now are skipped: a wave never waits for them.
+fn skip_offline(
+    rollout: &mut RolloutRecord,
+    nodes: &[NodeFacts],
+    now: OffsetDateTime,
+    d: &mut Decision,
+) {
+    for facts in nodes.iter().filter(|n| !n.online) {
+        if rollout.nodes.get(&facts.name).map(|p| p.step) == Some(NodeStep::Pending) {
+            let reason = "offline when its wave came; gets the generation when it returns".into();
+            move_node(rollout, facts, NodeStep::Skipped, reason, now, d);
+        }
+    }
+}
+
+/// Healthy pending nodes in (domain, name) order, of the first failure domain only when the
+/// strategy names one.
+fn next_candidates<'a>(rollout: &RolloutRecord, nodes: &'a [NodeFacts]) -> Vec<&'a NodeFacts> {
+    let mut ready: Vec<&NodeFacts> = nodes
+        .iter()
+        .filter(|n| n.online && n.health == Health::Healthy)
+        .filter(|n| rollout.nodes.get(&n.name).map(|p| p.step) == Some(NodeStep::Pending))
+        .collect();
+    ready.sort_by(|a, b| (&a.domain, &a.name).cmp(&(&b.domain, &b.name)));
+    if rollout.strategy.failure_domain.is_some() {
+        let first = ready.first().map(|n| n.domain.clone());
+        ready.retain(|n| Some(&n.domain) == first.as_ref());
+    }
+    ready
+}
+
+/// How many more nodes may leave healthy now.
+fn room(rollout: &RolloutRecord, nodes: &[NodeFacts]) -> usize {
+    let budget = rollout.strategy.max_unavailable.of(nodes.len());
+    let unavailable = nodes
+        .iter()
+        .filter(|n| {
+            let rebooting = rollout.nodes.get(&n.name).map(|p| p.step);
+            (n.online && n.health != Health::Healthy) || rebooting == Some(NodeStep::RebootPending)
+        })
+        .count();
+    budget.saturating_sub(unavailable)
+}
+
+/// The pending nodes that wait to be healthy, with their health.
+fn unhealthy(rollout: &RolloutRecord, nodes: &[NodeFacts]) -> String {
+    nodes
+        .iter()
+        .filter(|n| rollout.nodes.get(&n.name).map(|p| p.step) == Some(NodeStep::Pending))
+        .map(|n| format!("{} ({})", n.name, health_text(n)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn start_wave(
+    rollout: &mut RolloutRecord,
+    candidates: Vec<&NodeFacts>,
+    size: usize,
+    nodes: &[NodeFacts],
+    now: OffsetDateTime,
+    d: &mut Decision,
+) {
+    let chosen: Vec<&NodeFacts> = candidates.into_iter().take(size).collect();
+    let index = rollout.waves.len() as u32;
+    let canary = rollout.waves.is_empty();
+    let domain = chosen
+        .first()
+        .and_then(|n| n.domain.clone())
+        .filter(|_| rollout.strategy.failure_domain.is_some());
+    let names: Vec<String> = chosen.iter().map(|n| n.name.clone()).collect();
+    let what = if canary { "canary wave" } else { "wave" };
+    let in_domain = domain
+        .as_ref()
+        .map(|v| format!(" in failure domain {v}"))
+        .unwrap_or_default();
+    let message = format!(
+        "{what} {} started{in_domain}: {}",
+        index + 1,
+        names.join(", ")
+    );
+    d.events.push(pool_event(
+        rollout,
+        "progressing",
+        "progressing",
+        "WaveStarted",
+        message,
+    ));
+
+    for name in &names {
+        let facts = nodes
+            .iter()
+            .find(|n| &n.name == name)
+            .expect("chosen from nodes");
+        let reason = format!("targeted in {what} {}", index + 1);
+        move_node(rollout, facts, NodeStep::Updating, reason, now, d);
+        if let Some(progress) = rollout.nodes.get_mut(name) {
+            progress.wave = Some(index);
+        }
+        d.target.push((name.clone(), rollout.to));
+    }
+    rollout.waves.push(Wave {
+        index,
+        canary,
+        domain,
+        nodes: names,
+        started_at: now,
+    });
+    rollout.reason.clear();
+    d.changed = true;
+}
+
+/// Ends the rollout; skipped nodes get the generation now, or when they return.
+fn complete(rollout: &mut RolloutRecord, now: OffsetDateTime, d: &mut Decision) {
+    for (name, progress) in &rollout.nodes {
+        if progress.step == NodeStep::Skipped {
+            d.target.push((name.clone(), rollout.to));
+        }
+    }
+    let message = format!(
+        "{} node(s) done, {} skipped while offline (targeted now), {} failed",
+        rollout.count(NodeStep::Done),
+        rollout.count(NodeStep::Skipped),
+        rollout.count(NodeStep::Failed)
+    );
+    set_state(
+        rollout,
+        RolloutState::Completed,
+        "Completed",
+        message,
+        now,
+        d,
+    );
+}
+
+/// Targets again the nodes the rollout reached whose desired generation is not its own: a
+/// manager stopped between storing a step and targeting its nodes.
+fn retarget(rollout: &RolloutRecord, nodes: &[NodeFacts], d: &mut Decision) {
+    for facts in nodes {
+        let reached = rollout
+            .nodes
+            .get(&facts.name)
+            .is_some_and(|p| p.step.in_flight());
+        let targeted = d.target.iter().any(|(name, _)| name == &facts.name);
+        if reached && !targeted && facts.config.desired != Some(rollout.to) {
+            d.target.push((facts.name.clone(), rollout.to));
+        }
+    }
+}
+
+/// Moves the rollout to `state`, with a pool event.
+pub(super) fn set_state(
+    rollout: &mut RolloutRecord,
+    state: RolloutState,
+    reason: &str,
+    message: String,
+    now: OffsetDateTime,
+    d: &mut Decision,
+) {
+    let from = rollout.state.name();
+    rollout.state = state;
+    rollout.state_since = now;
+    rollout.reason = message.clone();
+    let mut event = pool_event(rollout, from, state.name(), reason, message);
+    if state == RolloutState::Halted {
+        event = event.severity(Severity::Warning);
+    }
+    d.events.push(event);
+    d.changed = true;
+}
+
+fn move_node(
+    rollout: &mut RolloutRecord,
+    facts: &NodeFacts,
+    step: NodeStep,
+    reason: String,
+    now: OffsetDateTime,
+    d: &mut Decision,
+) {
+    let Some(progress) = rollout.nodes.get(&facts.name) else {
+        return;
+    };
+    let from = progress.step.name();
+    note_node(rollout, facts, from, step, reason.clone(), d);
+    let progress = rollout
+        .nodes
+        .get_mut(&facts.name)
+        .expect("looked up just above");
+    progress.step = step;
+    progress.since = Some(now);
+    progress.reason = reason;
+    progress.boot_id = facts.boot_id.clone();
+}
+
+/// The event of a node's move from `from` to `step`.
+fn note_node(
+    rollout: &RolloutRecord,
+    facts: &NodeFacts,
+    from: &str,
+    step: NodeStep,
+    reason: String,
+    d: &mut Decision,
+) {
+    let severity = match step {
+        NodeStep::Failed => Severity::Warning,
+        _ => Severity::Info,
+    };
+    d.events.push(
+        Draft::new(&facts.name, &rollout.pool, "rollout", from, step.name())
+            .subject(format!("generation {}", rollout.to.generation))
+            .because(step_reason(step), reason)
+            .severity(severity),
+    );
+    d.changed = true;
+}
+
+fn step_reason(step: NodeStep) -> &'static str {
+    match step {
+        NodeStep::Pending => "Queued",
+        NodeStep::Updating => "Targeted",
+        NodeStep::RebootPending => "RebootPending",
+        NodeStep::Settling => "Settling",
+        NodeStep::Done => "Done",
+        NodeStep::Failed => "Failed",
+        NodeStep::Skipped => "SkippedOffline",
+    }
+}
+
+/// A rollout event about the whole pool: its node is empty.
+pub(super) fn pool_event(
+    rollout: &RolloutRecord,
+    from: &str,
+    to: &str,
+    reason: &str,
+    message: String,
+) -> Draft {
+    Draft::new("", &rollout.pool, "rollout", from, to)
+        .subject(format!("generation {}", rollout.to.generation))
+        .because(reason, message)
+        .severity(Severity::Info)
+}
+
+/// The failed nodes with why each failed.
+pub(super) fn failure_list(rollout: &RolloutRecord) -> String {
+    rollout
+        .failures
+        .iter()
+        .map(|name| {
+            let why = rollout
+                .nodes
+                .get(name)
+                .map(|p| p.reason.as_str())
+                .unwrap_or("");
+            format!("{name} ({why})")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+#[path = "step_tests.rs"]
+mod tests;
