@@ -96,9 +96,9 @@ pub struct NodesArgs {
     #[arg(long, value_name = "TYPE", value_parser = parse_condition_type)]
     pub condition: Option<String>,
 
-    /// Only list the nodes whose config axis is in this state
-    #[arg(long, value_name = "STATE", value_enum)]
-    pub config: Option<ConfigFilter>,
+    /// Only list the nodes whose config axis is in this state (--config names the bundle)
+    #[arg(long = "config-state", value_name = "STATE", value_enum)]
+    pub config_state: Option<ConfigFilter>,
 }
 
 /// Arguments of `opictl watch`.
@@ -461,5 +461,26 @@ mod tests {
             Cli::try_parse_from(["opictl", "token", "create", "--pool", "w", "--uses", "0"]);
 
         assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn nodes_takes_the_bundle_and_a_config_state_filter_together() {
+        let cli = Cli::parse_from([
+            "opictl",
+            "--config",
+            "admin.toml",
+            "nodes",
+            "--config-state",
+            "drifted",
+        ]);
+
+        assert_eq!(
+            cli.config.as_deref(),
+            Some(std::path::Path::new("admin.toml"))
+        );
+        let Command::Nodes(args) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert!(args.config_state.is_some());
     }
 }

@@ -49,7 +49,7 @@ pub enum EventKind {
     Rollout,
 }
 
-/// `--config` of `opictl nodes`: the state of the config axis.
+/// `--config-state` of `opictl nodes`: the state of the config axis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ConfigFilter {
     /// The node's pool has no profile

@@ -26,11 +26,16 @@ use crate::paths::{LocationArgs, StatePaths};
 use crate::store::{self, NodeState, StoreError};
 use crate::{facts, ErrorChain, EXIT_RUNTIME};
 
+pub mod applier;
 pub mod evaluation;
+pub mod probe;
+pub mod profile_state;
 pub mod renewal;
 mod session;
 
+use applier::Applier;
 use evaluation::Checks;
+use probe::{SessionProbe, Target};
 
 use session::{SessionEnd, SessionError};
 
@@ -122,6 +127,9 @@ struct Agent {
     state: NodeState,
     health: HealthCollector,
     checks: Checks,
+    applier: Applier,
+    /// The manager the apply verification probes: the one of the current session.
+    probe_target: tokio::sync::watch::Sender<Option<Target>>,
     facts: NodeFacts,
     boot_id: String,
     heartbeat: Duration,
@@ -134,9 +142,14 @@ struct Agent {
 
 impl Agent {
     fn new(paths: StatePaths, state: NodeState, checks: Checks) -> Result<Self, RunError> {
+        let (probe_target, target) = tokio::sync::watch::channel(None);
+        let probe = Arc::new(SessionProbe::new(target));
+        let applier = Applier::start(&paths, checks.latest.clone(), probe);
         let mut agent = Self {
             health: HealthCollector::new(&paths.root),
             checks,
+            applier,
+            probe_target,
             facts: facts::collect(&paths.root),
             boot_id: facts::boot_id(),
             heartbeat: Duration::from_secs(state.config.heartbeat_secs().into()),
@@ -193,6 +206,10 @@ impl Agent {
     /// Opens an mTLS channel to `endpoint`, telling a refused manager from a transport failure.
     async fn connect(&self, endpoint: &str) -> Result<Channel, SessionError> {
         let (verifier, tls) = self.tls().map_err(SessionError::BuildTls)?;
+        self.probe_target.send_replace(Some(Target {
+            endpoint: endpoint.to_string(),
+            tls: tls.clone(),
+        }));
         channel::connect(endpoint, tls)
             .await
             .map_err(|source| match verifier.last_outcome() {
