@@ -15,6 +15,7 @@ use serde_json::Value;
 
 pub mod admin;
 pub mod alertmanager;
+pub mod containerd;
 pub mod grpc;
 pub mod http;
 pub mod node;

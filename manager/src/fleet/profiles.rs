@@ -12,14 +12,13 @@ use opi_proto::v1::manager_message::Body as ManagerBody;
 use opi_proto::v1::{DesiredProfile, ManagerMessage};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::config_axis;
 use super::{Fleet, FleetError};
 use crate::audit;
 use crate::records::{
-    pool_profiles, profile_key, ConfigStatus, GenerationId, ProfileRecord, EPOCH_KEY,
-    GENERATION_KEY, PROFILES,
+    pool_profiles, profile_key, GenerationId, ProfileRecord, EPOCH_KEY, GENERATION_KEY, PROFILES,
 };
 use crate::rollout::{rollout_key, RolloutRecord, Strategy};
 use crate::store::{decode, get_json, list_json, to_json, Store, Txn, TxnOutcome};
@@ -296,12 +295,6 @@ impl Fleet {
             return;
         };
         if config.applied >= Some(desired) {
-            return;
-        }
-        // A generation the node refused or rolled back is not sent again: a new generation
-        // (`profile set`, `rollout undo`) is the way to try again.
-        if config.status == ConfigStatus::Failed {
-            debug!(node = %name, generation = desired.generation, "desired generation failed on the node; not sent again");
             return;
         }
         let pool = &view.record.pool;

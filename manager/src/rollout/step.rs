@@ -12,11 +12,15 @@
 //!   failed) until it says hello with a new boot id; it may be offline meanwhile;
 //! - any failure in the canary wave halts the rollout; after it, more failures than the budget;
 //! - a wave starts only when the previous one has no node in flight (updating, reboot-pending,
-//!   settling), and holds only as many nodes as the unavailability budget leaves: every online
-//!   node of the pool that is not healthy, whatever the cause, and every reboot-pending node
-//!   uses it up;
-//! - waves take healthy pending nodes, in name order (domain by domain with a failure domain);
-//!   pending nodes that are online but not healthy wait until they are;
+//!   settling); it holds at most `canary` nodes (the first wave) or `maxUnavailable` nodes;
+//! - guardrail: every online node of the pool that is not healthy, whatever the cause, and
+//!   every reboot-pending node uses up the unavailability budget; a wave takes a healthy node
+//!   only while the budget has room left, so the rollout never has more nodes out of healthy
+//!   than the budget; a pending node already out of healthy costs nothing (the rollout does not
+//!   take it out) and is taken after the healthy ones;
+//! - waves take pending online nodes healthy first, in name order (domain by domain with a
+//!   failure domain); the canary wave takes a node that is not healthy only when no healthy
+//!   node is pending;
 //! - a node offline when its wave comes is skipped rather than waited for; it is queued again
 //!   when it comes back while the rollout runs, and is targeted when the rollout completes.
 
@@ -272,28 +276,44 @@ fn advance(
     }
 
     let room = room(rollout, nodes);
-    let candidates = next_candidates(rollout, nodes);
-    if room == 0 || candidates.is_empty() {
-        let reason = if room == 0 {
-            "waiting: the pool has no room for another node out of healthy".to_string()
-        } else {
-            format!(
-                "waiting for pending nodes to be healthy: {}",
-                unhealthy(rollout, nodes)
-            )
-        };
+    let chosen = choose(rollout, next_candidates(rollout, nodes), room);
+    if chosen.is_empty() {
+        let reason = "waiting: the pool has no room for another node out of healthy".to_string();
         if rollout.reason != reason {
             rollout.reason = reason;
             d.changed = true;
         }
         return;
     }
-    let size = if rollout.waves.is_empty() {
-        (rollout.strategy.canary as usize).min(room)
-    } else {
-        room
+    start_wave(rollout, chosen, nodes, now, d);
+}
+
+/// The nodes of the next wave: candidates in order, at most the wave's size, a healthy node
+/// only while `room` is left (a node already out of healthy costs none).
+fn choose<'a>(
+    rollout: &RolloutRecord,
+    candidates: Vec<&'a NodeFacts>,
+    mut room: usize,
+) -> Vec<&'a NodeFacts> {
+    let canary = rollout.waves.is_empty();
+    let size = match canary {
+        true => rollout.strategy.canary as usize,
+        false => rollout.strategy.max_unavailable.of(rollout.nodes.len()),
     };
-    start_wave(rollout, candidates, size, nodes, now, d);
+    let any_healthy = candidates.iter().any(|n| n.health == Health::Healthy);
+    let mut chosen = Vec::new();
+    for node in candidates {
+        if chosen.len() == size {
+            break;
+        }
+        let healthy = node.health == Health::Healthy;
+        if healthy && room == 0 || !healthy && canary && any_healthy {
+            continue;
+        }
+        room -= usize::from(healthy);
+        chosen.push(node);
+    }
+    chosen
 }
 
 /// Pending nodes that are offline now are skipped: a wave never waits for them.
@@ -311,19 +331,27 @@ fn skip_offline(
     }
 }
 
-/// Healthy pending nodes in (domain, name) order, of the first failure domain only when the
-/// strategy names one.
+/// Online pending nodes, healthy ones first, in name order; of one failure domain only when
+/// the strategy names one: the first domain with a healthy pending node, else the first.
 fn next_candidates<'a>(rollout: &RolloutRecord, nodes: &'a [NodeFacts]) -> Vec<&'a NodeFacts> {
     let mut ready: Vec<&NodeFacts> = nodes
         .iter()
-        .filter(|n| n.online && n.health == Health::Healthy)
+        .filter(|n| n.online)
         .filter(|n| rollout.nodes.get(&n.name).map(|p| p.step) == Some(NodeStep::Pending))
         .collect();
-    ready.sort_by(|a, b| (&a.domain, &a.name).cmp(&(&b.domain, &b.name)));
+    let unhealthy = |n: &NodeFacts| n.health != Health::Healthy;
+    ready.sort_by(|a, b| {
+        (&a.domain, unhealthy(a), &a.name).cmp(&(&b.domain, unhealthy(b), &b.name))
+    });
     if rollout.strategy.failure_domain.is_some() {
-        let first = ready.first().map(|n| n.domain.clone());
+        let first = ready
+            .iter()
+            .find(|n| !unhealthy(n))
+            .or(ready.first())
+            .map(|n| n.domain.clone());
         ready.retain(|n| Some(&n.domain) == first.as_ref());
     }
+    ready.sort_by(|a, b| (unhealthy(a), &a.name).cmp(&(unhealthy(b), &b.name)));
     ready
 }
 
@@ -340,25 +368,13 @@ fn room(rollout: &RolloutRecord, nodes: &[NodeFacts]) -> usize {
     budget.saturating_sub(unavailable)
 }
 
-/// The pending nodes that wait to be healthy, with their health.
-fn unhealthy(rollout: &RolloutRecord, nodes: &[NodeFacts]) -> String {
-    nodes
-        .iter()
-        .filter(|n| rollout.nodes.get(&n.name).map(|p| p.step) == Some(NodeStep::Pending))
-        .map(|n| format!("{} ({})", n.name, health_text(n)))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn start_wave(
     rollout: &mut RolloutRecord,
-    candidates: Vec<&NodeFacts>,
-    size: usize,
+    chosen: Vec<&NodeFacts>,
     nodes: &[NodeFacts],
     now: OffsetDateTime,
     d: &mut Decision,
 ) {
-    let chosen: Vec<&NodeFacts> = candidates.into_iter().take(size).collect();
     let index = rollout.waves.len() as u32;
     let canary = rollout.waves.is_empty();
     let domain = chosen

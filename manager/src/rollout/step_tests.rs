@@ -284,35 +284,52 @@ fn a_wave_is_sized_by_the_room_left_when_nodes_fail_for_other_reasons_during_it(
         .find(|decision| !decision.target.is_empty())
         .expect("a second wave");
 
-    assert_eq!(targeted(&next), ["b", "c"], "3 allowed, 1 already out");
+    assert_eq!(
+        targeted(&next),
+        ["b", "c", "f"],
+        "3 out of healthy at most: f already was, so b and c only of the healthy ones"
+    );
 }
 
 #[test]
-fn pending_nodes_that_are_not_healthy_wait_and_healthy_ones_go_first() {
-    let mut nodes = pool(&["a", "b", "c"]);
-    nodes[0].health = Health::Unknown;
-    nodes[0].online = true;
+fn pending_nodes_out_of_healthy_go_after_the_healthy_ones_at_no_cost_to_the_budget() {
+    let mut nodes = pool(&["a", "b", "c", "d"]);
+    nodes[0].health = Health::Degraded;
     let mut r = rollout(&nodes, fast(Budget::Count(2)));
 
     let first = step(&mut r, &nodes, at(0));
-    assert_eq!(targeted(&first), ["b"], "a is not healthy: not a canary");
+    assert_eq!(targeted(&first), ["b"], "the canary is a healthy node");
     apply(&mut nodes, &first, at(0));
-    let now = run_until(&mut r, &mut nodes, 1, |r| {
-        r.nodes["c"].step == NodeStep::Done
-    });
-    step(&mut r, &nodes, at(now));
-    assert_eq!(r.state, RolloutState::Progressing);
-    assert!(
-        r.reason
-            .contains("waiting for pending nodes to be healthy: a (health unknown"),
-        "{}",
-        r.reason
+    let (now, second) = (1..60)
+        .map(|s| (s, step(&mut r, &nodes, at(s))))
+        .find(|(_, d)| !d.target.is_empty())
+        .expect("a second wave");
+    assert_eq!(
+        targeted(&second),
+        ["c", "a"],
+        "a is out of healthy already: room for c only"
     );
-
+    apply(&mut nodes, &second, at(now));
     nodes[0].health = Health::Healthy;
+
     let waves = run_to_rest(&mut r, &mut nodes, now + 1);
-    assert_eq!(waves, [vec!["a"]]);
+    assert_eq!(waves, [vec!["d"]]);
     assert_eq!(r.state, RolloutState::Completed);
+}
+
+#[test]
+fn a_pool_with_no_healthy_node_pending_still_gets_a_canary() {
+    let mut nodes = pool(&["a"]);
+    nodes[0].health = Health::Degraded;
+    let mut r = rollout(&nodes, fast(Budget::Count(1)));
+
+    let first = step(&mut r, &nodes, at(0));
+
+    assert_eq!(
+        targeted(&first),
+        ["a"],
+        "already out of healthy: no budget used"
+    );
 }
 
 #[test]

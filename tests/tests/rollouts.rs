@@ -1,0 +1,543 @@
+//! Health-gated rollouts end to end, with ten real `opi-agent run` processes (each under its
+//! own `--root`, files only) and a real manager: waves of the asked size in the order the
+//! event stream (`opictl watch --kind rollout -o json`) shows, a profile breaking containerd
+//! on the canary halting the rollout with only the canary touched and back on its
+//! last-known-good, pause and resume, a manager killed mid-rollout that continues where it
+//! was, and undo as a new generation with the old content.
+//!
+//! The agents' only check is `ContainerRuntimeHealthy`, against a real containerd (Debian's
+//! package). The canary's socket goes through [`Gate`]: under `--root` the agent restarts
+//! nothing, so the gate plays a containerd restarted on the breaking configuration.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use opi_tests::containerd::{Containerd, Gate};
+use opi_tests::{bin, node, ok, wait_until_every, Agent, Manager, Opictl, POLL_OPICTL, WAIT};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// The worker profile shipped in the repository, verified within 3 s.
+const WORKER: &str = include_str!("../../deploy/profiles/worker.yaml");
+/// The nodes of every test, in name order: `n01` is the canary.
+const NODES: [&str; 10] = [
+    "n01", "n02", "n03", "n04", "n05", "n06", "n07", "n08", "n09", "n10",
+];
+/// The text of the breaking profile that the canary's containerd cannot run with.
+const BROKEN_IMAGE: &str = "registry.invalid/pause:broken";
+/// kubelet's configuration, under a root.
+const KUBELET_FILE: &str = "var/lib/kubelet/config.yaml";
+/// containerd's configuration, under a root.
+const CONTAINERD_FILE: &str = "etc/containerd/config.toml";
+/// Bound for a whole rollout over ten nodes.
+const ROLLOUT_WAIT: Duration = Duration::from_secs(120);
+
+/// A manager, a real containerd and ten enrolled, running agents of pool `workers`.
+struct Fleet {
+    dir: TempDir,
+    manager: Manager,
+    agents: Vec<Agent>,
+    _containerd: Containerd,
+    _gate: Gate,
+}
+
+impl Fleet {
+    fn start() -> Self {
+        let dir = TempDir::new().unwrap();
+        let mut manager = Manager::init(dir.path(), "rollouts").with_args(&["--heartbeat", "1s"]);
+        manager.start();
+        let containerd = Containerd::start(&dir.path().join("containerd"));
+        let opictl = manager.opictl();
+        let (_, token) = opictl.create_token("workers", NODES.len() as u32, &[]);
+        let mut agents = Vec::new();
+        let mut gate = None;
+        for name in NODES {
+            let mut agent = Agent::new(dir.path(), name);
+            let settings = agent.root.join("etc/opi-agent");
+            std::fs::create_dir_all(&settings).unwrap();
+            std::fs::write(
+                settings.join("health.toml"),
+                "version = 1\nchecks = [\"ContainerRuntimeHealthy\"]\n[containerd]\ntimeout_ms = 300\n",
+            )
+            .unwrap();
+            match name {
+                "n01" => gate = Some(Gate::start(&agent.root, &containerd.socket, BROKEN_IMAGE)),
+                _ => containerd.serve_node(&agent.root),
+            }
+            ok(agent.enroll(&manager.endpoint(), &manager.ca_pin(), &token));
+            agent.start();
+            agents.push(agent);
+        }
+        wait_until_every(POLL_OPICTL, WAIT, "ten healthy nodes", || {
+            let nodes = opictl.nodes();
+            NODES.iter().all(|name| {
+                node(&nodes, name)
+                    .is_some_and(|n| n["connectivity"] == "online" && n["health"] == "healthy")
+            })
+        });
+        Self {
+            dir,
+            manager,
+            agents,
+            _containerd: containerd,
+            _gate: gate.expect("n01 has its gate"),
+        }
+    }
+
+    fn opictl(&self) -> Opictl {
+        self.manager.opictl()
+    }
+
+    /// `opictl profile set workers` with `text` and the strategy `options`; the generation.
+    fn set(&self, file: &str, text: &str, options: &[&str]) -> u64 {
+        let path = self.dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        let mut args = vec!["profile", "set", "workers", "-f", path.to_str().unwrap()];
+        args.extend(options);
+        let set = self.opictl().json(&args);
+        assert_eq!(set["changed"], true, "{set}");
+        set["generation"].as_u64().expect("generation")
+    }
+
+    /// `opictl rollout status workers -o json`.
+    fn status(&self) -> Value {
+        self.opictl().json(&["rollout", "status", "workers"])
+    }
+
+    fn wait_state(&self, state: &str) -> Value {
+        let what = format!("the rollout {state}");
+        wait_until_every(POLL_OPICTL, ROLLOUT_WAIT, &what, || {
+            self.status()["state"] == state
+        });
+        self.status()
+    }
+
+    fn event_revision(&self) -> u64 {
+        self.opictl().json(&["status"])["event_revision"]
+            .as_u64()
+            .expect("event revision")
+    }
+
+    fn config(&self, name: &str) -> Value {
+        let nodes = self.opictl().nodes();
+        node(&nodes, name).expect("node listed")["config"].clone()
+    }
+
+    fn agent(&self, name: &str) -> &Agent {
+        self.agents.iter().find(|a| a.name == name).expect("agent")
+    }
+
+    fn read(&self, name: &str, path: &str) -> String {
+        let file = self.agent(name).root.join(path);
+        std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+    }
+}
+
+/// `opictl watch --kind rollout --since REV -o json` as a process, its events as they come.
+struct Watch {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+    events: Vec<Value>,
+}
+
+impl Watch {
+    fn since(opictl: &Opictl, revision: u64) -> Self {
+        let mut child = Command::new(bin("opictl"))
+            .arg("--config")
+            .arg(&opictl.config)
+            .args(["--manager", &opictl.endpoint])
+            .args([
+                "watch", "--kind", "rollout", "--pool", "workers", "-o", "json",
+            ])
+            .args(["--since", &revision.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("opictl watch starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let event = serde_json::from_str(&line).expect("a JSON event per line");
+                if sender.send(event).is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            events: Vec::new(),
+        }
+    }
+
+    /// Reads events until `done` holds for those read so far, or panics after `timeout`.
+    fn until(&mut self, timeout: Duration, what: &str, done: impl Fn(&[Value]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !done(&self.events) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(event) => self.events.push(event),
+                Err(_) => panic!("timed out waiting for {what}; events: {:#?}", self.events),
+            }
+        }
+    }
+
+    /// Reads events until the pool's rollout of `generation` reaches `state`.
+    fn until_state(&mut self, generation: u64, state: &str) {
+        let subject = format!("generation {generation}");
+        let what = format!("the rollout of {subject} {state}");
+        self.until(ROLLOUT_WAIT, &what, |events| {
+            events
+                .iter()
+                .any(|e| e["node"] == "" && e["to"] == state && e["subject"] == subject)
+        });
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The waves of `generation` as the event stream shows them: each `WaveStarted` pool event,
+/// then the nodes targeted after it.
+fn waves(events: &[Value], generation: u64) -> Vec<Vec<String>> {
+    let subject = format!("generation {generation}");
+    let mut waves: Vec<Vec<String>> = Vec::new();
+    for event in events.iter().filter(|e| e["subject"] == subject) {
+        if event["reason"] == "WaveStarted" {
+            waves.push(Vec::new());
+        } else if event["to"] == "updating" {
+            let wave = waves
+                .last_mut()
+                .expect("a node targeted after its wave started");
+            wave.push(event["node"].as_str().unwrap().to_string());
+        }
+    }
+    waves
+}
+
+/// Checks that every node of a wave was done before the next wave started.
+fn each_wave_waits_for_the_one_before(events: &[Value], generation: u64) {
+    let subject = format!("generation {generation}");
+    let mut done: Vec<&str> = Vec::new();
+    let mut previous: Vec<String> = Vec::new();
+    for event in events.iter().filter(|e| e["subject"] == subject) {
+        if event["to"] == "done" {
+            done.push(event["node"].as_str().unwrap());
+        }
+        if event["reason"] == "WaveStarted" {
+            let waiting: Vec<&String> = previous
+                .iter()
+                .filter(|n| !done.contains(&n.as_str()))
+                .collect();
+            assert!(
+                waiting.is_empty(),
+                "a wave started before {waiting:?} were done: {events:#?}"
+            );
+            previous.clear();
+        }
+        if event["to"] == "updating" {
+            previous.push(event["node"].as_str().unwrap().to_string());
+        }
+    }
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|n| n.to_string()).collect()
+}
+
+fn worker() -> String {
+    WORKER.replace("verifyTimeout: 90s", "verifyTimeout: 3s")
+}
+
+/// The worker profile with `maxPods: N`.
+fn worker_with_max_pods(pods: u32) -> String {
+    worker().replace("maxPods: 110", &format!("maxPods: {pods}"))
+}
+
+#[test]
+fn a_good_profile_reaches_all_ten_nodes_in_waves_of_the_asked_size() {
+    let fleet = Fleet::start();
+    let mut watch = Watch::since(&fleet.opictl(), fleet.event_revision());
+
+    let options = ["--max-unavailable", "3", "--settle", "1s"];
+    let generation = fleet.set("good.yaml", &worker(), &options);
+    watch.until_state(generation, "completed");
+
+    assert_eq!(
+        waves(&watch.events, generation),
+        [
+            names(&["n01"]),
+            names(&["n02", "n03", "n04"]),
+            names(&["n05", "n06", "n07"]),
+            names(&["n08", "n09", "n10"]),
+        ]
+    );
+    each_wave_waits_for_the_one_before(&watch.events, generation);
+
+    let status = fleet.status();
+    assert_eq!(status["state"], "completed");
+    assert_eq!(status["to_generation"], generation);
+    let waves_shown: Vec<u64> = status["waves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["done"].as_u64().unwrap())
+        .collect();
+    assert_eq!(waves_shown, [1, 3, 3, 3]);
+    for name in NODES {
+        let config = fleet.config(name);
+        assert_eq!(config["state"], "in-sync", "{name}: {config}");
+        assert_eq!(config["applied_generation"], generation, "{name}");
+        assert!(
+            fleet.read(name, KUBELET_FILE).contains("maxPods: 110"),
+            "{name}"
+        );
+    }
+    let table = ok(fleet.opictl().run(&["rollout", "status", "workers"]));
+    assert!(table.contains("10 of 10 done, 0 failed"), "{table}");
+    assert!(
+        !table.contains("PROGRESS"),
+        "no bars when stdout is not a terminal: {table}"
+    );
+}
+
+#[test]
+fn a_profile_that_breaks_containerd_on_the_canary_halts_with_only_the_canary_touched() {
+    let fleet = Fleet::start();
+    let first = fleet.set(
+        "good.yaml",
+        &worker(),
+        &["--max-unavailable", "9", "--settle", "1s"],
+    );
+    fleet.wait_state("completed");
+    let last_known_good = fleet.read("n01", CONTAINERD_FILE);
+    let mut watch = Watch::since(&fleet.opictl(), fleet.event_revision());
+
+    let breaking = worker_with_max_pods(80).replace("registry.k8s.io/pause:3.9", BROKEN_IMAGE);
+    assert!(breaking.contains(BROKEN_IMAGE));
+    let options = ["--max-unavailable", "3", "--settle", "1s"];
+    let second = fleet.set("breaking.yaml", &breaking, &options);
+    watch.until_state(second, "halted");
+
+    let status = fleet.status();
+    assert_eq!(status["state"], "halted", "{status}");
+    let reason = status["reason"].as_str().unwrap();
+    assert!(reason.starts_with("canary failed: n01 ("), "{reason}");
+    assert!(
+        reason.contains("rolled back to the last-known-good"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("containerd.service was not healthy within 3s"),
+        "{reason}"
+    );
+    assert_eq!(status["failures"], serde_json::json!(["n01"]));
+    assert_eq!(waves(&watch.events, second), [names(&["n01"])]);
+
+    // Only the canary was given the generation, and it runs its last-known-good again.
+    let canary = fleet.config("n01");
+    assert_eq!(canary["state"], "failed", "{canary}");
+    assert_eq!(canary["desired_generation"], second);
+    assert_eq!(canary["applied_generation"], first);
+    assert_eq!(fleet.read("n01", CONTAINERD_FILE), last_known_good);
+    assert!(fleet.read("n01", KUBELET_FILE).contains("maxPods: 110"));
+    for name in &NODES[1..] {
+        let config = fleet.config(name);
+        assert_eq!(config["desired_generation"], first, "{name}: {config}");
+        assert_eq!(config["state"], "in-sync", "{name}: {config}");
+        assert!(
+            !fleet.read(name, CONTAINERD_FILE).contains(BROKEN_IMAGE),
+            "{name}"
+        );
+    }
+    let halted = watch
+        .events
+        .iter()
+        .find(|e| e["to"] == "halted")
+        .expect("a halted event");
+    assert_eq!(halted["severity"], "warning");
+    assert_eq!(halted["node"], "");
+    let table = ok(fleet.opictl().run(&["rollout", "status", "workers"]));
+    assert!(table.contains("halted since"), "{table}");
+    assert!(table.contains("n01    failed"), "{table}");
+}
+
+#[test]
+fn a_paused_rollout_starts_no_wave_until_resumed() {
+    let fleet = Fleet::start();
+    let mut watch = Watch::since(&fleet.opictl(), fleet.event_revision());
+    let generation = fleet.set(
+        "good.yaml",
+        &worker(),
+        &["--max-unavailable", "3", "--settle", "2s"],
+    );
+    watch.until(ROLLOUT_WAIT, "the canary targeted", |events| {
+        events
+            .iter()
+            .any(|e| e["node"] == "n01" && e["to"] == "updating")
+    });
+
+    let paused = fleet.opictl().json(&["rollout", "pause", "workers"]);
+    assert_eq!(paused["state"], "paused", "{paused}");
+    // The canary is still followed while paused, and no other wave starts: the step that
+    // saw it done would have started the next one.
+    watch.until(ROLLOUT_WAIT, "the canary done", |events| {
+        events
+            .iter()
+            .any(|e| e["node"] == "n01" && e["to"] == "done")
+    });
+    let status = fleet.status();
+    assert_eq!(status["state"], "paused");
+    assert_eq!(status["waves"].as_array().unwrap().len(), 1, "{status}");
+    let refused = fleet.opictl().run(&["rollout", "pause", "workers"]);
+    let error = opi_tests::fails(refused);
+    assert!(
+        error.contains("cannot pause the rollout of pool workers: it is paused"),
+        "{error}"
+    );
+
+    let resumed = fleet.opictl().json(&["rollout", "resume", "workers"]);
+    assert_eq!(resumed["state"], "progressing");
+    watch.until_state(generation, "completed");
+    let sizes: Vec<usize> = waves(&watch.events, generation)
+        .iter()
+        .map(Vec::len)
+        .collect();
+    assert_eq!(sizes, [1, 3, 3, 3]);
+    let audit = ok(fleet.opictl().run(&["audit", "--limit", "20"]));
+    assert!(
+        audit.contains("rollout.pause") && audit.contains("rollout.resume"),
+        "{audit}"
+    );
+}
+
+#[test]
+fn a_manager_killed_mid_rollout_continues_where_it_was() {
+    let mut fleet = Fleet::start();
+    let mut watch = Watch::since(&fleet.opictl(), fleet.event_revision());
+    let options = ["--max-unavailable", "2", "--settle", "2s"];
+    let generation = fleet.set("good.yaml", &worker(), &options);
+    watch.until(ROLLOUT_WAIT, "the second wave started", |events| {
+        events
+            .iter()
+            .filter(|e| e["reason"] == "WaveStarted")
+            .count()
+            == 2
+    });
+
+    fleet.manager.kill();
+    fleet.manager.start();
+    // The watch reconnects by itself and resumes after the last event it printed.
+    watch.until_state(generation, "completed");
+
+    let waves = waves(&watch.events, generation);
+    let sizes: Vec<usize> = waves.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [1, 2, 2, 2, 2, 1], "{waves:?}");
+    let mut targeted: Vec<String> = waves.concat();
+    targeted.sort();
+    assert_eq!(targeted, names(&NODES), "every node targeted once");
+    for name in NODES {
+        assert_eq!(
+            fleet.config(name)["applied_generation"],
+            generation,
+            "{name}"
+        );
+    }
+    assert_eq!(fleet.status()["state"], "completed");
+}
+
+#[test]
+fn undo_rolls_the_pool_back_with_a_new_generation_of_the_old_content() {
+    let fleet = Fleet::start();
+    let options = ["--max-unavailable", "5", "--settle", "1s"];
+    let first = fleet.set("first.yaml", &worker(), &options);
+    fleet.wait_state("completed");
+    let second = fleet.set("second.yaml", &worker_with_max_pods(90), &options);
+    let status = fleet.wait_state("completed");
+    assert_eq!(status["from_generation"], first);
+    assert!(fleet.read("n05", KUBELET_FILE).contains("maxPods: 90"));
+    let mut watch = Watch::since(&fleet.opictl(), fleet.event_revision());
+
+    let undone = fleet.opictl().json(&["rollout", "undo", "workers"]);
+    let third = undone["to_generation"].as_u64().unwrap();
+    assert!(third > second, "generations only grow: {undone}");
+    assert_eq!(undone["from_generation"], second);
+    assert_eq!(undone["reverts_to"], first);
+    assert_eq!(
+        undone["strategy"]["max_unavailable"], "5",
+        "the same gating"
+    );
+    watch.until_state(third, "completed");
+
+    let sizes: Vec<usize> = waves(&watch.events, third).iter().map(Vec::len).collect();
+    assert_eq!(sizes, [1, 5, 4]);
+    let old = fleet.opictl().json(&[
+        "profile",
+        "show",
+        "workers",
+        "--generation",
+        &first.to_string(),
+    ]);
+    let new = fleet.opictl().json(&["profile", "show", "workers"]);
+    assert_eq!(new["generation"], third);
+    assert_eq!(new["yaml"], old["yaml"], "the same content");
+    for name in NODES {
+        assert_eq!(fleet.config(name)["applied_generation"], third, "{name}");
+        assert!(
+            fleet.read(name, KUBELET_FILE).contains("maxPods: 110"),
+            "{name}"
+        );
+    }
+    let audit = ok(fleet.opictl().run(&["audit", "--limit", "20"]));
+    assert!(audit.contains("rollout.undo"), "{audit}");
+    assert!(
+        audit.contains(&format!("generation {third} repeats generation {first}")),
+        "{audit}"
+    );
+}
+
+#[test]
+fn rollout_calls_name_the_pool_and_say_what_to_do() {
+    let dir = TempDir::new().unwrap();
+    let mut manager = Manager::init(dir.path(), "rollouts");
+    manager.start();
+    let opictl = manager.opictl();
+
+    let missing = opi_tests::fails(opictl.run(&["rollout", "status", "edge"]));
+    assert!(
+        missing.contains("no rollout for pool edge; `opictl profile set edge -f FILE` starts one"),
+        "{missing}"
+    );
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, worker()).unwrap();
+    let file = path.to_str().unwrap();
+    ok(opictl.run(&["profile", "set", "edge", "-f", file]));
+    let undo = opi_tests::fails(opictl.run(&["rollout", "undo", "edge"]));
+    assert!(
+        undo.contains("has no previous generation to go back to"),
+        "{undo}"
+    );
+    let bad = opictl.run(&[
+        "profile",
+        "set",
+        "edge",
+        "-f",
+        file,
+        "--max-unavailable",
+        "0%",
+    ]);
+    assert_eq!(bad.status.code(), Some(2), "a usage error");
+    let audit = ok(opictl.run(&["audit", "--limit", "5"]));
+    assert!(
+        audit.contains("rollout.undo") && audit.contains("refused"),
+        "{audit}"
+    );
+}
