@@ -2,7 +2,7 @@
 //! own `--root`, files only) and a real manager: waves of the asked size in the order the
 //! event stream (`opictl watch --kind rollout -o json`) shows, a profile breaking containerd
 //! on the canary halting the rollout with only the canary touched and back on its
-//! last-known-good, pause and resume, a manager killed mid-rollout that continues where it
+//! last-known-good and `OpiRolloutHalted` reaching a real Alertmanager, pause and resume, a manager killed mid-rollout that continues where it
 //! was, and undo as a new generation with the old content.
 //!
 //! The agents' only check is `ContainerRuntimeHealthy`, against a real containerd (Debian's
@@ -14,8 +14,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use opi_tests::alertmanager::{has_label, Alertmanager};
 use opi_tests::containerd::{Containerd, Gate};
-use opi_tests::{bin, node, ok, wait_until_every, Agent, Manager, Opictl, POLL_OPICTL, WAIT};
+use opi_tests::{
+    bin, node, ok, wait_until, wait_until_every, Agent, Manager, Opictl, POLL_OPICTL, WAIT,
+};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -45,8 +48,14 @@ struct Fleet {
 
 impl Fleet {
     fn start() -> Self {
-        let dir = TempDir::new().unwrap();
-        let mut manager = Manager::init(dir.path(), "rollouts").with_args(&["--heartbeat", "1s"]);
+        Self::start_in(TempDir::new().unwrap(), &[])
+    }
+
+    /// The fleet in `dir`, its manager served with `extra` arguments.
+    fn start_in(dir: TempDir, extra: &[&str]) -> Self {
+        let mut args = vec!["--heartbeat", "1s"];
+        args.extend(extra);
+        let mut manager = Manager::init(dir.path(), "rollouts").with_args(&args);
         manager.start();
         let containerd = Containerd::start(&dir.path().join("containerd"));
         let opictl = manager.opictl();
@@ -311,7 +320,10 @@ fn a_good_profile_reaches_all_ten_nodes_in_waves_of_the_asked_size() {
 
 #[test]
 fn a_profile_that_breaks_containerd_on_the_canary_halts_with_only_the_canary_touched() {
-    let fleet = Fleet::start();
+    let dir = TempDir::new().unwrap();
+    let alertmanager = Alertmanager::start(dir.path());
+    let url = alertmanager.url();
+    let fleet = Fleet::start_in(dir, &["--alertmanager", &url, "--alert-resend", "2s"]);
     let first = fleet.set(
         "good.yaml",
         &worker(),
@@ -368,6 +380,30 @@ fn a_profile_that_breaks_containerd_on_the_canary_halts_with_only_the_canary_tou
     let table = ok(fleet.opictl().run(&["rollout", "status", "workers"]));
     assert!(table.contains("halted since"), "{table}");
     assert!(table.contains("n01    failed"), "{table}");
+
+    // On-call is told, and told again when it is over.
+    let generation = second.to_string();
+    let halted_alert = |status: &str| {
+        alertmanager.notified().into_iter().find(|alert| {
+            has_label(alert, "alertname", "OpiRolloutHalted")
+                && has_label(alert, "pool", "workers")
+                && has_label(alert, "generation", &generation)
+                && alert["notification_status"] == status
+        })
+    };
+    wait_until(WAIT, "OpiRolloutHalted at the webhook", || {
+        halted_alert("firing").is_some()
+    });
+    let alert = halted_alert("firing").unwrap();
+    assert_eq!(alert["labels"]["severity"], "warning", "{alert}");
+    let description = alert["annotations"]["description"].as_str().unwrap();
+    assert!(description.contains("canary failed: n01"), "{description}");
+    assert!(description.contains("failed nodes: n01"), "{description}");
+    let aborted = fleet.opictl().json(&["rollout", "abort", "workers"]);
+    assert_eq!(aborted["state"], "aborted");
+    wait_until(WAIT, "OpiRolloutHalted resolved at the webhook", || {
+        halted_alert("resolved").is_some()
+    });
 }
 
 #[test]
