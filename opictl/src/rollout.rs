@@ -122,7 +122,8 @@ pub async fn run(context: &Context, command: RolloutCommand) -> Result<(), Error
 
 /// Shows the rollout again whenever it changes, until it completes or is aborted, or Ctrl-C.
 /// In a terminal the screen is redrawn; otherwise each change is printed after the last, one
-/// JSON object per line with `-o json`.
+/// JSON object per line with `-o json`. It polls once a second rather than following the
+/// event stream, so a change shows up to a second late.
 async fn watch(context: &Context, pool: &str) -> Result<(), Error> {
     let mut client = context.connect().await?;
     let terminal = std::io::stdout().is_terminal();

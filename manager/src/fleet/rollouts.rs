@@ -315,7 +315,8 @@ impl Fleet {
         }
     }
 
-    /// What the rollout step needs of each active node of the pool.
+    /// What the rollout step needs of each active node of the pool. Nodes in maintenance are
+    /// rolled out like the others.
     fn pool_facts(&self, pool: &str, domain_label: Option<&str>) -> Vec<NodeFacts> {
         self.nodes(Some(pool))
             .into_iter()

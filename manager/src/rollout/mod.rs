@@ -21,7 +21,8 @@ use crate::records::GenerationId;
 pub use action::{act, Action, Refusal};
 pub use step::{step, Decision, NodeFacts, APPLY_DEADLINE, HEALTHY_WITHIN};
 
-/// Key prefix of rollouts: one record per pool, its latest rollout.
+/// Key prefix of rollouts: one record per pool, its latest rollout; earlier rollouts live on
+/// in the events and the audit log only.
 pub const ROLLOUTS: &str = "rollouts/";
 
 /// Default nodes in the canary wave.

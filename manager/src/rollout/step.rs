@@ -32,7 +32,8 @@ use super::{NodeProgress, NodeStep, RolloutRecord, RolloutState, Wave};
 use crate::events::Draft;
 use crate::records::{ConfigRecord, ConfigStatus, GenerationId, Health, Severity};
 
-/// A targeted node that has not reported the generation applied by then has failed.
+/// A targeted node that has not reported the generation applied by then has failed. This and
+/// [`HEALTHY_WITHIN`] are fixed, not options of the strategy.
 pub const APPLY_DEADLINE: Duration = Duration::from_secs(15 * 60);
 /// A node that applied the generation must be healthy within this time (a health report or
 /// two after its services restarted), or it has failed.
@@ -179,6 +180,8 @@ fn updating(r: &RolloutRecord, p: &NodeProgress, facts: &NodeFacts, now: OffsetD
 }
 
 /// A node whose generation waits for its next boot: rebooted once its boot id changed.
+/// A reboot-pending node has no deadline: one that is never rebooted holds its wave (visibly)
+/// until an operator aborts the rollout.
 fn rebooting(to: GenerationId, progress: &NodeProgress, facts: &NodeFacts) -> Next {
     if let Some(refusal) = refused(&facts.config, to) {
         return Some((NodeStep::Failed, refusal));
@@ -222,8 +225,11 @@ fn settling(r: &RolloutRecord, p: &NodeProgress, facts: &NodeFacts, now: OffsetD
 
 /// Why the agent refused or rolled back `to`, if it did.
 fn refused(config: &ConfigRecord, to: GenerationId) -> Option<String> {
-    (config.desired == Some(to) && config.status == ConfigStatus::Failed)
-        .then(|| config.reason.clone())
+    // The agent's reason may list problems on lines of their own: one line here.
+    (config.desired == Some(to) && config.status == ConfigStatus::Failed).then(|| {
+        let lines: Vec<&str> = config.reason.lines().map(str::trim).collect();
+        lines.join(" ")
+    })
 }
 
 fn health_text(facts: &NodeFacts) -> String {
@@ -430,12 +436,15 @@ fn complete(rollout: &mut RolloutRecord, now: OffsetDateTime, d: &mut Decision) 
             d.target.push((name.clone(), rollout.to));
         }
     }
-    let message = format!(
-        "{} node(s) done, {} skipped while offline (targeted now), {} failed",
+    let mut message = format!(
+        "{} node(s) done, {} failed",
         rollout.count(NodeStep::Done),
-        rollout.count(NodeStep::Skipped),
         rollout.count(NodeStep::Failed)
     );
+    match rollout.count(NodeStep::Skipped) {
+        0 => {}
+        n => message.push_str(&format!(", {n} skipped while offline (targeted now)")),
+    }
     set_state(
         rollout,
         RolloutState::Completed,
