@@ -34,6 +34,9 @@ const BROKEN_IMAGE: &str = "registry.invalid/pause:broken";
 const KUBELET_FILE: &str = "var/lib/kubelet/config.yaml";
 /// containerd's configuration, under a root.
 const CONTAINERD_FILE: &str = "etc/containerd/config.toml";
+/// The agents' `health.toml`: containerd only, on the node's socket.
+const HEALTH: &str =
+    "version = 1\nchecks = [\"ContainerRuntimeHealthy\"]\n[containerd]\ntimeout_ms = 300\n";
 /// Bound for a whole rollout over ten nodes.
 const ROLLOUT_WAIT: Duration = Duration::from_secs(120);
 
@@ -42,7 +45,7 @@ struct Fleet {
     dir: TempDir,
     manager: Manager,
     agents: Vec<Agent>,
-    _containerd: Containerd,
+    containerd: Containerd,
     _gate: Gate,
 }
 
@@ -66,11 +69,7 @@ impl Fleet {
             let mut agent = Agent::new(dir.path(), name);
             let settings = agent.root.join("etc/opi-agent");
             std::fs::create_dir_all(&settings).unwrap();
-            std::fs::write(
-                settings.join("health.toml"),
-                "version = 1\nchecks = [\"ContainerRuntimeHealthy\"]\n[containerd]\ntimeout_ms = 300\n",
-            )
-            .unwrap();
+            std::fs::write(settings.join("health.toml"), HEALTH).unwrap();
             match name {
                 "n01" => gate = Some(Gate::start(&agent.root, &containerd.socket, BROKEN_IMAGE)),
                 _ => containerd.serve_node(&agent.root),
@@ -90,13 +89,30 @@ impl Fleet {
             dir,
             manager,
             agents,
-            _containerd: containerd,
+            containerd,
             _gate: gate.expect("n01 has its gate"),
         }
     }
 
     fn opictl(&self) -> Opictl {
         self.manager.opictl()
+    }
+
+    /// Enrolls and starts one more agent of pool `workers`, and waits until it is healthy.
+    fn join(&mut self, name: &str) {
+        let mut agent = Agent::new(self.dir.path(), name);
+        let settings = agent.root.join("etc/opi-agent");
+        std::fs::create_dir_all(&settings).unwrap();
+        std::fs::write(settings.join("health.toml"), HEALTH).unwrap();
+        self.containerd.serve_node(&agent.root);
+        let (_, token) = self.opictl().create_token("workers", 1, &[]);
+        ok(agent.enroll(&self.manager.endpoint(), &self.manager.ca_pin(), &token));
+        agent.start();
+        self.agents.push(agent);
+        wait_until_every(POLL_OPICTL, WAIT, "the new node healthy", || {
+            let nodes = self.opictl().nodes();
+            node(&nodes, name).is_some_and(|n| n["health"] == "healthy")
+        });
     }
 
     /// `opictl profile set workers` with `text` and the strategy `options`; the generation.
@@ -108,6 +124,21 @@ impl Fleet {
         let set = self.opictl().json(&args);
         assert_eq!(set["changed"], true, "{set}");
         set["generation"].as_u64().expect("generation")
+    }
+
+    /// `opictl rollout status workers --watch -o json`, running.
+    fn follow_status(&self) -> Child {
+        let opictl = self.opictl();
+        Command::new(bin("opictl"))
+            .arg("--config")
+            .arg(&opictl.config)
+            .args(["--manager", &opictl.endpoint])
+            .args(["rollout", "status", "workers", "--watch", "-o", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("opictl rollout status --watch starts")
     }
 
     /// `opictl rollout status workers -o json`.
@@ -278,6 +309,7 @@ fn a_good_profile_reaches_all_ten_nodes_in_waves_of_the_asked_size() {
 
     let options = ["--max-unavailable", "3", "--settle", "1s"];
     let generation = fleet.set("good.yaml", &worker(), &options);
+    let mut follow = fleet.follow_status();
     watch.until_state(generation, "completed");
 
     assert_eq!(
@@ -310,6 +342,18 @@ fn a_good_profile_reaches_all_ten_nodes_in_waves_of_the_asked_size() {
             "{name}"
         );
     }
+    // `status --watch` printed each change and ended by itself once completed.
+    wait_until(WAIT, "status --watch to end by itself", || {
+        follow.try_wait().expect("opictl status").is_some()
+    });
+    let followed = ok(follow.wait_with_output().expect("status --watch output"));
+    let states: Vec<String> = followed
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).expect("a JSON status per line"))
+        .map(|status| status["state"].as_str().unwrap().to_string())
+        .collect();
+    assert!(states.len() >= 5, "one line per change: {states:?}");
+    assert_eq!(states.last().map(String::as_str), Some("completed"));
     let table = ok(fleet.opictl().run(&["rollout", "status", "workers"]));
     assert!(table.contains("10 of 10 done, 0 failed"), "{table}");
     assert!(
@@ -407,14 +451,14 @@ fn a_profile_that_breaks_containerd_on_the_canary_halts_with_only_the_canary_tou
 }
 
 #[test]
-fn a_paused_rollout_starts_no_wave_until_resumed() {
-    let fleet = Fleet::start();
+fn a_paused_rollout_starts_no_wave_until_resumed_and_a_node_joining_meanwhile_waits_its_wave() {
+    let mut fleet = Fleet::start();
+    let fast = ["--max-unavailable", "9", "--settle", "1s"];
+    let first = fleet.set("first.yaml", &worker(), &fast);
+    fleet.wait_state("completed");
     let mut watch = Watch::since(&fleet.opictl(), fleet.event_revision());
-    let generation = fleet.set(
-        "good.yaml",
-        &worker(),
-        &["--max-unavailable", "3", "--settle", "2s"],
-    );
+    let options = ["--max-unavailable", "3", "--settle", "2s"];
+    let generation = fleet.set("second.yaml", &worker_with_max_pods(90), &options);
     watch.until(ROLLOUT_WAIT, "the canary targeted", |events| {
         events
             .iter()
@@ -440,14 +484,30 @@ fn a_paused_rollout_starts_no_wave_until_resumed() {
         "{error}"
     );
 
+    // A node enrolled now runs the generation the pool had before, until its wave.
+    fleet.join("n11");
+    let what = "n11 in sync with the previous generation";
+    wait_until_every(POLL_OPICTL, ROLLOUT_WAIT, what, || {
+        let config = fleet.config("n11");
+        config["state"] == "in-sync" && config["applied_generation"] == first
+    });
+    assert_eq!(fleet.config("n11")["desired_generation"], first);
+    watch.until(ROLLOUT_WAIT, "n11 queued", |events| {
+        events
+            .iter()
+            .any(|e| e["node"] == "n11" && e["to"] == "pending")
+    });
+    assert!(fleet.read("n11", KUBELET_FILE).contains("maxPods: 110"));
+
     let resumed = fleet.opictl().json(&["rollout", "resume", "workers"]);
     assert_eq!(resumed["state"], "progressing");
     watch.until_state(generation, "completed");
-    let sizes: Vec<usize> = waves(&watch.events, generation)
-        .iter()
-        .map(Vec::len)
-        .collect();
-    assert_eq!(sizes, [1, 3, 3, 3]);
+    let waves = waves(&watch.events, generation);
+    let sizes: Vec<usize> = waves.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [1, 3, 3, 3, 1], "{waves:?}");
+    assert_eq!(waves.last().unwrap(), &names(&["n11"]));
+    assert_eq!(fleet.config("n11")["applied_generation"], generation);
+    assert!(fleet.read("n11", KUBELET_FILE).contains("maxPods: 90"));
     let audit = ok(fleet.opictl().run(&["audit", "--limit", "20"]));
     assert!(
         audit.contains("rollout.pause") && audit.contains("rollout.resume"),
