@@ -19,6 +19,7 @@ pub mod containerd;
 pub mod grpc;
 pub mod http;
 pub mod node;
+pub mod rollout;
 pub mod sim;
 
 /// Default bound of [`wait_until`].

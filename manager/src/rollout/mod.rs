@@ -7,6 +7,7 @@
 
 mod action;
 mod step;
+mod track;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,7 +20,8 @@ use time::OffsetDateTime;
 use crate::records::GenerationId;
 
 pub use action::{act, Action, Refusal};
-pub use step::{step, Decision, NodeFacts, APPLY_DEADLINE, HEALTHY_WITHIN};
+pub use step::{step, Decision, NodeFacts};
+pub use track::{APPLY_DEADLINE, HEALTHY_WITHIN};
 
 /// Key prefix of rollouts: one record per pool, its latest rollout; earlier rollouts live on
 /// in the events and the audit log only.

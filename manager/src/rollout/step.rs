@@ -7,7 +7,8 @@
 //!   settle time;
 //! - it fails when its agent refuses or rolls back the generation, when it goes offline before
 //!   it is done, when it is degraded while settling, when it is not healthy within
-//!   [`HEALTHY_WITHIN`] of applying, or when it has not applied within [`APPLY_DEADLINE`];
+//!   [`track::HEALTHY_WITHIN`] of applying, or when it has not applied within
+//!   [`track::APPLY_DEADLINE`];
 //! - a node that applied a generation needing a reboot is `reboot-pending` (not done, not
 //!   failed) until it says hello with a new boot id; it may be offline meanwhile;
 //! - any failure in the canary wave halts the rollout; after it, more failures than the budget;
@@ -24,20 +25,12 @@
 //! - a node offline when its wave comes is skipped rather than waited for; it is queued again
 //!   when it comes back while the rollout runs, and is targeted when the rollout completes.
 
-use std::time::Duration;
-
 use time::OffsetDateTime;
 
+use super::track;
 use super::{NodeProgress, NodeStep, RolloutRecord, RolloutState, Wave};
 use crate::events::Draft;
-use crate::records::{ConfigRecord, ConfigStatus, GenerationId, Health, Severity};
-
-/// A targeted node that has not reported the generation applied by then has failed. This and
-/// [`HEALTHY_WITHIN`] are fixed, not options of the strategy.
-pub const APPLY_DEADLINE: Duration = Duration::from_secs(15 * 60);
-/// A node that applied the generation must be healthy within this time (a health report or
-/// two after its services restarted), or it has failed.
-pub const HEALTHY_WITHIN: Duration = Duration::from_secs(60);
+use crate::records::{ConfigRecord, GenerationId, Health, Severity};
 
 /// What the step needs to know of one node of the pool.
 #[derive(Clone, Debug)]
@@ -62,9 +55,6 @@ pub struct Decision {
     /// The record changed and must be stored.
     pub changed: bool,
 }
-
-/// Where a tracked node goes next, and why.
-type Next = Option<(NodeStep, String)>;
 
 /// Advances `rollout` by one step.
 pub fn step(rollout: &mut RolloutRecord, nodes: &[NodeFacts], now: OffsetDateTime) -> Decision {
@@ -128,117 +118,13 @@ fn track(rollout: &mut RolloutRecord, facts: &NodeFacts, now: OffsetDateTime, d:
     let Some(progress) = rollout.nodes.get(&facts.name) else {
         return;
     };
-    let next = match progress.step {
-        NodeStep::Updating => updating(rollout, progress, facts, now),
-        NodeStep::RebootPending => rebooting(rollout.to, progress, facts),
-        NodeStep::Settling => settling(rollout, progress, facts, now),
-        _ => None,
+    let Some((step, reason)) = track::next(rollout, progress, facts, now) else {
+        return;
     };
-    let Some((step, reason)) = next else { return };
     if step == NodeStep::Failed {
         rollout.failures.push(facts.name.clone());
     }
     move_node(rollout, facts, step, reason, now, d);
-}
-
-/// A targeted node that has not run the generation healthy yet.
-fn updating(r: &RolloutRecord, p: &NodeProgress, facts: &NodeFacts, now: OffsetDateTime) -> Next {
-    let generation = r.to.generation;
-    if let Some(refusal) = refused(&facts.config, r.to) {
-        return Some((NodeStep::Failed, refusal));
-    }
-    if !facts.online {
-        return Some((NodeStep::Failed, "went offline before it was done".into()));
-    }
-    if facts.config.applied != Some(r.to) {
-        let waited = p.since.map_or(time::Duration::ZERO, |since| now - since);
-        return (waited >= APPLY_DEADLINE).then(|| {
-            let deadline = APPLY_DEADLINE.as_secs() / 60;
-            let why = format!("did not report generation {generation} applied within {deadline}m");
-            (NodeStep::Failed, why)
-        });
-    }
-    if facts.config.reboot_required {
-        let why = format!("applied generation {generation}, which waits for a reboot");
-        return Some((NodeStep::RebootPending, why));
-    }
-    if facts.health == Health::Healthy {
-        return Some((
-            NodeStep::Settling,
-            format!("runs generation {generation}, healthy"),
-        ));
-    }
-    let applied_for = facts.config.since.map_or(time::Duration::ZERO, |s| now - s);
-    (applied_for >= HEALTHY_WITHIN).then(|| {
-        let within = HEALTHY_WITHIN.as_secs();
-        let why = format!(
-            "not healthy within {within}s of applying: {}",
-            health_text(facts)
-        );
-        (NodeStep::Failed, why)
-    })
-}
-
-/// A node whose generation waits for its next boot: rebooted once its boot id changed.
-/// A reboot-pending node has no deadline: one that is never rebooted holds its wave (visibly)
-/// until an operator aborts the rollout.
-fn rebooting(to: GenerationId, progress: &NodeProgress, facts: &NodeFacts) -> Next {
-    if let Some(refusal) = refused(&facts.config, to) {
-        return Some((NodeStep::Failed, refusal));
-    }
-    let rebooted = facts.online && facts.boot_id != progress.boot_id;
-    (rebooted && facts.config.applied == Some(to)).then(|| {
-        let why = format!("rebooted into generation {}", to.generation);
-        (NodeStep::Settling, why)
-    })
-}
-
-/// A node running the generation healthy: done once the settle time passed.
-fn settling(r: &RolloutRecord, p: &NodeProgress, facts: &NodeFacts, now: OffsetDateTime) -> Next {
-    let generation = r.to.generation;
-    if let Some(refusal) = refused(&facts.config, r.to) {
-        return Some((NodeStep::Failed, refusal));
-    }
-    if !facts.online {
-        return Some((NodeStep::Failed, "went offline before it was done".into()));
-    }
-    if facts.config.applied != Some(r.to) {
-        let why = format!("no longer runs generation {generation}");
-        return Some((NodeStep::Failed, why));
-    }
-    let settle = time::Duration::seconds(r.strategy.settle_secs as i64);
-    match facts.health {
-        Health::Degraded => {
-            let why = format!(
-                "degraded on generation {generation}: {}",
-                health_text(facts)
-            );
-            Some((NodeStep::Failed, why))
-        }
-        Health::Healthy if p.since.is_some_and(|since| now - since >= settle) => {
-            let why = format!("stayed healthy for {}s", r.strategy.settle_secs);
-            Some((NodeStep::Done, why))
-        }
-        Health::Healthy | Health::Unknown => None,
-    }
-}
-
-/// Why the agent refused or rolled back `to`, if it did.
-fn refused(config: &ConfigRecord, to: GenerationId) -> Option<String> {
-    // The agent's reason may list problems on lines of their own: one line here.
-    (config.desired == Some(to) && config.status == ConfigStatus::Failed).then(|| {
-        let lines: Vec<&str> = config.reason.lines().map(str::trim).collect();
-        lines.join(" ")
-    })
-}
-
-fn health_text(facts: &NodeFacts) -> String {
-    match (facts.health, facts.problems.is_empty()) {
-        (Health::Degraded, false) => format!("degraded ({})", facts.problems.join(", ")),
-        (Health::Degraded, true) => "degraded".into(),
-        (Health::Unknown, _) => "health unknown (no fresh report)".into(),
-        (Health::Healthy, _) => "healthy".into(),
-    }
 }
 
 /// Halts the rollout when the canary failed or failures exceed the budget.

@@ -1,5 +1,6 @@
 use super::*;
-use crate::rollout::{Budget, Strategy};
+use crate::records::ConfigStatus;
+use crate::rollout::{Budget, Strategy, APPLY_DEADLINE, HEALTHY_WITHIN};
 
 const TO: GenerationId = GenerationId {
     epoch: 1,
