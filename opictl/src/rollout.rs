@@ -131,7 +131,9 @@ async fn watch(context: &Context, pool: &str) -> Result<(), Error> {
     loop {
         let view = RolloutView::from(client.rollout_status(pool).await?);
         let ended = matches!(view.state.as_str(), "completed" | "aborted");
-        if terminal || last.as_ref() != Some(&view) {
+        // A terminal's screen is redrawn every poll, so that ages stay current.
+        let redraw = terminal && context.format == Format::Table;
+        if redraw || last.as_ref() != Some(&view) {
             let text = match context.format {
                 Format::Json => {
                     serde_json::to_string(&view).expect("a view holds only text") + "\n"

@@ -31,7 +31,10 @@ pub(super) struct RolloutCache {
 /// What a pool's new generation starts: its rollout record and the events saying so.
 pub(super) struct Started {
     pub record: RolloutRecord,
+    /// The store revision of the pool's rollout key it replaces (0: none), for the
+    /// compare-and-swap.
     pub revision: u64,
+    /// `Superseded` for a rollout it replaces, then `Started`.
     pub events: Vec<Draft>,
 }
 
