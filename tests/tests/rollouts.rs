@@ -319,6 +319,49 @@ fn undo_rolls_the_pool_back_with_a_new_generation_of_the_old_content() {
 }
 
 #[test]
+fn a_change_needing_a_reboot_holds_its_node_as_reboot_pending_visibly() {
+    let fleet = Fleet::start();
+    let high = "apiVersion: opi.fleet/v1\nkind: NodeProfile\nhardening: {baseline: anssi-bp028-high}\napply: {allowReboot: true, verifyTimeout: 3s}\n";
+    let generation = fleet.set(
+        "high.yaml",
+        high,
+        &["--max-unavailable", "3", "--settle", "1s"],
+    );
+
+    // Under `--root` the agent never reboots: the node reports the reboot it needs.
+    let what = "the canary reboot-pending";
+    wait_until_every(POLL_OPICTL, ROLLOUT_WAIT, what, || {
+        fleet.status()["nodes"][0]["step"] == "reboot-pending"
+    });
+    let config = fleet.config("n01");
+    assert_eq!(config["applied_generation"], generation, "{config}");
+    assert_eq!(config["reboot_required"], true, "{config}");
+    assert!(fleet
+        .agent("n01")
+        .root
+        .join("var/run/reboot-required")
+        .exists());
+    let status = fleet.status();
+    assert_eq!(status["state"], "progressing");
+    assert_eq!(status["waves"].as_array().unwrap().len(), 1, "{status}");
+    let reason = status["nodes"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("waits for a reboot"), "{reason}");
+    let table = ok(fleet.opictl().run(&["rollout", "status", "workers"]));
+    assert!(
+        table.contains("1 in flight") && table.contains("1 reboot-pending"),
+        "{table}"
+    );
+    assert!(table.contains("n01    reboot-pending"), "{table}");
+    for name in &NODES[1..] {
+        assert_eq!(
+            fleet.config(name)["desired_generation"],
+            0,
+            "{name}: not given it yet"
+        );
+    }
+}
+
+#[test]
 fn rollout_calls_name_the_pool_and_say_what_to_do() {
     let dir = TempDir::new().unwrap();
     let mut manager = Manager::init(dir.path(), "rollouts");
@@ -353,5 +396,27 @@ fn rollout_calls_name_the_pool_and_say_what_to_do() {
     assert!(
         audit.contains("rollout.undo") && audit.contains("refused"),
         "{audit}"
+    );
+
+    let bundle = dir.path().join("vera.toml");
+    ok(opi_tests::run(
+        std::process::Command::new(opi_tests::bin("opi-manager"))
+            .args([
+                "operator", "issue", "vera", "--role", "viewer", "--ttl", "1h",
+            ])
+            .arg("--data-dir")
+            .arg(&manager.data_dir)
+            .arg("--out")
+            .arg(&bundle),
+    ));
+    let viewer = opi_tests::Opictl {
+        config: bundle,
+        endpoint: manager.endpoint(),
+    };
+    assert_eq!(viewer.json(&["rollout", "status", "edge"])["pool"], "edge");
+    let refused = opi_tests::fails(viewer.run(&["rollout", "pause", "edge"]));
+    assert!(
+        refused.contains("role viewer may not pause, resume, abort or undo rollouts"),
+        "{refused}"
     );
 }
