@@ -147,6 +147,23 @@ fn a_failed_kubelet_check_on_a_real_node_restores_the_files_and_restarts_kubelet
     node.wait_active("kubelet", Duration::from_secs(30));
 }
 
+/// A manager on the host, with `node`'s agent enrolled as worker-1, running under the node's
+/// systemd and online.
+fn managed(node: &Node, dir: &std::path::Path) -> opi_tests::Manager {
+    let mut manager = node
+        .host_manager(dir, "nodes")
+        .with_args(&["--heartbeat", "1s"]);
+    manager.start();
+    let opictl = manager.opictl();
+    let (_, token) = opictl.create_token("workers", 1, &[]);
+    opi_tests::ok(node.enroll(&manager.endpoint(), &manager.ca_pin(), &token, "worker-1"));
+    node.start_agent();
+    opi_tests::wait_until_every(opi_tests::POLL_OPICTL, NODE_WAIT, "worker-1 online", || {
+        opi_tests::all_online(&opictl, &["worker-1"])
+    });
+    manager
+}
+
 /// The node's config axis, as `opictl nodes -o json` shows it.
 fn config_axis(opictl: &opi_tests::Opictl, name: &str) -> serde_json::Value {
     let nodes = opictl.nodes();
@@ -160,17 +177,8 @@ fn generations_from_the_manager_apply_live_on_a_real_node_and_a_breaking_one_rol
         "apply-managed",
         "\"KubeletHealthy\", \"ContainerRuntimeHealthy\"",
     );
-    let mut manager = node
-        .host_manager(dir.path(), "nodes")
-        .with_args(&["--heartbeat", "1s"]);
-    manager.start();
+    let manager = managed(&node, dir.path());
     let opictl = manager.opictl();
-    let (_, token) = opictl.create_token("workers", 1, &[]);
-    opi_tests::ok(node.enroll(&manager.endpoint(), &manager.ca_pin(), &token, "worker-1"));
-    node.start_agent();
-    opi_tests::wait_until_every(opi_tests::POLL_OPICTL, NODE_WAIT, "worker-1 online", || {
-        opi_tests::all_online(&opictl, &["worker-1"])
-    });
     let set = |file: &str, text: &str| {
         let path = dir.path().join(file);
         std::fs::write(&path, text).unwrap();
@@ -229,4 +237,71 @@ fn generations_from_the_manager_apply_live_on_a_real_node_and_a_breaking_one_rol
     assert!(gone.status.success(), "the kubelet config was not removed");
     let live = node.exec_ok(&["sysctl", "-n", "net.ipv4.ip_forward"]);
     assert_eq!(live.trim(), forward, "the first generation's value stays");
+}
+
+#[test]
+fn a_reboot_scoped_generation_the_profile_allows_reboots_the_node_through_systemd() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut node = node("apply-reboot", "\"RebootRequired\"");
+    let manager = managed(&node, dir.path());
+    let opictl = manager.opictl();
+
+    let profile = "apiVersion: opi.fleet/v1\nkind: NodeProfile\nhardening:\n  overrides:\n    sysctls:\n      kernel.kexec_load_disabled: 1\napply: {allowReboot: true}\n";
+    let path = dir.path().join("reboot.yaml");
+    std::fs::write(&path, profile).unwrap();
+    opictl.json(&["profile", "set", "workers", "-f", path.to_str().unwrap()]);
+    opi_tests::wait_until_every(
+        opi_tests::POLL_OPICTL,
+        NODE_WAIT,
+        "applied, reboot required",
+        || {
+            let config = config_axis(&opictl, "worker-1");
+            config["state"] == "in-sync" && config["reboot_required"] == true
+        },
+    );
+    let sysctls = std::fs::read_to_string(node.root().join("etc/sysctl.d/90-opi-fleet.conf"));
+    assert!(sysctls.unwrap().contains("kernel.kexec_load_disabled = 1"));
+
+    let status = node.wait_stopped(NODE_WAIT);
+    assert_eq!(
+        status.code(),
+        Some(133),
+        "nspawn exits with 133 when its node reboots"
+    );
+}
+
+#[test]
+fn a_containerd_config_that_stops_containerd_from_starting_is_rolled_back_and_containerd_runs_again(
+) {
+    let node = node("apply-containerd", "\"ContainerRuntimeHealthy\"");
+    // containerd 1.6 starts with every value the allowlist lets through; this node's containerd
+    // is made to refuse one sandbox image at start, as a containerd refusing a setting would.
+    node.write(
+        "/etc/systemd/system/containerd.service.d/50-test-refuses.conf",
+        b"[Service]\nExecStartPre=/bin/sh -c '! grep -q pause:refused /etc/containerd/config.toml'\n",
+    );
+    node.exec_ok(&["systemctl", "daemon-reload"]);
+    let config_before = node.exec_ok(&["cat", "/etc/containerd/config.toml"]);
+    let before = main_pid(&node, "containerd.service");
+    let profile = "apiVersion: opi.fleet/v1\nkind: NodeProfile\ncontainerd: |\n  version = 2\n  [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"registry.k8s.io/pause:refused\"\napply: {verifyTimeout: 10s}\n";
+
+    let error = opi_tests::fails(apply(&node, profile));
+    assert!(
+        error.contains("the apply was rolled back to the last-known-good"),
+        "{error}"
+    );
+    assert!(error.contains("containerd.service"), "{error}");
+    let config_after = node.exec_ok(&["cat", "/etc/containerd/config.toml"]);
+    assert_eq!(
+        config_after, config_before,
+        "containerd's config restored byte for byte"
+    );
+    node.wait_active("containerd", NODE_WAIT);
+    let version = node.exec_ok(&["ctr", "version"]);
+    assert!(version.contains("Server:"), "{version}");
+    let after = main_pid(&node, "containerd.service");
+    assert!(
+        after != before && after != "u 0",
+        "containerd started again with its last-known-good: {before} -> {after}"
+    );
 }

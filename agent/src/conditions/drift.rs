@@ -61,7 +61,8 @@ impl DriftCollector {
             );
             return Ok(Observation::ok(CONFIG_DRIFT, "", "NoDrift", message));
         }
-        let severity = Severity::Warning;
+        // The config axis says the node drifted; its health stays what it is.
+        let severity = Severity::Info;
         let message = describe(&drifts);
         Ok(Observation::problem(
             CONFIG_DRIFT,

@@ -29,14 +29,14 @@ use crate::apply::node::{Node, DEFAULT_DBUS_SOCKET};
 use crate::apply::plan::{FileAction, Plan};
 use crate::apply::verify::ManagerProbe;
 use crate::apply::{self, ApplyError};
-use crate::conditions::drift::{self as drift_condition, CONFIG_DRIFT};
+use crate::conditions::drift::CONFIG_DRIFT;
 use crate::output::timestamp;
 use crate::paths::StatePaths;
 use crate::systemd::Systemd;
 use crate::ErrorChain;
 
 /// Time given to the session to deliver the outcome before a reboot the profile allows.
-pub const REBOOT_DELAY: Duration = Duration::from_secs(5);
+pub const REBOOT_DELAY: Duration = Duration::from_secs(3);
 
 /// The latest outcome to tell the manager, and the generation the node runs.
 #[derive(Clone, Debug, Default)]
@@ -272,16 +272,8 @@ impl Task {
                 warn!(generation = id.generation, reason = %done.reason, "profile generation refused")
             }
         }
-        let attempt = Attempt {
-            id,
-            digest: digest.to_string(),
-            outcome: done.outcome,
-            reason: done.reason,
-            changes: done.changes,
-            reboot_required: done.reboot_required,
-            at: timestamp(OffsetDateTime::now_utc()),
-        };
-        if done.outcome == Outcome::Applied {
+        let attempt = attempt_of(id, digest, done);
+        if attempt.outcome == Outcome::Applied {
             if let Some(applied) = applied {
                 self.state.applied = Some(applied);
             }
@@ -321,11 +313,8 @@ impl Task {
             .collect();
         if self.drift_reported.as_ref() != Some(&items) {
             warn!(generation = applied.id.generation, items = ?items, "the node drifted from its profile");
-            self.publish(drifted_report(
-                applied.id,
-                &items,
-                drift_condition::describe(&drifts),
-            ));
+            let reason = format!("{} item(s) changed on the node", items.len());
+            self.publish(drifted_report(applied.id, &items, reason));
             self.drift_reported = Some(items.clone());
         }
         if remediation(&applied) == DriftRemediation::Reapply
@@ -352,10 +341,7 @@ impl Task {
         if done.outcome == Outcome::Applied {
             self.drift_reported = None;
         }
-        let attempt = attempt_of(applied.id, &applied.digest, done);
-        self.state.last = Some(attempt.clone());
-        self.save();
-        self.publish(report_of(&attempt));
+        self.finish(applied.id, &applied.digest, done, None);
     }
 
     async fn reboot(&self) {
