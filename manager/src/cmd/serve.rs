@@ -25,6 +25,9 @@ use crate::store::{MeasuredStore, Store};
 pub const MIN_NODE_CERT_TTL: Duration = Duration::from_secs(10);
 /// Interval of the supervisor's pass over the fleet.
 const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
+/// How long a stopping manager waits for its connections to close before it drops them; every
+/// state change is already in the store, so nothing is lost by dropping them.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Interval between prunings of old events.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Longest node certificate lifetime accepted.
@@ -193,8 +196,8 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
 }
 
 impl Running {
-    /// Stops serving and waits for the server to finish.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    /// Stops serving and waits for the server to finish, at most [`DRAIN_TIMEOUT`].
+    pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(alerting) = self.alerting {
             alerting.stop().await;
         }
@@ -204,7 +207,13 @@ impl Running {
         self.supervisor.abort();
         self.fleet.shut_down();
         let _ = self.shutdown.send(());
-        self.task.await.context("server task panicked")??;
+        match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.task).await {
+            Ok(finished) => finished.context("server task panicked")??,
+            Err(_) => {
+                tracing::warn!(after = ?DRAIN_TIMEOUT, "connections still open at shutdown; closing them");
+                self.task.abort();
+            }
+        }
         Ok(())
     }
 }
