@@ -15,7 +15,8 @@ pub const DEFAULT_LOG_LEVEL: &str = "info";
 #[derive(Debug, Parser)]
 #[command(name = "opi-agent", version)]
 pub struct Cli {
-    /// Format of the logs written to standard error
+    /// Format of the logs written to standard error (under systemd, text logs go to journald
+    /// with one journal field per log field)
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
@@ -50,18 +51,12 @@ pub enum LogFormat {
     Json,
 }
 
-/// Sends tracing events to standard error, filtered by `RUST_LOG` (default [`DEFAULT_LOG_LEVEL`]).
+/// Sends tracing events to journald when standard error is the journal (under systemd),
+/// else to standard error; filtered by `RUST_LOG` (default [`DEFAULT_LOG_LEVEL`]).
 pub fn init_logging(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_LEVEL));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    opi_systemd::journal::init_logging(filter, format == LogFormat::Json);
 }
 
 #[cfg(test)]

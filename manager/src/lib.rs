@@ -18,7 +18,6 @@ pub mod datadir;
 pub mod events;
 pub mod fleet;
 pub mod metrics;
-pub mod notify;
 pub mod records;
 pub mod server;
 pub mod signals;

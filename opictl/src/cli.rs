@@ -94,7 +94,13 @@ pub struct NodesArgs {
     pub condition: Option<String>,
 
     /// Only list the nodes whose config axis is in this state
-    #[arg(long, value_name = "STATE", value_enum)]
+    // Not `--config`: that is the global option naming the operator bundle.
+    #[arg(
+        long = "config-state",
+        id = "config_state",
+        value_name = "STATE",
+        value_enum
+    )]
     pub config: Option<ConfigFilter>,
 }
 
@@ -317,6 +323,24 @@ mod tests {
         let cli = Cli::parse_from(["opictl", "nodes", "--pool", "db", "-o", "json"]);
 
         assert_eq!(cli.output, Format::Json);
+    }
+
+    #[test]
+    fn nodes_config_state_filter_does_not_clash_with_the_bundle_option() {
+        let cli = Cli::parse_from([
+            "opictl",
+            "--config",
+            "/etc/opictl.toml",
+            "nodes",
+            "--config-state",
+            "failed",
+        ]);
+
+        assert_eq!(cli.config, Some(PathBuf::from("/etc/opictl.toml")));
+        let Command::Nodes(args) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(args.config, Some(ConfigFilter::Failed));
     }
 
     #[test]

@@ -17,9 +17,9 @@ use crate::alerts::{AlertSettings, Alerting, AlertmanagerUrl, RuleSettings};
 use crate::datadir::{self, DataDir};
 use crate::fleet::{Fleet, Settings};
 use crate::metrics::{Exporter, MetricsServer, Registry};
-use crate::notify::Notifier;
 use crate::server::{self, ServeError};
 use crate::store::{MeasuredStore, Store};
+use opi_systemd::Notifier;
 
 /// Shortest node certificate lifetime accepted (renewal happens at 60–80 % of it).
 pub const MIN_NODE_CERT_TTL: Duration = Duration::from_secs(10);
