@@ -57,12 +57,13 @@ impl RpcError {
         }
     }
 
-    /// Whether the manager refused this node itself: an operator must act.
+    /// Whether the manager refused this node itself (revoked, unknown, an agent version it does
+    /// not accept): an operator must act.
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
             RpcError::Answered {
-                code: Code::PermissionDenied | Code::Unauthenticated,
+                code: Code::PermissionDenied | Code::Unauthenticated | Code::FailedPrecondition,
                 ..
             }
         )

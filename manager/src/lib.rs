@@ -7,6 +7,7 @@
 //! - [`server`]: the gRPC services and the TLS listener;
 //! - [`store`]: the store interface and its backends;
 //! - [`metrics`], [`alerts`]: the Prometheus metrics page and the alerts pushed to Alertmanager;
+//! - [`versions`]: the version skew policy between the manager and its agents;
 //! - [`datadir`], [`records`], [`tokens`], [`audit`], [`bundles`]: supporting pieces.
 
 pub mod alerts;
@@ -23,3 +24,4 @@ pub mod server;
 pub mod signals;
 pub mod store;
 pub mod tokens;
+pub mod versions;

@@ -29,6 +29,7 @@ impl From<FleetError> for Status {
             FleetError::InvalidProfile { .. } => Code::InvalidArgument,
             FleetError::UnknownProfile { .. } => Code::NotFound,
             FleetError::Conflict { .. } => Code::Aborted,
+            FleetError::UnsupportedAgent { .. } => Code::FailedPrecondition,
             FleetError::Store(_) => Code::Unavailable,
             FleetError::Issue(_) => Code::Internal,
         };
