@@ -16,6 +16,11 @@ use crate::token::args::{parse_label, parse_ttl, Label};
 /// The most audit entries one `opictl audit` asks for.
 pub const MAX_AUDIT_LIMIT: i64 = 10_000;
 
+/// The exit codes, at the end of `--help` and in the man pages.
+pub const EXIT_CODES: &str = "Exit status: 0 on success; 1 on a runtime failure (the manager \
+    unreachable, or refusing the request); 2 on a usage or configuration error (a bad option, a \
+    missing or unusable operator bundle, an unreadable profile file).";
+
 /// Heading of the options every subcommand accepts.
 const GLOBAL: &str = "Global options";
 
@@ -24,7 +29,7 @@ const GLOBAL: &str = "Global options";
 /// opictl talks to the manager over mTLS with an operator bundle, which `opi-manager init`
 /// (the first admin) or `opi-manager operator issue` (everyone else) writes.
 #[derive(Debug, Parser)]
-#[command(name = "opictl", version)]
+#[command(name = "opictl", version, after_long_help = EXIT_CODES)]
 pub struct Cli {
     /// Operator bundle to use [default: $OPICTL_CONFIG, else ~/.config/opictl/config.toml]
     #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
