@@ -92,6 +92,8 @@ fn packages_install_in_a_node_enable_nothing_and_ship_units_docs_and_settings() 
         "/usr/share/bash-completion/completions/opictl",
         "/usr/share/zsh/vendor-completions/_opi-agent",
         "/usr/share/fish/vendor_completions.d/opi-manager.fish",
+        "/usr/share/doc/opi-manager/runbooks.md",
+        "/usr/share/doc/opictl/config-reference.md",
     ] {
         node.exec_ok(&["test", "-s", file]);
     }
