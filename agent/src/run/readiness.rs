@@ -63,7 +63,7 @@ impl Readiness {
     /// A session ended (`why`, one line); the agent retries in `retry_in`.
     pub fn session_lost(&mut self, endpoint: &str, why: &str, retry_in: Duration) {
         self.failures += 1;
-        let retry_in = humantime::format_duration(round_to_seconds(retry_in));
+        let retry_in = humantime::format_duration(round_to_millis(retry_in));
         let status = format!("offline: {endpoint}: {why}; retrying in {retry_in}");
         if self.notifier.is_ready() || self.failures < self.endpoints {
             self.notifier.status(&status);
@@ -107,6 +107,6 @@ impl Readiness {
     }
 }
 
-fn round_to_seconds(delay: Duration) -> Duration {
-    Duration::from_secs(delay.as_secs_f64().round() as u64)
+fn round_to_millis(delay: Duration) -> Duration {
+    Duration::from_millis(delay.as_millis() as u64)
 }
