@@ -110,6 +110,16 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_version_the_manager_does_not_accept_is_a_refusal() {
+        let refused = Status::failed_precondition("agent 0.2.0 is newer than manager 0.1.0");
+        let error = RpcError::from_status(refused);
+        assert!(error.is_refusal(), "an operator must upgrade one side");
+        assert!(!error.is_transient());
+        let other = RpcError::from_status(Status::invalid_argument("bad hello"));
+        assert!(!other.is_refusal());
+    }
+
+    #[test]
     fn unavailable_and_transport_failures_are_transient() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
         let broken = Status::from_error(Box::new(io));

@@ -91,6 +91,7 @@ fn packages_install_in_a_node_enable_nothing_and_ship_units_docs_and_settings() 
         "/usr/share/man/man1/opictl-nodes.1.gz",
         "/usr/share/bash-completion/completions/opictl",
         "/usr/share/zsh/vendor-completions/_opi-agent",
+        "/usr/share/zsh/vendor-completions/_opictl",
         "/usr/share/fish/vendor_completions.d/opi-manager.fish",
     ] {
         node.exec_ok(&["test", "-s", file]);
