@@ -4,6 +4,10 @@
 //! saying so; a status line at every session change; `WATCHDOG=1` from the reconnection and
 //! session loops themselves, so that a stuck loop stops the pings and systemd restarts the
 //! agent; `STOPPING=1` on SIGTERM. Outside systemd every call does nothing.
+//!
+//! Known shortcoming: work awaited inside those loops for longer than the watchdog interval
+//! (an apply of a streamed profile, once it runs there) must ping [`Readiness::watchdog`]
+//! itself, or systemd takes the agent for hung.
 
 use std::sync::Arc;
 use std::time::Duration;
