@@ -114,3 +114,79 @@ impl Readiness {
 fn round_to_millis(delay: Duration) -> Duration {
     Duration::from_millis(delay.as_millis() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixDatagram;
+
+    use super::*;
+
+    /// A real notification socket and a readiness for `endpoints` managers notifying it.
+    fn listening(endpoints: usize) -> (tempfile::TempDir, UnixDatagram, Readiness) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let notifier = Notifier::new(Some(path.to_str().unwrap()), None);
+        (dir, socket, Readiness::new(Arc::new(notifier), endpoints))
+    }
+
+    fn received(socket: &UnixDatagram) -> Vec<String> {
+        let mut messages = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while let Ok(n) = socket.recv(&mut buffer) {
+            messages.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+        }
+        messages
+    }
+
+    #[test]
+    fn ready_offline_only_once_every_endpoint_failed() {
+        let (_dir, socket, mut readiness) = listening(2);
+        let delay = Duration::from_millis(1500);
+
+        readiness.session_lost("https://m1:7443", "connection refused", delay);
+        readiness.session_lost("https://m2:7443", "timed out", delay);
+        readiness.session_open("https://m1:7443");
+
+        assert_eq!(
+            received(&socket),
+            [
+                "STATUS=offline: https://m1:7443: connection refused; retrying in 1s 500ms\n",
+                "READY=1\nSTATUS=offline: https://m2:7443: timed out; retrying in 1s 500ms\n",
+                "STATUS=connected to https://m1:7443\n",
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_offline_after_the_deadline_when_no_attempt_ended() {
+        let (_dir, socket, readiness) = listening(3);
+
+        readiness.spawn_offline_deadline(OFFLINE_READY_AFTER);
+        tokio::time::sleep(OFFLINE_READY_AFTER - Duration::from_millis(1)).await;
+        assert!(received(&socket).is_empty(), "nothing before the deadline");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::task::yield_now().await;
+
+        assert_eq!(
+            received(&socket),
+            ["READY=1\nSTATUS=offline: no session with a manager after 30s; still trying\n"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_says_nothing_once_a_session_made_the_agent_ready() {
+        let (_dir, socket, mut readiness) = listening(1);
+
+        readiness.spawn_offline_deadline(OFFLINE_READY_AFTER);
+        readiness.session_open("https://m1:7443");
+        tokio::time::sleep(OFFLINE_READY_AFTER * 2).await;
+        tokio::task::yield_now().await;
+
+        assert_eq!(
+            received(&socket),
+            ["READY=1\nSTATUS=connected to https://m1:7443\n"]
+        );
+    }
+}
