@@ -22,6 +22,9 @@ pub const CA_BUNDLE: &str = "ca.pem";
 pub const AGENT_CONFIG: &str = "agent.toml";
 /// When each node condition last changed status, kept across agent restarts.
 pub const CONDITIONS_FILE: &str = "conditions.json";
+/// The profile generation the manager sent and what became of it (0600: it holds the
+/// profile's registry credentials).
+pub const PROFILE_FILE: &str = "profile.json";
 /// Suffix of a key made for an enrollment that has not completed yet.
 pub const PENDING_SUFFIX: &str = ".pending";
 /// Suffix of a renewed key or certificate not yet moved in place.
@@ -74,6 +77,11 @@ impl StatePaths {
             root: root.to_path_buf(),
             dir: under_root(root, state_dir),
         }
+    }
+
+    /// `profile.json`.
+    pub fn profile(&self) -> PathBuf {
+        self.dir.join(PROFILE_FILE)
     }
 
     /// `node.key`.

@@ -138,6 +138,17 @@ impl Systemd {
         }
     }
 
+    /// Asks systemd to reboot the node (`reboot.target`, as `systemctl reboot` does); returns
+    /// once the job is queued.
+    pub async fn reboot(&self) -> Result<(), SystemdError> {
+        let manager = self.manager().await?;
+        manager
+            .call::<_, _, OwnedObjectPath>("StartUnit", &("reboot.target", "replace-irreversibly"))
+            .await
+            .map(drop)
+            .map_err(|source| self.failed("StartUnit reboot.target", source))
+    }
+
     async fn manager(&self) -> Result<Proxy<'_>, SystemdError> {
         Proxy::new(
             &self.connection,

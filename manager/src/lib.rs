@@ -4,6 +4,7 @@
 //! - [`cli`]: the command line, parsed by `main.rs`;
 //! - [`cmd`]: one module per `opi-manager` subcommand;
 //! - [`fleet`]: the fleet's state and every operation on it;
+//! - [`rollout`]: health-gated rollouts of pool profiles, as pure decisions;
 //! - [`server`]: the gRPC services and the TLS listener;
 //! - [`store`]: the store interface and its backends;
 //! - [`metrics`], [`alerts`]: the Prometheus metrics page and the alerts pushed to Alertmanager;
@@ -20,6 +21,7 @@ pub mod events;
 pub mod fleet;
 pub mod metrics;
 pub mod records;
+pub mod rollout;
 pub mod server;
 pub mod signals;
 pub mod store;

@@ -73,6 +73,9 @@ pub enum Command {
     /// Set, show and compare pool profiles (hardening, kubelet and containerd config)
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// Follow and steer the rollout of a pool's profile: status, pause, resume, abort, undo
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Show the latest entries of the audit log
     Audit(AuditArgs),
     /// Show who the manager takes you for, your role and when your certificate expires
@@ -98,15 +101,9 @@ pub struct NodesArgs {
     #[arg(long, value_name = "TYPE", value_parser = parse_condition_type)]
     pub condition: Option<String>,
 
-    /// Only list the nodes whose config axis is in this state
-    // Not `--config`: that is the global option naming the operator bundle.
-    #[arg(
-        long = "config-state",
-        id = "config_state",
-        value_name = "STATE",
-        value_enum
-    )]
-    pub config: Option<ConfigFilter>,
+    /// Only list the nodes whose config axis is in this state (--config names the bundle)
+    #[arg(long = "config-state", value_name = "STATE", value_enum)]
+    pub config_state: Option<ConfigFilter>,
 }
 
 /// Arguments of `opictl watch`.
@@ -193,16 +190,22 @@ pub enum NodeCommand {
 /// `opictl profile …`.
 #[derive(Debug, Subcommand)]
 pub enum ProfileCommand {
-    /// Validate a profile and store it as the pool's next generation; its nodes apply it
+    /// Validate a profile and store it as the pool's next generation, rolled out in waves
     ///
     /// Every problem of the document is listed at once and nothing is stored unless it is
-    /// valid as a whole. A document equal to the latest generation makes no new one.
+    /// valid as a whole. A document equal to the latest generation makes no new one. The new
+    /// generation reaches the pool's nodes in a canary wave, then waves of at most
+    /// --max-unavailable nodes, each node done once it runs the generation healthy for
+    /// --settle; failures halt it (`opictl rollout status POOL` follows it).
     Set {
         /// Pool name
         pool: String,
         /// Profile document (YAML), or `-` for standard input
         #[arg(short = 'f', long, value_name = "FILE")]
         file: PathBuf,
+        /// How the new generation rolls out
+        #[command(flatten)]
+        strategy: StrategyArgs,
     },
     /// Show a generation of a pool's profile, secrets redacted
     Show {
@@ -227,6 +230,71 @@ pub enum ProfileCommand {
         /// Newer generation [default: the latest]
         #[arg(long, value_name = "N", value_parser = at_least_one_u64())]
         to: Option<u64>,
+    },
+}
+
+/// The rollout strategy options of `opictl profile set`.
+#[derive(Debug, Args)]
+pub struct StrategyArgs {
+    /// Nodes of the first wave; any failure among them halts the rollout
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = at_least_one())]
+    pub canary: u32,
+
+    /// Nodes that may be out of healthy at once, a count or a percentage of the pool (25%)
+    #[arg(long, value_name = "N|P%", default_value = "1", value_parser = parse_max_unavailable)]
+    pub max_unavailable: String,
+
+    /// Node label whose values are failure domains (zone, rack): one changes at a time
+    #[arg(long, value_name = "LABEL")]
+    #[arg(value_parser = NonEmptyStringValueParser::new())]
+    pub failure_domain: Option<String>,
+
+    /// How long a node must stay healthy on the new generation to count as done
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_settle)]
+    pub settle: Duration,
+
+    /// Failures tolerated after the canary wave; one more halts the rollout
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub failure_budget: u32,
+}
+
+/// `opictl rollout …`.
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Show a pool's rollout: state, cause, waves and the step of each node
+    ///
+    /// In a terminal each wave has a progress bar; otherwise plain lines. With --watch,
+    /// the status is shown again whenever it changes, until the rollout completes or is
+    /// aborted, or Ctrl-C.
+    Status {
+        /// Pool name
+        pool: String,
+        /// Follow the rollout until it ends
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Start no further wave; the nodes of the current wave are still followed
+    Pause {
+        /// Pool name
+        pool: String,
+    },
+    /// Start waves again after a pause or a halt, forgetting the failures that halted it
+    Resume {
+        /// Pool name
+        pool: String,
+    },
+    /// End the rollout where it stands: nodes not yet targeted keep their generation
+    Abort {
+        /// Pool name
+        pool: String,
+    },
+    /// Roll the pool back to the rollout's previous generation, as a new generation
+    ///
+    /// The new generation repeats the previous one's content and rolls out with the same
+    /// strategy and gating, so generations only grow.
+    Undo {
+        /// Pool name
+        pool: String,
     },
 }
 
@@ -283,6 +351,30 @@ pub struct AuditArgs {
     /// How many of the latest entries to show
     #[arg(long, value_name = "N", default_value_t = 50, value_parser = audit_limit())]
     pub limit: u32,
+}
+
+/// Checks a `--max-unavailable` value: a count of 1 or more, or a percentage of 1 to 100.
+pub fn parse_max_unavailable(text: &str) -> Result<String, String> {
+    let valid = match text.strip_suffix('%') {
+        Some(percent) => percent.parse::<u32>().is_ok_and(|p| (1..=100).contains(&p)),
+        None => text.parse::<u32>().is_ok_and(|n| n >= 1),
+    };
+    match valid {
+        true => Ok(text.to_string()),
+        false => Err(format!(
+            "`{text}` is not a count of nodes (2) or a percentage of the pool (25%)"
+        )),
+    }
+}
+
+/// Checks a `--settle` value: a duration of at most a day (0s, 30s, 5m…).
+pub fn parse_settle(text: &str) -> Result<Duration, String> {
+    let settle = humantime::parse_duration(text.trim())
+        .map_err(|_| format!("`{text}` is not a duration such as 30s or 5m"))?;
+    if settle > Duration::from_secs(24 * 3600) {
+        return Err("a settle time is at most 24h".into());
+    }
+    Ok(settle)
 }
 
 /// Accepts a count of one or more.
@@ -345,7 +437,45 @@ mod tests {
         let Command::Nodes(args) = cli.command else {
             panic!("parsed as {:?}", cli.command);
         };
-        assert_eq!(args.config, Some(ConfigFilter::Failed));
+        assert_eq!(args.config_state, Some(ConfigFilter::Failed));
+    }
+
+    #[test]
+    fn profile_set_takes_the_rollout_defaults_and_checks_the_budget() {
+        let cli = Cli::parse_from(["opictl", "profile", "set", "w", "-f", "p.yaml"]);
+        let Command::Profile(ProfileCommand::Set { strategy, .. }) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(strategy.canary, 1);
+        assert_eq!(strategy.max_unavailable, "1");
+        assert_eq!(strategy.settle, Duration::from_secs(30));
+        assert_eq!(strategy.failure_budget, 0);
+
+        for bad in ["0", "0%", "120%", "two"] {
+            let line = [
+                "opictl",
+                "profile",
+                "set",
+                "w",
+                "-f",
+                "p",
+                "--max-unavailable",
+                bad,
+            ];
+            let error = Cli::try_parse_from(line).expect_err(bad);
+            assert_eq!(error.exit_code(), 2, "{bad}");
+        }
+        let line = [
+            "opictl",
+            "profile",
+            "set",
+            "w",
+            "-f",
+            "p",
+            "--max-unavailable",
+            "25%",
+        ];
+        assert!(Cli::try_parse_from(line).is_ok());
     }
 
     #[test]
@@ -354,5 +484,26 @@ mod tests {
             Cli::try_parse_from(["opictl", "token", "create", "--pool", "w", "--uses", "0"]);
 
         assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn nodes_takes_the_bundle_and_a_config_state_filter_together() {
+        let cli = Cli::parse_from([
+            "opictl",
+            "--config",
+            "admin.toml",
+            "nodes",
+            "--config-state",
+            "drifted",
+        ]);
+
+        assert_eq!(
+            cli.config.as_deref(),
+            Some(std::path::Path::new("admin.toml"))
+        );
+        let Command::Nodes(args) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert!(args.config_state.is_some());
     }
 }

@@ -45,9 +45,11 @@ pub enum EventKind {
     Lifecycle,
     /// A node's config axis changed: applying, in-sync, failed or drifted
     Config,
+    /// A rollout moved a node along its waves, or changed state (node `-`: the whole pool)
+    Rollout,
 }
 
-/// `--config` of `opictl nodes`: the state of the config axis.
+/// `--config-state` of `opictl nodes`: the state of the config axis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ConfigFilter {
     /// The node's pool has no profile
@@ -136,6 +138,7 @@ mod tests {
         assert_eq!(wire_name(&ConnectivityFilter::Offline), "offline");
         assert_eq!(wire_name(&EventKind::Connectivity), "connectivity");
         assert_eq!(wire_name(&EventKind::Lifecycle), "lifecycle");
+        assert_eq!(wire_name(&EventKind::Rollout), "rollout");
     }
 
     #[test]

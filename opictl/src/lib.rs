@@ -9,7 +9,7 @@
 //! - [`filter`]: the values of filter options, checked while parsing;
 //! - [`health`] and [`event`]: how health, conditions and events read, shared by commands;
 //! - one module per subcommand: [`status`], [`nodes`], [`node`], [`watch`], [`token`],
-//!   [`profile`], [`audit`], [`whoami`], each with its own `run`;
+//!   [`profile`], [`rollout`], [`audit`], [`whoami`], each with its own `run`;
 //! - [`error`]: failures, their exit codes and their report.
 
 #![warn(missing_docs)]
@@ -26,6 +26,7 @@ pub mod node;
 pub mod nodes;
 pub mod output;
 pub mod profile;
+pub mod rollout;
 pub mod status;
 pub mod token;
 pub mod watch;
@@ -72,6 +73,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Watch(args) => watch::run(&context, args).await,
         Command::Token(command) => token::run(&context, command).await,
         Command::Profile(command) => profile::run(&context, command).await,
+        Command::Rollout(command) => rollout::run(&context, command).await,
         Command::Audit(args) => audit::run(&context, args).await,
         Command::Whoami => whoami::run(&context).await,
     }

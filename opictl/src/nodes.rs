@@ -43,7 +43,11 @@ pub fn list_request(args: NodesArgs) -> ListNodesRequest {
             .map(wire_name)
             .unwrap_or_default(),
         condition: args.condition.unwrap_or_default(),
-        config: args.config.as_ref().map(wire_name).unwrap_or_default(),
+        config: args
+            .config_state
+            .as_ref()
+            .map(wire_name)
+            .unwrap_or_default(),
     }
 }
 

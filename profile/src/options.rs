@@ -34,8 +34,9 @@ pub enum DriftRemediation {
 pub struct ApplyOptions {
     /// Restart the services whose configuration changed (default true).
     pub restart_services: bool,
-    /// Accept changes that need a reboot to take effect (default false); the agent itself
-    /// never reboots, it marks the node as needing one.
+    /// Accept changes that need a reboot to take effect (default false). `opi-agent apply`
+    /// only marks the node as needing one; `opi-agent run` reboots it through systemd once it
+    /// has reported a generation from the manager applied, when its root is `/`.
     pub allow_reboot: bool,
     /// What drift leads to (default `report`).
     pub drift_remediation: DriftRemediation,
@@ -80,8 +81,9 @@ impl ApplyOptions {
         if let Some(v) = yaml::get(&found, "verifyTimeout") {
             let at = join(path, "verifyTimeout");
             if let Some(text) = yaml::string(v, &at, errors) {
+                let allowed = 1..=MAX_VERIFY_TIMEOUT_SECS;
                 match parse_seconds(&text) {
-                    Some(secs) if (1..=MAX_VERIFY_TIMEOUT_SECS).contains(&secs) => options.verify_timeout_secs = secs,
+                    Some(secs) if allowed.contains(&secs) => options.verify_timeout_secs = secs,
                     _ => errors.push(at, format!("{text:?} is not a duration between 1s and {MAX_VERIFY_TIMEOUT_SECS}s, such as 90s or 2m")),
                 }
             }

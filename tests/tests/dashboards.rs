@@ -80,12 +80,13 @@ fn prometheus_rules_are_valid_and_fire_when_they_should() {
 }
 
 /// The alerts the manager pushes itself (`manager/src/alerts/model.rs`).
-const PUSHED_ALERTS: [&str; 7] = [
+const PUSHED_ALERTS: [&str; 8] = [
     "OpiNodeOffline",
     "OpiPoolNodesOffline",
     "OpiManagerLostMostAgents",
     "OpiNodeDegraded",
     "OpiNodeCertificateExpiring",
+    "OpiRolloutHalted",
     "OpiManagerStoreErrors",
     "OpiManagerHeartbeat",
 ];

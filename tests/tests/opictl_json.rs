@@ -1,5 +1,5 @@
-//! Every `opictl` command prints one JSON document with `-o json` (`watch` prints JSON Lines,
-//! tested in `fleet.rs`), and exits 0 on success, 1 when the manager refuses, 2 on a usage
+//! Every `opictl` command prints one JSON document with `-o json` (`watch` and `rollout status
+//! --watch` print JSON Lines, tested in `fleet.rs` and `rollouts.rs`), and exits 0 on success, 1 when the manager refuses, 2 on a usage
 //! or configuration error; against a real manager with a real agent.
 
 use std::path::Path;
@@ -31,7 +31,7 @@ fn every_command_prints_json_with_o_json() {
     });
     let profile = worker_profile();
 
-    let commands: [&[&str]; 17] = [
+    let commands: [&[&str]; 18] = [
         &["status"],
         &["nodes"],
         &["node", "show", "json-node"],
@@ -50,6 +50,8 @@ fn every_command_prints_json_with_o_json() {
         &["profile", "set", "db", "-f", &profile],
         &["profile", "show", "db"],
         &["profile", "diff", "db", "-f", &profile],
+        // Its steering commands (pause, resume, abort, undo) print through the same code.
+        &["rollout", "status", "db"],
         &["audit", "--limit", "5"],
         &["whoami"],
         &["node", "revoke", "json-node", "--reason", "test"],

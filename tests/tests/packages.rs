@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use opi_tests::node::Node;
-use opi_tests::{bin, ok, run};
+use opi_tests::{bin, ok, run, wait_until_every, POLL_OPICTL};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -203,6 +203,28 @@ fn packaged_manager_and_agent_run_through_systemd_and_the_node_comes_online() {
     let enrolled = journal_entry(&node, "opi-manager", "node enrolled");
     assert_eq!(enrolled["NODE"], "pkg-node");
     assert_eq!(enrolled["POOL"], "workers");
+
+    // The sandboxed service applies what the manager sends, restarting containerd over D-Bus.
+    node.write("/etc/opi-agent/floor.toml", FLOOR.as_bytes());
+    node.write("/root/profile.yaml", PROFILE.as_bytes());
+    let containerd_before = unit_property(&node, "containerd", "MainPID");
+    opictl(
+        &node,
+        &["profile", "set", "workers", "-f", "/root/profile.yaml"],
+    );
+    wait_until_every(POLL_OPICTL, NODE_WAIT, "pkg-node in sync", || {
+        let shown = opictl(&node, &["node", "show", "pkg-node"]);
+        shown["config"]["state"] == "in-sync"
+    });
+    let config = node.exec_ok(&["cat", "/etc/containerd/config.toml"]);
+    assert!(config.contains("registry.k8s.io/pause:3.9"), "{config}");
+    let containerd_after = unit_property(&node, "containerd", "MainPID");
+    assert_ne!(
+        containerd_after, containerd_before,
+        "containerd was restarted"
+    );
+    assert_eq!(node.unit_state("containerd"), "active");
+    assert_eq!(node.unit_state("opi-agent"), "active");
 }
 
 /// A condition of a node as `opictl node show -o json` prints it.

@@ -73,10 +73,10 @@ pub enum ApplyError {
         source: io::Error,
     },
     /// The profile is invalid, or breaks the node's floor; every problem is listed.
-    #[error("{path} cannot be applied on this node")]
+    #[error("{profile} cannot be applied on this node")]
     InvalidProfile {
-        /// The file.
-        path: PathBuf,
+        /// The file, or the generation received from the manager.
+        profile: String,
         /// Every problem.
         #[source]
         source: ProfileErrors,
@@ -144,18 +144,25 @@ pub async fn prepare(target: &TargetArgs) -> Result<Prepared, ApplyError> {
             path: target.profile.clone(),
             source,
         })?;
+    let name = target.profile.display().to_string();
+    prepare_text(node, &text, &name)
+}
+
+/// Validates the profile `text` (called `name` in errors) against the node's floor, and reads
+/// the health settings the verification uses. Changes nothing.
+pub fn prepare_text(node: Node, text: &str, name: &str) -> Result<Prepared, ApplyError> {
     let invalid = |source| ApplyError::InvalidProfile {
-        path: target.profile.clone(),
+        profile: name.to_string(),
         source,
     };
-    let profile = Profile::from_yaml(&text).map_err(invalid)?;
+    let profile = Profile::from_yaml(text).map_err(invalid)?;
     profile
         .check_exceptions(time::OffsetDateTime::now_utc().date())
         .map_err(invalid)?;
-    let floor = floor_file::load(&paths.root).map_err(ApplyError::LoadFloor)?;
+    let floor = floor_file::load(&node.root).map_err(ApplyError::LoadFloor)?;
     let desired = profile.desired_state(&floor).map_err(invalid)?;
 
-    let files = NodeFiles::new(&paths.root);
+    let files = NodeFiles::new(&node.root);
     let health = HealthConfig::load(&files).map_err(ApplyError::LoadHealthConfig)?;
     let verifier = Verifier {
         health,

@@ -34,7 +34,7 @@ pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 pub const DEFAULT_MOUNTS: [&str; 4] = ["/", "/var", "/var/lib/kubelet", "/var/lib/containerd"];
 
 /// Every check that can be enabled, by the condition type it reports.
-pub const CHECKS: [&str; 11] = [
+pub const CHECKS: [&str; 12] = [
     super::kubelet::KUBELET_HEALTHY,
     super::containerd::CONTAINER_RUNTIME_HEALTHY,
     super::disk::DISK_PRESSURE,
@@ -46,6 +46,7 @@ pub const CHECKS: [&str; 11] = [
     super::certificate::CERTIFICATE_EXPIRING,
     super::reboot::REBOOT_REQUIRED,
     super::hardware::HARDWARE_ERRORS,
+    super::drift::CONFIG_DRIFT,
 ];
 
 /// `health.toml`. Every section and key but `version` may be left out.

@@ -74,7 +74,7 @@ impl Evaluator {
     ) -> Result<Self, ConfigError> {
         let files = NodeFiles::new(&paths.root);
         let config = HealthConfig::load(&files)?;
-        let collectors = super::collectors(&config, &files, certificate);
+        let collectors = super::collectors(&config, &files, paths, certificate);
         let transitions = Transitions::load(&paths.conditions()).unwrap_or_else(|error| {
             warn!(error = %ErrorChain(&error), "starting the condition history afresh");
             Transitions::empty(&paths.conditions())

@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod containerd;
 pub mod disk;
+pub mod drift;
 pub mod evaluator;
 pub mod hardware;
 pub mod http;
@@ -40,7 +41,7 @@ use opi_proto::v1::{ConditionStatus, Severity};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::paths::{under_root, DEFAULT_ROOT};
+use crate::paths::{under_root, StatePaths, DEFAULT_ROOT};
 
 pub use certificate::Validity;
 pub use config::{ConfigError, HealthConfig};
@@ -238,11 +239,13 @@ pub fn from_timestamp(at: &prost_types::Timestamp) -> Option<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
 }
 
-/// Every collector `config` enables, reading under `files`; the certificate check follows
-/// `certificate`, which the run loop updates at each renewal.
+/// Every collector `config` enables, reading under `files` (and the agent's state under
+/// `paths`, for drift); the certificate check follows `certificate`, which the run loop
+/// updates at each renewal.
 pub fn collectors(
     config: &HealthConfig,
     files: &NodeFiles,
+    paths: &StatePaths,
     certificate: watch::Receiver<Option<Validity>>,
 ) -> Vec<Arc<dyn Collector>> {
     let mut all: Vec<Arc<dyn Collector>> = Vec::new();
@@ -276,6 +279,9 @@ pub fn collectors(
     }
     if config.enabled(hardware::HARDWARE_ERRORS) {
         all.push(Arc::new(hardware::HardwareCollector::new(files)));
+    }
+    if config.enabled(drift::CONFIG_DRIFT) {
+        all.push(Arc::new(drift::DriftCollector::new(paths)));
     }
     all
 }

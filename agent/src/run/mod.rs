@@ -26,12 +26,17 @@ use crate::paths::{LocationArgs, StatePaths};
 use crate::store::{self, NodeState, StoreError};
 use crate::{facts, ErrorChain, EXIT_RUNTIME};
 
+pub mod applier;
 pub mod evaluation;
+pub mod probe;
+pub mod profile_state;
 pub mod readiness;
 pub mod renewal;
 mod session;
 
+use applier::Applier;
 use evaluation::Checks;
+use probe::{SessionProbe, Target};
 use readiness::Readiness;
 
 use session::{SessionEnd, SessionError};
@@ -132,6 +137,9 @@ struct Agent {
     state: NodeState,
     health: HealthCollector,
     checks: Checks,
+    applier: Applier,
+    /// The manager the apply verification probes: the one of the current session.
+    probe_target: tokio::sync::watch::Sender<Option<Target>>,
     facts: NodeFacts,
     boot_id: String,
     heartbeat: Duration,
@@ -150,9 +158,14 @@ impl Agent {
         checks: Checks,
         readiness: Readiness,
     ) -> Result<Self, RunError> {
+        let (probe_target, target) = tokio::sync::watch::channel(None);
+        let probe = Arc::new(SessionProbe::new(target));
+        let applier = Applier::start(&paths, checks.latest.clone(), probe);
         let mut agent = Self {
             health: HealthCollector::new(&paths.root),
             checks,
+            applier,
+            probe_target,
             facts: facts::collect(&paths.root),
             boot_id: facts::boot_id(),
             heartbeat: Duration::from_secs(state.config.heartbeat_secs().into()),
@@ -216,6 +229,10 @@ impl Agent {
     /// Opens an mTLS channel to `endpoint`, telling a refused manager from a transport failure.
     async fn connect(&self, endpoint: &str) -> Result<Channel, SessionError> {
         let (verifier, tls) = self.tls().map_err(SessionError::BuildTls)?;
+        self.probe_target.send_replace(Some(Target {
+            endpoint: endpoint.to_string(),
+            tls: tls.clone(),
+        }));
         channel::connect(endpoint, tls)
             .await
             .map_err(|source| match verifier.last_outcome() {

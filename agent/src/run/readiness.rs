@@ -6,8 +6,8 @@
 //! agent; `STOPPING=1` on SIGTERM. Outside systemd every call does nothing.
 //!
 //! Known shortcoming: work awaited inside those loops for longer than the watchdog interval
-//! (an apply of a streamed profile, once it runs there) must ping [`Readiness::watchdog`]
-//! itself, or systemd takes the agent for hung.
+//! must ping [`Readiness::watchdog`] itself, or systemd takes the agent for hung; applies run
+//! in the applier's own task, whose hangs the watchdog does not see.
 
 use std::sync::Arc;
 use std::time::Duration;

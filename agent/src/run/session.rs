@@ -1,6 +1,7 @@
 //! One session with a manager: hello with the full set of conditions, heartbeats at the
 //! interval the manager asks for, a report whenever a condition changes, and the manager's
-//! messages (welcome, renew now) on the same stream.
+//! messages (welcome, renew now, profile generations) on the same stream, and what became of
+//! each generation as soon as the applier knows.
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use tonic::Streaming;
 use tracing::{debug, info, warn};
 
 use super::evaluation::{self, Latest};
-use super::Agent;
+use super::{applier, Agent};
 use crate::conditions::to_timestamp;
 use crate::rpc::{self, RpcError};
 use crate::ErrorChain;
@@ -100,10 +101,13 @@ impl Agent {
         // the hello's set: harmless, the manager sees no change in it.
         let mut latest = self.checks.latest.clone();
         let mut reported = latest.borrow_and_update().revision;
+        let mut reports = self.applier.reports.clone();
         let (outbox, mut inbound) = self.open(endpoint, &channel).await?;
         self.session_opened = Some(Instant::now());
         info!(endpoint = %endpoint, "session open");
         self.readiness.session_open(endpoint);
+        // The manager learns what became of the last generation, even if it ended offline.
+        let mut applied_sent = applier::send_report_if_due(&outbox, &reports, None);
 
         let mut heartbeat = heartbeat_timer(self.heartbeat);
         let mut watchdog = self.readiness.watchdog_timer();
@@ -116,7 +120,14 @@ impl Agent {
                     seq += 1;
                     // Also retries a report the full outbox could not take.
                     reported = evaluation::send_report_if_due(&outbox, &latest, reported);
+                    applied_sent = applier::send_report_if_due(&outbox, &reports, applied_sent);
                     self.send_heartbeat(&outbox, seq, &latest);
+                }
+                changed = reports.changed() => {
+                    // The applier task only ends with the runtime.
+                    if changed.is_ok() {
+                        applied_sent = applier::send_report_if_due(&outbox, &reports, applied_sent);
+                    }
                 }
                 evaluated = latest.changed(), if evaluating => {
                     // The evaluation task only ends with the runtime.
@@ -165,15 +176,16 @@ impl Agent {
     }
 
     fn hello(&mut self) -> AgentMessage {
+        let applied = self.applier.reports.borrow().applied;
         AgentMessage {
             body: Some(AgentBody::Hello(Hello {
                 agent_version: crate::AGENT_VERSION.to_string(),
                 boot_id: self.boot_id.clone(),
-                applied_generation: 0,
+                applied_generation: applied.map_or(0, |id| id.generation),
                 facts: Some(self.facts.clone()),
                 summary: Some(self.health.summary()),
                 report: Some(self.checks.latest.borrow().report()),
-                applied_epoch: 0,
+                applied_epoch: applied.map_or(0, |id| id.epoch),
             })),
         }
     }
@@ -221,8 +233,9 @@ impl Agent {
                 self.renew(endpoint, channel.clone()).await
             }
             Some(ManagerBody::Profile(profile)) => {
-                // Wired to the apply engine in the next step of the profiles work.
-                info!(endpoint = %endpoint, pool = %profile.pool, generation = profile.generation, "profile received");
+                debug!(endpoint = %endpoint, pool = %profile.pool, generation = profile.generation, "profile generation received");
+                // The applier takes the newest; one arriving during an apply waits for it.
+                self.applier.desired.send_replace(Some(profile));
                 false
             }
             None => {

@@ -19,6 +19,8 @@ pub const NODE_CERTIFICATE_EXPIRING: &str = "OpiNodeCertificateExpiring";
 pub const POOL_NODES_OFFLINE: &str = "OpiPoolNodesOffline";
 /// Most of the manager's online nodes vanished at once (replaces their offline alerts).
 pub const MANAGER_LOST_MOST_AGENTS: &str = "OpiManagerLostMostAgents";
+/// A pool's rollout halted on failures.
+pub const ROLLOUT_HALTED: &str = "OpiRolloutHalted";
 /// Fleet store calls are failing.
 pub const MANAGER_STORE_ERRORS: &str = "OpiManagerStoreErrors";
 /// Always firing while the manager runs: the dead-man's switch.

@@ -213,7 +213,8 @@ impl Running {
     }
 }
 
-/// Runs the supervisor's pass every second, and prunes old events at start and every minute.
+/// Runs the supervisor's pass and steps the rollouts every second, and prunes old events at
+/// start and every minute.
 async fn supervise(fleet: Arc<Fleet>, notifier: Arc<Notifier>) {
     let mut tick = tokio::time::interval(SUPERVISE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -221,6 +222,7 @@ async fn supervise(fleet: Arc<Fleet>, notifier: Arc<Notifier>) {
     loop {
         tick.tick().await;
         fleet.supervise().await;
+        fleet.advance_rollouts().await;
         notifier.watchdog();
         if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(std::time::Instant::now());

@@ -99,6 +99,10 @@ impl RefusalReason {
             | FleetError::NoSuchToken { .. }
             | FleetError::InvalidProfile { .. }
             | FleetError::UnknownProfile { .. }
+            | FleetError::InvalidStrategy { .. }
+            | FleetError::NoRollout { .. }
+            | FleetError::NothingToUndo { .. }
+            | FleetError::RolloutActionRefused { .. }
             | FleetError::Conflict { .. }
             | FleetError::Store(_)
             | FleetError::Issue(_) => Self::Other,

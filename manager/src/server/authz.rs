@@ -22,12 +22,14 @@ pub enum Action {
     MoveNode,
     SetProfile,
     ShowProfile,
+    RolloutStatus,
+    RolloutAction,
     WhoAmI,
 }
 
 impl Action {
     /// Every action, in table order.
-    pub const ALL: [Action; 16] = [
+    pub const ALL: [Action; 18] = [
         Action::Status,
         Action::ListNodes,
         Action::ShowNode,
@@ -43,6 +45,8 @@ impl Action {
         Action::MoveNode,
         Action::SetProfile,
         Action::ShowProfile,
+        Action::RolloutStatus,
+        Action::RolloutAction,
         Action::WhoAmI,
     ];
 
@@ -60,6 +64,8 @@ impl Action {
             Action::Maintenance | Action::MoveNode => &[Admin, Operator],
             Action::SetProfile => &[Admin, Operator],
             Action::ShowProfile => &[Admin, Operator, Viewer],
+            Action::RolloutStatus => &[Admin, Operator, Viewer],
+            Action::RolloutAction => &[Admin, Operator],
             Action::WhoAmI => &[Admin, Operator, Viewer, Alerting],
         }
     }
@@ -82,6 +88,8 @@ impl Action {
             Action::MoveNode => "move nodes between pools",
             Action::SetProfile => "set pool profiles",
             Action::ShowProfile => "read pool profiles",
+            Action::RolloutStatus => "read rollouts",
+            Action::RolloutAction => "pause, resume, abort or undo rollouts",
             Action::WhoAmI => "ask who it is",
         }
     }
@@ -112,6 +120,13 @@ mod tests {
             assert!(!action.allows(Viewer), "{action:?}");
         }
         assert!(Action::ListNodes.allows(Viewer));
+    }
+
+    #[test]
+    fn viewers_read_rollouts_and_only_admins_and_operators_act_on_them() {
+        assert!(Action::RolloutStatus.allows(Viewer));
+        assert!(!Action::RolloutAction.allows(Viewer));
+        assert!(Action::RolloutAction.allows(Operator));
     }
 
     #[test]

@@ -234,6 +234,18 @@ impl Node {
         }
     }
 
+    /// Waits until systemd-nspawn exits by itself (the node powered off or rebooted: nspawn
+    /// exits with 133 on a reboot), and returns its exit status; panics after `timeout`.
+    pub fn wait_stopped(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut status = None;
+        let what = format!("node {} to stop", self.name);
+        wait_until(timeout, &what, || {
+            status = self.container.nspawn.try_wait().expect("nspawn status");
+            status.is_some()
+        });
+        status.expect("stopped")
+    }
+
     /// Copies the workspace's `opi-agent` to [`AGENT_PATH`] inside the node.
     pub fn install_agent(&self) {
         self.copy_in(&bin("opi-agent"), AGENT_PATH);
@@ -405,6 +417,9 @@ exec "$@""#;
 
 impl Drop for Container {
     fn drop(&mut self) {
+        if !matches!(self.nspawn.try_wait(), Ok(None)) {
+            return;
+        }
         let pid = nix::unistd::Pid::from_raw(self.nspawn.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let start = Instant::now();
