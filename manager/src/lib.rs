@@ -8,6 +8,7 @@
 //! - [`server`]: the gRPC services and the TLS listener;
 //! - [`store`]: the store interface and its backends;
 //! - [`metrics`], [`alerts`]: the Prometheus metrics page and the alerts pushed to Alertmanager;
+//! - [`versions`]: the version skew policy between the manager and its agents;
 //! - [`datadir`], [`records`], [`tokens`], [`audit`], [`bundles`]: supporting pieces.
 
 pub mod alerts;
@@ -19,10 +20,10 @@ pub mod datadir;
 pub mod events;
 pub mod fleet;
 pub mod metrics;
-pub mod notify;
 pub mod records;
 pub mod rollout;
 pub mod server;
 pub mod signals;
 pub mod store;
 pub mod tokens;
+pub mod versions;

@@ -16,6 +16,11 @@ use crate::token::args::{parse_label, parse_ttl, Label};
 /// The most audit entries one `opictl audit` asks for.
 pub const MAX_AUDIT_LIMIT: i64 = 10_000;
 
+/// The exit codes, at the end of `--help` and in the man pages.
+pub const EXIT_CODES: &str = "Exit status: 0 on success; 1 on a runtime failure (the manager \
+    unreachable, or refusing the request); 2 on a usage or configuration error (a bad option, a \
+    missing or unusable operator bundle, an unreadable profile file).";
+
 /// Heading of the options every subcommand accepts.
 const GLOBAL: &str = "Global options";
 
@@ -24,7 +29,7 @@ const GLOBAL: &str = "Global options";
 /// opictl talks to the manager over mTLS with an operator bundle, which `opi-manager init`
 /// (the first admin) or `opi-manager operator issue` (everyone else) writes.
 #[derive(Debug, Parser)]
-#[command(name = "opictl", version)]
+#[command(name = "opictl", version, after_long_help = EXIT_CODES)]
 pub struct Cli {
     /// Operator bundle to use [default: $OPICTL_CONFIG, else ~/.config/opictl/config.toml]
     #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
@@ -415,6 +420,24 @@ mod tests {
         let cli = Cli::parse_from(["opictl", "nodes", "--pool", "db", "-o", "json"]);
 
         assert_eq!(cli.output, Format::Json);
+    }
+
+    #[test]
+    fn nodes_config_state_filter_does_not_clash_with_the_bundle_option() {
+        let cli = Cli::parse_from([
+            "opictl",
+            "--config",
+            "/etc/opictl.toml",
+            "nodes",
+            "--config-state",
+            "failed",
+        ]);
+
+        assert_eq!(cli.config, Some(PathBuf::from("/etc/opictl.toml")));
+        let Command::Nodes(args) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(args.config_state, Some(ConfigFilter::Failed));
     }
 
     #[test]

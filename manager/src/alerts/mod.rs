@@ -60,6 +60,9 @@ pub enum AlertsError {
     NotHttp { url: String },
 }
 
+/// Where `--runbooks` points by default: the copy the opi-manager package installs.
+pub const DEFAULT_RUNBOOKS: &str = "/usr/share/doc/opi-manager/runbooks.md";
+
 /// How alerting runs.
 #[derive(Clone, Debug)]
 pub struct AlertSettings {

@@ -69,6 +69,9 @@ impl Reconciler {
         firing.extend(self.store_errors.alert(&self.rules.fleet));
         self.metrics.set_active(firing.len());
         firing.push(heartbeat(&self.rules.fleet, self.started_at));
+        for alert in &mut firing {
+            alert.link_runbook(&self.rules.runbooks);
+        }
         self.desired
             .send_replace(Arc::new(Snapshot { at: now, firing }));
 

@@ -176,6 +176,7 @@ fn serve_args(data_dir: &Path, listen: SocketAddr) -> ServeArgs {
         metrics_listen: None,
         metrics_per_node: false,
         alertmanager: Vec::new(),
+        runbooks: crate::alerts::DEFAULT_RUNBOOKS.into(),
         alert_resend: crate::alerts::DEFAULT_RESEND,
         storm_threshold: crate::alerts::DEFAULT_STORM_THRESHOLD,
     }

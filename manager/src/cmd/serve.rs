@@ -17,9 +17,9 @@ use crate::alerts::{AlertSettings, Alerting, AlertmanagerUrl, RuleSettings};
 use crate::datadir::{self, DataDir};
 use crate::fleet::{Fleet, Settings};
 use crate::metrics::{Exporter, MetricsServer, Registry};
-use crate::notify::Notifier;
 use crate::server::{self, ServeError};
 use crate::store::{MeasuredStore, Store};
+use opi_systemd::Notifier;
 
 /// Shortest node certificate lifetime accepted (renewal happens at 60–80 % of it).
 pub const MIN_NODE_CERT_TTL: Duration = Duration::from_secs(10);
@@ -77,6 +77,10 @@ pub struct ServeArgs {
     /// supported yet.
     #[arg(long, value_name = "URL", value_parser = AlertmanagerUrl::parse)]
     pub alertmanager: Vec<AlertmanagerUrl>,
+    /// Where the runbooks are, a URL of docs/runbooks.md as published: every alert gets the
+    /// annotation runbook_url=RUNBOOKS#alertname (lower case)
+    #[arg(long, value_name = "URL", default_value = crate::alerts::DEFAULT_RUNBOOKS)]
+    pub runbooks: String,
     /// Interval between two pushes of unchanged alerts; firing alerts stay valid for three.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub alert_resend: Duration,
@@ -318,6 +322,7 @@ fn start_alerting(args: &ServeArgs, fleet: &Arc<Fleet>, registry: &Registry) -> 
         grouping_window: args.heartbeat + SUPERVISE_EVERY,
         offline_after: args.offline_after,
         node_cert_ttl: args.node_cert_ttl,
+        runbooks: args.runbooks.clone(),
     };
     let settings = AlertSettings {
         alertmanagers: args.alertmanager.clone(),

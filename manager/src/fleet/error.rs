@@ -68,6 +68,12 @@ pub enum FleetError {
     },
     #[error("{what} changed concurrently; try again")]
     Conflict { what: String },
+    // The refusal is part of the message, not a source: audit entries keep messages only.
+    #[error("node {node} runs an agent version this manager does not accept: {refused}")]
+    UnsupportedAgent {
+        node: String,
+        refused: crate::versions::VersionRefused,
+    },
     #[error("fleet store error")]
     Store(#[from] StoreError),
     #[error("cannot issue a certificate")]

@@ -120,7 +120,8 @@ impl Operator for OperatorService {
             maintenance: pools.iter().map(|p| p.maintenance).sum(),
             event_revision: self.fleet.events().last_revision(),
             pools,
-            manager_version: env!("CARGO_PKG_VERSION").into(),
+            manager_version: crate::versions::MANAGER_VERSION.into(),
+            agent_versions: crate::versions::counts(&self.fleet.nodes(None)),
             store_revision: self
                 .fleet
                 .store()

@@ -33,6 +33,7 @@ impl From<FleetError> for Status {
             FleetError::NothingToUndo { .. } => Code::FailedPrecondition,
             FleetError::RolloutActionRefused { .. } => Code::FailedPrecondition,
             FleetError::Conflict { .. } => Code::Aborted,
+            FleetError::UnsupportedAgent { .. } => Code::FailedPrecondition,
             FleetError::Store(_) => Code::Unavailable,
             FleetError::Issue(_) => Code::Internal,
         };
