@@ -8,14 +8,20 @@ use crate::{apply, compliance, enroll, health, run, status};
 /// Log level used when `RUST_LOG` is unset.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 
+/// The exit codes, at the end of `--help` and in the man pages.
+pub const EXIT_CODES: &str = "Exit status: 0 on success; 1 on a runtime failure (a manager \
+    unreachable or refusing, an apply rolled back); 2 on a usage or configuration error (a bad \
+    option, an unusable health.toml, floor.toml or profile).";
+
 /// OPI Fleet node agent: enrolls this node into a fleet and keeps it connected to its managers.
 ///
 /// Results go to standard output; logs and errors go to standard error. The log level comes
 /// from RUST_LOG (default: info).
 #[derive(Debug, Parser)]
-#[command(name = "opi-agent", version)]
+#[command(name = "opi-agent", version, after_long_help = EXIT_CODES)]
 pub struct Cli {
-    /// Format of the logs written to standard error
+    /// Format of the logs written to standard error (under systemd, text logs go to journald
+    /// with one journal field per log field)
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
@@ -52,18 +58,12 @@ pub enum LogFormat {
     Json,
 }
 
-/// Sends tracing events to standard error, filtered by `RUST_LOG` (default [`DEFAULT_LOG_LEVEL`]).
+/// Sends tracing events to journald when standard error is the journal (under systemd),
+/// else to standard error; filtered by `RUST_LOG` (default [`DEFAULT_LOG_LEVEL`]).
 pub fn init_logging(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_LEVEL));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    opi_systemd::journal::init_logging(filter, format == LogFormat::Json);
 }
 
 #[cfg(test)]

@@ -57,12 +57,13 @@ impl RpcError {
         }
     }
 
-    /// Whether the manager refused this node itself: an operator must act.
+    /// Whether the manager refused this node itself (revoked, unknown, an agent version it does
+    /// not accept): an operator must act.
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
             RpcError::Answered {
-                code: Code::PermissionDenied | Code::Unauthenticated,
+                code: Code::PermissionDenied | Code::Unauthenticated | Code::FailedPrecondition,
                 ..
             }
         )
@@ -106,6 +107,16 @@ mod tests {
         assert!(!error.is_transient());
         assert!(error.is_refusal());
         assert!(error.to_string().contains("token expired"), "{error}");
+    }
+
+    #[test]
+    fn an_agent_version_the_manager_does_not_accept_is_a_refusal() {
+        let refused = Status::failed_precondition("agent 0.2.0 is newer than manager 0.1.0");
+        let error = RpcError::from_status(refused);
+        assert!(error.is_refusal(), "an operator must upgrade one side");
+        assert!(!error.is_transient());
+        let other = RpcError::from_status(Status::invalid_argument("bad hello"));
+        assert!(!other.is_refusal());
     }
 
     #[test]

@@ -5,9 +5,14 @@ use clap::{Parser, Subcommand};
 
 use crate::cmd;
 
+/// The exit codes, at the end of `--help` and in the man pages.
+pub const EXIT_CODES: &str = "Exit status: 0 on success (serve: stopped by SIGTERM or SIGINT); 1 \
+    on any failure of the command, a bad data directory or store included; 2 on a usage error \
+    of the command line.";
+
 /// The OPI Fleet manager: fleet CA, enrollment, agent sessions and the operator API.
 #[derive(Debug, Parser)]
-#[command(name = "opi-manager", version)]
+#[command(name = "opi-manager", version, after_long_help = EXIT_CODES)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]

@@ -62,13 +62,17 @@ pub enum DataDirError {
     },
 }
 
-/// `manager.toml`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `manager.toml`, written by `opi-manager init` in the data directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ManagerConfig {
+    /// Format version: 1.
     pub version: u32,
+    /// The fleet's name, in every identity it issues (`spiffe://FLEET/…`).
     pub fleet: String,
+    /// This replica's name, in its identity (`spiffe://FLEET/manager/REPLICA`).
     pub replica: String,
+    /// Address `serve` listens on unless `--listen` is given (`HOST:PORT`).
     pub listen: String,
     /// URLs agents and operators use to reach this manager; empty means the listen address.
     #[serde(default)]

@@ -4,9 +4,11 @@
 //! - [`cli`]: the command line, parsed by `main.rs`;
 //! - [`cmd`]: one module per `opi-manager` subcommand;
 //! - [`fleet`]: the fleet's state and every operation on it;
+//! - [`rollout`]: health-gated rollouts of pool profiles, as pure decisions;
 //! - [`server`]: the gRPC services and the TLS listener;
 //! - [`store`]: the store interface and its backends;
 //! - [`metrics`], [`alerts`]: the Prometheus metrics page and the alerts pushed to Alertmanager;
+//! - [`versions`]: the version skew policy between the manager and its agents;
 //! - [`compliance`]: the nodes' ANSSI-BP-028 evidence, its history and the signed report;
 //! - [`datadir`], [`records`], [`tokens`], [`audit`], [`bundles`]: supporting pieces.
 
@@ -20,9 +22,10 @@ pub mod datadir;
 pub mod events;
 pub mod fleet;
 pub mod metrics;
-pub mod notify;
 pub mod records;
+pub mod rollout;
 pub mod server;
 pub mod signals;
 pub mod store;
 pub mod tokens;
+pub mod versions;

@@ -1,6 +1,5 @@
 //! `opi-manager`: the OPI Fleet manager.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -39,16 +38,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// Logs to journald when stderr is the journal (under systemd), else to stderr.
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    opi_systemd::journal::init_logging(filter, format == "json");
 }

@@ -1,8 +1,8 @@
 //! What the manager stores, as JSON values under typed keys.
 //!
 //! Keys: `tokens/ID`, `token-enrollments/ID/SPKI-SHA256`, `nodes/NAME`, `audit/TIME-RAND`
-//! (time-ordered), `events/REVISION`, `profiles/POOL/GENERATION`, and `meta/…` for the store's
-//! epoch and generation counter.
+//! (time-ordered), `events/REVISION`, `profiles/POOL/GENERATION`, `rollouts/POOL` (see
+//! [`crate::rollout`]), and `meta/…` for the store's epoch and generation counter.
 //! Records keep their upstream-neutral shape so that both store backends hold the same bytes.
 
 use std::collections::BTreeMap;
@@ -243,8 +243,9 @@ pub struct EventRecord {
     pub time: OffsetDateTime,
     pub node: String,
     pub pool: String,
-    /// `connectivity`, `health`, `condition`, `flapping`, `maintenance`, `lifecycle`, `config`
-    /// or `compliance`.
+    /// `connectivity`, `health`, `condition`, `flapping`, `maintenance`, `lifecycle`,
+    /// `config`, `rollout` (empty `node` for a rollout event about the whole pool) or
+    /// `compliance`.
     pub kind: String,
     pub subject: String,
     pub from: String,

@@ -16,6 +16,11 @@ use crate::token::args::{parse_label, parse_ttl, Label};
 /// The most audit entries one `opictl audit` asks for.
 pub const MAX_AUDIT_LIMIT: i64 = 10_000;
 
+/// The exit codes, at the end of `--help` and in the man pages.
+pub const EXIT_CODES: &str = "Exit status: 0 on success; 1 on a runtime failure (the manager \
+    unreachable, or refusing the request); 2 on a usage or configuration error (a bad option, a \
+    missing or unusable operator bundle, an unreadable profile file).";
+
 /// Heading of the options every subcommand accepts.
 const GLOBAL: &str = "Global options";
 
@@ -24,7 +29,7 @@ const GLOBAL: &str = "Global options";
 /// opictl talks to the manager over mTLS with an operator bundle, which `opi-manager init`
 /// (the first admin) or `opi-manager operator issue` (everyone else) writes.
 #[derive(Debug, Parser)]
-#[command(name = "opictl", version)]
+#[command(name = "opictl", version, after_long_help = EXIT_CODES)]
 pub struct Cli {
     /// Operator bundle to use [default: $OPICTL_CONFIG, else ~/.config/opictl/config.toml]
     #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
@@ -68,6 +73,9 @@ pub enum Command {
     /// Set, show and compare pool profiles (hardening, kubelet and containerd config)
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// Follow and steer the rollout of a pool's profile: status, pause, resume, abort, undo
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Show the latest entries of the audit log
     Audit(AuditArgs),
     /// Show every node's ANSSI-BP-028 evidence, write a signed report, or verify one
@@ -188,16 +196,22 @@ pub enum NodeCommand {
 /// `opictl profile …`.
 #[derive(Debug, Subcommand)]
 pub enum ProfileCommand {
-    /// Validate a profile and store it as the pool's next generation; its nodes apply it
+    /// Validate a profile and store it as the pool's next generation, rolled out in waves
     ///
     /// Every problem of the document is listed at once and nothing is stored unless it is
-    /// valid as a whole. A document equal to the latest generation makes no new one.
+    /// valid as a whole. A document equal to the latest generation makes no new one. The new
+    /// generation reaches the pool's nodes in a canary wave, then waves of at most
+    /// --max-unavailable nodes, each node done once it runs the generation healthy for
+    /// --settle; failures halt it (`opictl rollout status POOL` follows it).
     Set {
         /// Pool name
         pool: String,
         /// Profile document (YAML), or `-` for standard input
         #[arg(short = 'f', long, value_name = "FILE")]
         file: PathBuf,
+        /// How the new generation rolls out
+        #[command(flatten)]
+        strategy: StrategyArgs,
     },
     /// Show a generation of a pool's profile, secrets redacted
     Show {
@@ -222,6 +236,71 @@ pub enum ProfileCommand {
         /// Newer generation [default: the latest]
         #[arg(long, value_name = "N", value_parser = at_least_one_u64())]
         to: Option<u64>,
+    },
+}
+
+/// The rollout strategy options of `opictl profile set`.
+#[derive(Debug, Args)]
+pub struct StrategyArgs {
+    /// Nodes of the first wave; any failure among them halts the rollout
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = at_least_one())]
+    pub canary: u32,
+
+    /// Nodes that may be out of healthy at once, a count or a percentage of the pool (25%)
+    #[arg(long, value_name = "N|P%", default_value = "1", value_parser = parse_max_unavailable)]
+    pub max_unavailable: String,
+
+    /// Node label whose values are failure domains (zone, rack): one changes at a time
+    #[arg(long, value_name = "LABEL")]
+    #[arg(value_parser = NonEmptyStringValueParser::new())]
+    pub failure_domain: Option<String>,
+
+    /// How long a node must stay healthy on the new generation to count as done
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_settle)]
+    pub settle: Duration,
+
+    /// Failures tolerated after the canary wave; one more halts the rollout
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub failure_budget: u32,
+}
+
+/// `opictl rollout …`.
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Show a pool's rollout: state, cause, waves and the step of each node
+    ///
+    /// In a terminal each wave has a progress bar; otherwise plain lines. With --watch,
+    /// the status is shown again whenever it changes, until the rollout completes or is
+    /// aborted, or Ctrl-C.
+    Status {
+        /// Pool name
+        pool: String,
+        /// Follow the rollout until it ends
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Start no further wave; the nodes of the current wave are still followed
+    Pause {
+        /// Pool name
+        pool: String,
+    },
+    /// Start waves again after a pause or a halt, forgetting the failures that halted it
+    Resume {
+        /// Pool name
+        pool: String,
+    },
+    /// End the rollout where it stands: nodes not yet targeted keep their generation
+    Abort {
+        /// Pool name
+        pool: String,
+    },
+    /// Roll the pool back to the rollout's previous generation, as a new generation
+    ///
+    /// The new generation repeats the previous one's content and rolls out with the same
+    /// strategy and gating, so generations only grow.
+    Undo {
+        /// Pool name
+        pool: String,
     },
 }
 
@@ -338,6 +417,30 @@ pub struct AuditArgs {
     pub limit: u32,
 }
 
+/// Checks a `--max-unavailable` value: a count of 1 or more, or a percentage of 1 to 100.
+pub fn parse_max_unavailable(text: &str) -> Result<String, String> {
+    let valid = match text.strip_suffix('%') {
+        Some(percent) => percent.parse::<u32>().is_ok_and(|p| (1..=100).contains(&p)),
+        None => text.parse::<u32>().is_ok_and(|n| n >= 1),
+    };
+    match valid {
+        true => Ok(text.to_string()),
+        false => Err(format!(
+            "`{text}` is not a count of nodes (2) or a percentage of the pool (25%)"
+        )),
+    }
+}
+
+/// Checks a `--settle` value: a duration of at most a day (0s, 30s, 5m…).
+pub fn parse_settle(text: &str) -> Result<Duration, String> {
+    let settle = humantime::parse_duration(text.trim())
+        .map_err(|_| format!("`{text}` is not a duration such as 30s or 5m"))?;
+    if settle > Duration::from_secs(24 * 3600) {
+        return Err("a settle time is at most 24h".into());
+    }
+    Ok(settle)
+}
+
 /// Accepts a count of one or more.
 fn at_least_one() -> RangedI64ValueParser<u32> {
     clap::value_parser!(u32).range(1..)
@@ -381,6 +484,62 @@ mod tests {
         let cli = Cli::parse_from(["opictl", "nodes", "--pool", "db", "-o", "json"]);
 
         assert_eq!(cli.output, OutputChoice::Json);
+    }
+
+    #[test]
+    fn nodes_config_state_filter_does_not_clash_with_the_bundle_option() {
+        let cli = Cli::parse_from([
+            "opictl",
+            "--config",
+            "/etc/opictl.toml",
+            "nodes",
+            "--config-state",
+            "failed",
+        ]);
+
+        assert_eq!(cli.config, Some(PathBuf::from("/etc/opictl.toml")));
+        let Command::Nodes(args) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(args.config_state, Some(ConfigFilter::Failed));
+    }
+
+    #[test]
+    fn profile_set_takes_the_rollout_defaults_and_checks_the_budget() {
+        let cli = Cli::parse_from(["opictl", "profile", "set", "w", "-f", "p.yaml"]);
+        let Command::Profile(ProfileCommand::Set { strategy, .. }) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(strategy.canary, 1);
+        assert_eq!(strategy.max_unavailable, "1");
+        assert_eq!(strategy.settle, Duration::from_secs(30));
+        assert_eq!(strategy.failure_budget, 0);
+
+        for bad in ["0", "0%", "120%", "two"] {
+            let line = [
+                "opictl",
+                "profile",
+                "set",
+                "w",
+                "-f",
+                "p",
+                "--max-unavailable",
+                bad,
+            ];
+            let error = Cli::try_parse_from(line).expect_err(bad);
+            assert_eq!(error.exit_code(), 2, "{bad}");
+        }
+        let line = [
+            "opictl",
+            "profile",
+            "set",
+            "w",
+            "-f",
+            "p",
+            "--max-unavailable",
+            "25%",
+        ];
+        assert!(Cli::try_parse_from(line).is_ok());
     }
 
     #[test]

@@ -12,7 +12,8 @@ use opi_proto::v1::{
     AuditEntry, CreateTokenRequest, CreateTokenResponse, DeleteNodeRequest, DiffProfileRequest,
     DiffProfileResponse, Event, GetNodeRequest, GetProfileRequest, ListAuditRequest,
     ListEventsRequest, ListNodesRequest, ListTokensRequest, MoveNodeRequest, Node, ProfileInfo,
-    RemoveNodeRequest, RevokeNodeRequest, RevokeTokenRequest, SetMaintenanceRequest,
+    RemoveNodeRequest, RevokeNodeRequest, RevokeTokenRequest, Rollout, RolloutActionKind,
+    RolloutActionRequest, RolloutStatusRequest, RolloutStrategy, SetMaintenanceRequest,
     SetProfileRequest, StatusRequest, StatusResponse, Token, WatchRequest, WhoAmIRequest,
     WhoAmIResponse,
 };
@@ -215,11 +216,18 @@ impl Client {
         Ok(self.answer("to show the audit log", answer)?.entries)
     }
 
-    /// Stores a pool's profile; answers with the generation in force.
-    pub async fn set_profile(&mut self, pool: &str, yaml: String) -> Result<ProfileInfo, Error> {
+    /// Stores a pool's profile, rolled out with `strategy`; answers with the generation in
+    /// force.
+    pub async fn set_profile(
+        &mut self,
+        pool: &str,
+        yaml: String,
+        strategy: RolloutStrategy,
+    ) -> Result<ProfileInfo, Error> {
         let message = SetProfileRequest {
             pool: pool.into(),
             yaml,
+            strategy: Some(strategy),
         };
         let answer = self.inner.set_profile(request(message)).await;
         self.answer(format!("to set the profile of pool `{pool}`"), answer)
@@ -243,6 +251,34 @@ impl Client {
         let what = format!("to diff the profile of pool `{}`", message.pool);
         let answer = self.inner.diff_profile(request(message)).await;
         self.answer(what, answer)
+    }
+
+    /// The latest rollout of a pool.
+    pub async fn rollout_status(&mut self, pool: &str) -> Result<Rollout, Error> {
+        let message = RolloutStatusRequest { pool: pool.into() };
+        let answer = self.inner.rollout_status(request(message)).await;
+        self.answer(format!("to show the rollout of pool `{pool}`"), answer)
+    }
+
+    /// Pauses, resumes, aborts or undoes a pool's rollout; answers with the rollout in force.
+    pub async fn rollout_action(
+        &mut self,
+        pool: &str,
+        action: RolloutActionKind,
+    ) -> Result<Rollout, Error> {
+        let message = RolloutActionRequest {
+            pool: pool.into(),
+            action: action as i32,
+        };
+        let answer = self.inner.rollout_action(request(message)).await;
+        let verb = match action {
+            RolloutActionKind::Pause => "pause",
+            RolloutActionKind::Resume => "resume",
+            RolloutActionKind::Abort => "abort",
+            RolloutActionKind::Undo => "undo",
+            RolloutActionKind::Unspecified => "act on",
+        };
+        self.answer(format!("to {verb} the rollout of pool `{pool}`"), answer)
     }
 
     /// The latest compliance evidence of every node of `pool` (every pool when empty).

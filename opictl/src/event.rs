@@ -25,11 +25,12 @@ pub struct EventView {
     pub revision: u64,
     /// When the manager recorded it, RFC 3339.
     pub time: Option<String>,
-    /// The node it is about.
+    /// The node it is about; empty for a rollout event about the whole pool.
     pub node: String,
     /// The node's pool.
     pub pool: String,
-    /// `connectivity`, `health`, `condition`, `flapping`, `maintenance` or `lifecycle`.
+    /// `connectivity`, `health`, `condition`, `flapping`, `maintenance`, `lifecycle`, `config`
+    /// or `rollout`.
     pub kind: String,
     /// The condition (`Type` or `Type:subject`) of condition and flapping events.
     pub subject: String,

@@ -45,6 +45,8 @@ pub enum EventKind {
     Lifecycle,
     /// A node's config axis changed: applying, in-sync, failed or drifted
     Config,
+    /// A rollout moved a node along its waves, or changed state (node `-`: the whole pool)
+    Rollout,
     /// A node's verdict on an ANSSI-BP-028 recommendation changed (pass, fail, exception)
     Compliance,
 }
@@ -138,6 +140,7 @@ mod tests {
         assert_eq!(wire_name(&ConnectivityFilter::Offline), "offline");
         assert_eq!(wire_name(&EventKind::Connectivity), "connectivity");
         assert_eq!(wire_name(&EventKind::Lifecycle), "lifecycle");
+        assert_eq!(wire_name(&EventKind::Rollout), "rollout");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`filter`]: the values of filter options, checked while parsing;
 //! - [`health`] and [`event`]: how health, conditions and events read, shared by commands;
 //! - one module per subcommand: [`status`], [`nodes`], [`node`], [`watch`], [`token`],
+//!   [`profile`], [`rollout`], [`compliance`], [`audit`], [`whoami`], each with its own `run`;
 //!   [`profile`], [`compliance`], [`audit`], [`whoami`], each with its own `run`;
 //! - [`error`]: failures, their exit codes and their report.
 
@@ -27,6 +28,7 @@ pub mod node;
 pub mod nodes;
 pub mod output;
 pub mod profile;
+pub mod rollout;
 pub mod status;
 pub mod token;
 pub mod watch;
@@ -84,6 +86,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Watch(args) => watch::run(&context, args).await,
         Command::Token(command) => token::run(&context, command).await,
         Command::Profile(command) => profile::run(&context, command).await,
+        Command::Rollout(command) => rollout::run(&context, command).await,
         Command::Audit(args) => audit::run(&context, args).await,
         Command::Compliance(args) => compliance::run(&context, args).await,
         Command::Whoami => whoami::run(&context).await,

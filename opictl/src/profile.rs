@@ -5,10 +5,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use opi_proto::v1::{DiffProfileRequest, ProfileInfo};
+use opi_proto::v1::{DiffProfileRequest, ProfileInfo, RolloutStrategy};
 use serde::Serialize;
 
-use crate::cli::ProfileCommand;
+use crate::cli::{ProfileCommand, StrategyArgs};
 use crate::output::{self, fields, timestamp, Format};
 use crate::{Context, Error};
 
@@ -52,9 +52,15 @@ pub struct DiffView {
 /// Runs `opictl profile …`.
 pub async fn run(context: &Context, command: ProfileCommand) -> Result<(), Error> {
     match command {
-        ProfileCommand::Set { pool, file } => {
+        ProfileCommand::Set {
+            pool,
+            file,
+            strategy,
+        } => {
             let yaml = read_document(&file)?;
-            let info = context.connect().await?.set_profile(&pool, yaml).await?;
+            let strategy = strategy_message(&strategy);
+            let mut client = context.connect().await?;
+            let info = client.set_profile(&pool, yaml, strategy).await?;
             let view = ProfileView::from(info);
             match context.format {
                 Format::Json => output::print_json(&view),
@@ -117,6 +123,17 @@ impl From<ProfileInfo> for ProfileView {
     }
 }
 
+/// The strategy options as the protocol carries them.
+fn strategy_message(args: &StrategyArgs) -> RolloutStrategy {
+    RolloutStrategy {
+        canary: args.canary,
+        max_unavailable: args.max_unavailable.clone(),
+        failure_domain: args.failure_domain.clone().unwrap_or_default(),
+        settle_secs: args.settle.as_secs(),
+        failure_budget: args.failure_budget,
+    }
+}
+
 /// Reads a profile document from `path`, or standard input for `-`.
 fn read_document(path: &Path) -> Result<String, Error> {
     let failed = |source| Error::ReadProfile {
@@ -145,14 +162,17 @@ fn read_document(path: &Path) -> Result<String, Error> {
 }
 
 fn set_summary(view: &ProfileView) -> String {
-    let what = if view.changed {
-        "stored as generation"
-    } else {
-        "unchanged: same document as generation"
-    };
+    if !view.changed {
+        return format!(
+            "pool {} profile unchanged: same document as generation {} ({})\n",
+            view.pool, view.generation, view.digest
+        );
+    }
     format!(
-        "pool {} profile {what} {} ({})\n",
-        view.pool, view.generation, view.digest
+        "pool {pool} profile stored as generation {} ({})\nrollout started; follow it with `opictl rollout status {pool} --watch`\n",
+        view.generation,
+        view.digest,
+        pool = view.pool
     )
 }
 

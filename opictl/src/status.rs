@@ -1,6 +1,6 @@
 //! `opictl status`: the fleet's totals and the node and health counts of each pool.
 
-use opi_proto::v1::{PoolStatus, StatusResponse};
+use opi_proto::v1::{AgentVersionCount, PoolStatus, StatusResponse};
 use serde::Serialize;
 
 use crate::output::{self, fields, Format, Table};
@@ -33,8 +33,21 @@ pub struct StatusView {
     pub event_revision: u64,
     /// Version of the manager that answered.
     pub manager_version: String,
+    /// Nodes per agent version (revoked ones left out), newest first.
+    pub agent_versions: Vec<AgentVersionView>,
     /// Counts per pool.
     pub pools: Vec<PoolView>,
+}
+
+/// How many nodes run one agent version, and how far it is from the manager's.
+#[derive(Debug, Serialize)]
+pub struct AgentVersionView {
+    /// The version, as the agent reported it.
+    pub version: String,
+    /// Nodes running it.
+    pub nodes: u32,
+    /// `current`, `one minor behind` or `unsupported` (the manager refuses it).
+    pub skew: String,
 }
 
 /// The node counts of one pool.
@@ -86,7 +99,22 @@ impl From<StatusResponse> for StatusView {
             store_revision: status.store_revision,
             event_revision: status.event_revision,
             manager_version: status.manager_version,
+            agent_versions: status
+                .agent_versions
+                .into_iter()
+                .map(AgentVersionView::from)
+                .collect(),
             pools: status.pools.into_iter().map(PoolView::from).collect(),
+        }
+    }
+}
+
+impl From<AgentVersionCount> for AgentVersionView {
+    fn from(count: AgentVersionCount) -> Self {
+        Self {
+            version: count.version,
+            nodes: count.nodes,
+            skew: count.skew,
         }
     }
 }
@@ -120,6 +148,7 @@ fn render(view: &StatusView) -> String {
         ("unknown", view.unknown.to_string()),
         ("maintenance", view.maintenance.to_string()),
         ("manager", view.manager_version.clone()),
+        ("agent versions", agent_versions(&view.agent_versions)),
         ("revision", view.store_revision.to_string()),
         ("event revision", view.event_revision.to_string()),
     ]);
@@ -152,6 +181,27 @@ fn render(view: &StatusView) -> String {
     text
 }
 
+/// `0.1.0: 8, 0.0.9: 2 (one minor behind)`: the skew is said when not current.
+fn agent_versions(versions: &[AgentVersionView]) -> String {
+    if versions.is_empty() {
+        return "-".to_string();
+    }
+    let counts: Vec<String> = versions
+        .iter()
+        .map(|count| {
+            let version = match count.version.as_str() {
+                "" => "unknown",
+                version => version,
+            };
+            match count.skew.as_str() {
+                "current" => format!("{version}: {}", count.nodes),
+                skew => format!("{version}: {} ({skew})", count.nodes),
+            }
+        })
+        .collect();
+    output::sanitize(&counts.join(", "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,7 +231,33 @@ mod tests {
             unknown: 1,
             maintenance: 1,
             event_revision: 1042,
+            agent_versions: vec![
+                AgentVersionCount {
+                    version: "0.1.0".into(),
+                    nodes: 2,
+                    skew: "current".into(),
+                },
+                AgentVersionCount {
+                    version: "0.0.9".into(),
+                    nodes: 1,
+                    skew: "one minor behind".into(),
+                },
+            ],
         }
+    }
+
+    #[test]
+    fn status_counts_agent_versions_and_says_which_are_behind() {
+        let view = StatusView::from(status());
+        let text = render(&view);
+        assert!(
+            text.contains("agent versions   0.1.0: 2, 0.0.9: 1 (one minor behind)\n"),
+            "{text}"
+        );
+        let json = serde_json::to_value(view).unwrap();
+        assert_eq!(json["agent_versions"][1]["version"], "0.0.9");
+        assert_eq!(json["agent_versions"][1]["nodes"], 1);
+        assert_eq!(json["agent_versions"][1]["skew"], "one minor behind");
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //!
 //! - `OUT_DIR/man/man1/NAME.1`, and `NAME-SUB.1` for every subcommand, at any depth;
 //! - `OUT_DIR/completions/bash/NAME`, `zsh/_NAME`, `fish/NAME.fish`.
+//!
+//! `opi-gen-docs --config-reference` prints the configuration reference
+//! (`docs/config-reference.md`) instead.
+
+mod reference;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -24,14 +29,23 @@ const SHELLS: [(Shell, &str, &str); 3] = [
 #[command(name = "opi-gen-docs", version)]
 struct Args {
     /// Directory to write `man/` and `completions/` into (created if missing)
-    out_dir: PathBuf,
+    #[arg(required_unless_present = "config_reference")]
+    out_dir: Option<PathBuf>,
+
+    /// Print the configuration reference (Markdown) on standard output instead
+    #[arg(long, conflicts_with = "out_dir")]
+    config_reference: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let Some(out_dir) = args.out_dir else {
+        print!("{}", reference::render(&commands()));
+        return Ok(());
+    };
     for command in commands() {
-        write_man_pages(&command, &args.out_dir.join("man/man1"))?;
-        write_completions(command, &args.out_dir.join("completions"))?;
+        write_man_pages(&command, &out_dir.join("man/man1"))?;
+        write_completions(command, &out_dir.join("completions"))?;
     }
     Ok(())
 }
@@ -111,6 +125,11 @@ mod tests {
         }
         let enroll = fs::read_to_string(man.join("opi-agent-enroll.1")).unwrap();
         assert!(enroll.contains("token\\-file"), "options are documented");
+        let opictl = fs::read_to_string(man.join("opictl.1")).unwrap();
+        assert!(
+            opictl.contains("Exit status: 0 on success"),
+            "exit codes are documented"
+        );
         assert!(
             !man.join("opictl-help.1").exists(),
             "clap's help has no page"
@@ -119,5 +138,40 @@ mod tests {
         assert!(bash.contains("complete -F"), "{bash}");
         assert!(out.path().join("completions/zsh/_opi-manager").is_file());
         assert!(out.path().join("completions/fish/opi-agent.fish").is_file());
+    }
+
+    #[test]
+    fn the_committed_config_reference_is_what_the_code_generates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config-reference.md");
+        let committed = fs::read_to_string(&path).unwrap_or_default();
+        let generated = reference::render(&commands());
+        assert!(
+            committed == generated,
+            "{} is stale: regenerate it with `{}`",
+            path.display(),
+            reference::REGENERATE
+        );
+    }
+
+    #[test]
+    fn the_config_reference_lists_every_command_option_and_file_key() {
+        let text = reference::render(&commands());
+        for needle in [
+            "### `opictl token create`",
+            "| `--ttl DURATION` | `1h` |",
+            "### `opi-agent enroll`",
+            "### `opi-manager serve`",
+            "| `-o, --output FORMAT` | `table` |",
+            "| `disk.warning_used_percent` | number | `85.0` |",
+            "| `[sysctls.\"NAME\"]` | table per name |",
+            "| `listen` | string | - |",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+        }
+        assert_eq!(
+            text.matches("| `--config FILE` |").count(),
+            1,
+            "global options once"
+        );
     }
 }

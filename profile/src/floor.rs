@@ -4,13 +4,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Where a floor-derived item says it came from.
 pub const FLOOR_ORIGIN: &str = "the node's hardening floor";
 
 /// Bounds on one sysctl. Any combination may be given; all must hold.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SysctlFloor {
     /// The value must be an integer at least this.

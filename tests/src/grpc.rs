@@ -9,6 +9,17 @@ use opi_proto::v1::enrollment_client::EnrollmentClient;
 use opi_proto::v1::operator_client::OperatorClient;
 use tonic::transport::Channel;
 
+/// The agent version hand-made messages carry: the workspace's, which the manager accepts.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Node facts for hand-made enrollments: empty but for an accepted agent version.
+pub fn facts() -> opi_proto::v1::NodeFacts {
+    opi_proto::v1::NodeFacts {
+        agent_version: AGENT_VERSION.into(),
+        ..Default::default()
+    }
+}
+
 /// A channel that trusts the pinned CA and presents no client certificate.
 pub async fn anonymous(endpoint: &str, pin: &str) -> anyhow::Result<Channel> {
     let verifier = ManagerVerifier::with_pin(pin.parse()?);

@@ -15,9 +15,12 @@ use serde_json::Value;
 
 pub mod admin;
 pub mod alertmanager;
+pub mod containerd;
 pub mod grpc;
+pub mod hardening;
 pub mod http;
 pub mod node;
+pub mod rollout;
 pub mod sim;
 
 /// Default bound of [`wait_until`].

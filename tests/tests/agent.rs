@@ -297,7 +297,7 @@ async fn open_session(
         .unwrap();
     let hello = AgentMessage {
         body: Some(Body::Hello(Hello {
-            agent_version: "test".into(),
+            agent_version: opi_tests::grpc::AGENT_VERSION.into(),
             ..Default::default()
         })),
     };

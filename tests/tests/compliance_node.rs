@@ -8,41 +8,16 @@
 
 use std::collections::BTreeMap;
 
-use opi_profile::hardening::{baseline, Change};
+use opi_tests::hardening::{container_profile, settable, READ_ONLY};
 use opi_tests::node::{Node, AGENT_PATH};
 use serde_json::Value;
 
 /// The profile file inside the node.
 const PROFILE_PATH: &str = "/root/profile.yaml";
-/// Why the profile lifts the sysctls a container cannot set.
-const READ_ONLY: &str = "read-only inside a container: the host kernel's value";
-
-/// Network sysctls that are the host's, not the network namespace's: absent inside.
-const HOST_WIDE_NET: [&str; 1] = ["net.core.bpf_jit_harden"];
-
-/// Whether the node can set `key`: per-network-namespace sysctls only.
-fn settable(key: &str) -> bool {
-    key.starts_with("net.") && !HOST_WIDE_NET.contains(&key)
-}
 
 /// The intermediary baseline with an exception for every sysctl the node cannot set.
 fn profile() -> String {
-    let items = baseline::resolve("anssi-bp028-intermediary").unwrap();
-    let mut text = String::from(
-        "apiVersion: opi.fleet/v1\nkind: NodeProfile\nhardening:\n  baseline: anssi-bp028-intermediary\n  exceptions:\n",
-    );
-    for item in items.values() {
-        if let Change::Sysctl { key, .. } = &item.change {
-            if !settable(key) {
-                text.push_str(&format!(
-                    "    - {{item: {}, reason: \"{READ_ONLY}\", approver: ci}}\n",
-                    item.id
-                ));
-            }
-        }
-    }
-    text.push_str("apply: {verifyTimeout: 30s}\n");
-    text
+    container_profile("anssi-bp028-intermediary", "apply: {verifyTimeout: 30s}\n")
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! The Grafana dashboard and the Prometheus rules shipped in `deploy/` use only metrics the
-//! manager really exports, and the rules pass `promtool check rules` and their unit tests.
+//! manager really exports, and the rules pass `promtool check rules` and their unit tests;
+//! every alert, pushed by the manager or raised by the rules, has its runbook section, which
+//! its `runbook_url` names.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -75,4 +77,87 @@ fn prometheus_rules_are_valid_and_fire_when_they_should() {
         .arg("test")
         .arg("rules")
         .arg(deploy("prometheus/opi-manager.rules.test.yml"))));
+}
+
+/// The alerts the manager pushes itself (`manager/src/alerts/model.rs`).
+const PUSHED_ALERTS: [&str; 8] = [
+    "OpiNodeOffline",
+    "OpiPoolNodesOffline",
+    "OpiManagerLostMostAgents",
+    "OpiNodeDegraded",
+    "OpiNodeCertificateExpiring",
+    "OpiRolloutHalted",
+    "OpiManagerStoreErrors",
+    "OpiManagerHeartbeat",
+];
+
+#[test]
+fn every_alert_has_a_runbook_section_and_rules_link_to_it() {
+    let runbooks_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/runbooks.md");
+    let runbooks = std::fs::read_to_string(runbooks_path).unwrap();
+    let sections: BTreeSet<&str> = runbooks
+        .lines()
+        .filter_map(|line| line.strip_prefix("## "))
+        .collect();
+    let rules = std::fs::read_to_string(deploy("prometheus/opi-manager.rules.yml")).unwrap();
+    let mut rule_alerts = Vec::new();
+    let mut links = Vec::new();
+    for line in rules.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("- alert: ") {
+            rule_alerts.push(name.to_string());
+        }
+        if let Some(url) = line.strip_prefix("runbook_url: ") {
+            links.push(url.trim_matches('"').to_string());
+        }
+    }
+    assert_eq!(rule_alerts.len(), 5, "{rules}");
+
+    for alert in PUSHED_ALERTS
+        .iter()
+        .copied()
+        .chain(rule_alerts.iter().map(String::as_str))
+    {
+        assert!(
+            sections.contains(alert),
+            "docs/runbooks.md has no `## {alert}`"
+        );
+    }
+    assert_eq!(links.len(), rule_alerts.len(), "one runbook_url per rule");
+    for (alert, link) in rule_alerts.iter().zip(&links) {
+        let wanted = format!(
+            "/usr/share/doc/opi-manager/runbooks.md#{}",
+            alert.to_lowercase()
+        );
+        assert_eq!(link, &wanted);
+    }
+}
+
+#[test]
+fn pushed_alerts_link_to_their_runbook_section() {
+    let dir = TempDir::new().unwrap();
+    let am = opi_tests::alertmanager::Alertmanager::start(dir.path());
+    let mut manager = Manager::init(dir.path(), "runbooks").with_args(&[
+        "--alertmanager",
+        &am.url(),
+        "--runbooks",
+        "https://docs.example/opi/runbooks.md",
+    ]);
+    manager.start();
+
+    let mut heartbeat = None;
+    opi_tests::wait_until(
+        opi_tests::WAIT,
+        "the heartbeat alert in Alertmanager",
+        || {
+            heartbeat = am.alerts().into_iter().find(|alert| {
+                opi_tests::alertmanager::has_label(alert, "alertname", "OpiManagerHeartbeat")
+            });
+            heartbeat.is_some()
+        },
+    );
+    let alert = heartbeat.expect("found above");
+    assert_eq!(
+        alert["annotations"]["runbook_url"],
+        "https://docs.example/opi/runbooks.md#opimanagerheartbeat"
+    );
 }

@@ -81,7 +81,7 @@ fn request(token: &str, i: usize) -> EnrollRequest {
         token: token.to_string(),
         csr_der: opi_pki::csr::make_node_csr(&key, &name(i)).expect("CSR"),
         name: name(i),
-        facts: None,
+        facts: Some(opi_tests::grpc::facts()),
     }
 }
 

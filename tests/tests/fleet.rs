@@ -257,7 +257,7 @@ fn hello() -> opi_proto::v1::AgentMessage {
     use opi_proto::v1::{agent_message::Body, Hello};
     opi_proto::v1::AgentMessage {
         body: Some(Body::Hello(Hello {
-            agent_version: "test".into(),
+            agent_version: opi_tests::grpc::AGENT_VERSION.into(),
             boot_id: "b".into(),
             ..Default::default()
         })),

@@ -55,7 +55,7 @@ impl Fleet {
                 token: token.into(),
                 csr_der,
                 name: name.into(),
-                facts: Some(NodeFacts::default()),
+                facts: Some(grpc::facts()),
             };
             client
                 .enroll(request)
@@ -281,7 +281,7 @@ fn retried_enrollment_with_same_key_gets_same_answer_without_second_use() {
             token: token.clone(),
             csr_der: der.clone(),
             name: "retry".into(),
-            facts: None,
+            facts: Some(grpc::facts()),
         };
         let first = client.enroll(request.clone()).await.unwrap().into_inner();
         let second = client.enroll(request).await.unwrap().into_inner();
@@ -449,7 +449,7 @@ fn rate_limits_failed_enrollment_attempts_per_address() {
             token,
             csr_der: csr,
             name: "n1".into(),
-            facts: None,
+            facts: Some(grpc::facts()),
         };
         let with_real_token = client.enroll(request).await.unwrap_err();
         (failures, limited, with_real_token)

@@ -1,13 +1,15 @@
-//! The systemd units pass `systemd-analyze verify`, and the manager speaks systemd's
-//! notification protocol: ready once it listens, watchdog pings from its main loop, stopping
-//! on SIGTERM. The notification socket is a real Unix datagram socket made by the test.
+//! The systemd units pass `systemd-analyze verify`, and the manager and the agent speak
+//! systemd's notification protocol: ready once the manager listens and once the agent has a
+//! session (or has decided to run offline), status lines, watchdog pings from their main
+//! loops, stopping on SIGTERM. The notification socket is a real Unix datagram socket made
+//! by the test.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use opi_tests::{bin, run, Manager};
+use opi_tests::{bin, ok, run, Agent, Manager};
 use tempfile::TempDir;
 
 fn units() -> PathBuf {
@@ -118,4 +120,150 @@ fn manager_notifies_ready_feeds_the_watchdog_and_says_when_it_stops() {
     assert!(stopping.contains("STOPPING=1"), "{stopping}");
     let status = child.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status}");
+}
+
+/// A notification socket bound in `dir`, and a reader of its messages.
+struct NotifySocket {
+    path: PathBuf,
+    socket: UnixDatagram,
+}
+
+impl NotifySocket {
+    fn bind(dir: &Path) -> Self {
+        let path = dir.join("agent-notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(45)))
+            .unwrap();
+        Self { path, socket }
+    }
+
+    /// The next message, within 45 s (longer than the agent's 30 s offline deadline).
+    fn receive(&self) -> String {
+        let mut buffer = [0u8; 2048];
+        let n = self
+            .socket
+            .recv(&mut buffer)
+            .expect("a notification within 45 s");
+        String::from_utf8_lossy(&buffer[..n]).into_owned()
+    }
+
+    /// Messages until one contains `wanted`; returns it.
+    fn receive_until(&self, wanted: &str) -> String {
+        loop {
+            let message = self.receive();
+            if message.contains(wanted) {
+                return message;
+            }
+        }
+    }
+
+    /// Counts watchdog pings until `count` arrived; returns how long that took.
+    fn watchdog_pings(&self, count: usize) -> Duration {
+        let start = Instant::now();
+        let mut pings = 0;
+        while pings < count {
+            if self.receive().contains("WATCHDOG=1") {
+                pings += 1;
+            }
+        }
+        start.elapsed()
+    }
+}
+
+/// A started manager and an agent enrolled with it (not started).
+fn enrolled_agent(dir: &Path, fleet: &str) -> (Manager, Agent) {
+    let mut manager = Manager::init(dir, fleet);
+    manager.start();
+    let (_, token) = manager.opictl().create_token("workers", 1, &[]);
+    let agent = Agent::new(dir, "notify-node");
+    ok(agent.enroll(&manager.endpoint(), &manager.ca_pin(), &token));
+    (manager, agent)
+}
+
+/// `opi-agent run` with the notification socket and a 1 s watchdog.
+fn start_notifying_agent(agent: &Agent, socket: &NotifySocket) -> std::process::Child {
+    let log = std::fs::File::create(&agent.log).unwrap();
+    Command::new(bin("opi-agent"))
+        .args(["run", "--root"])
+        .arg(&agent.root)
+        .env("NOTIFY_SOCKET", &socket.path)
+        .env("WATCHDOG_USEC", "1000000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn sigterm(child: &std::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+}
+
+#[test]
+fn agent_is_ready_once_its_session_opens_and_reports_losing_it() {
+    let dir = TempDir::new().unwrap();
+    let (mut manager, agent) = enrolled_agent(dir.path(), "notify");
+    let socket = NotifySocket::bind(dir.path());
+
+    let mut child = start_notifying_agent(&agent, &socket);
+
+    let ready = socket.receive();
+    assert!(ready.contains("READY=1"), "{ready}");
+    let endpoint = manager.endpoint();
+    assert!(
+        ready.contains(&format!("STATUS=connected to {endpoint}")),
+        "{ready}"
+    );
+    let online = manager.opictl().nodes();
+    assert_eq!(online[0]["connectivity"], "online", "ready once in session");
+    let elapsed = socket.watchdog_pings(3);
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "three pings from the session loop at most 0.75 s apart: {elapsed:?}"
+    );
+
+    manager.terminate(Duration::from_secs(10));
+    let lost = socket.receive_until("STATUS=");
+    assert!(
+        lost.contains(&format!("STATUS=offline: {endpoint}")),
+        "{lost}"
+    );
+    assert!(lost.contains("retrying in"), "{lost}");
+    assert!(!lost.contains("READY=1"), "ready once only: {lost}");
+
+    sigterm(&child);
+    let stopping = socket.receive_until("STOPPING=1");
+    assert!(stopping.contains("STOPPING=1"), "{stopping}");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+}
+
+#[test]
+fn agent_without_a_reachable_manager_is_ready_offline_and_keeps_feeding_the_watchdog() {
+    let dir = TempDir::new().unwrap();
+    let (mut manager, agent) = enrolled_agent(dir.path(), "offline");
+    let endpoint = manager.endpoint();
+    manager.terminate(Duration::from_secs(10));
+    let socket = NotifySocket::bind(dir.path());
+
+    let mut child = start_notifying_agent(&agent, &socket);
+
+    let ready = socket.receive();
+    assert!(ready.contains("READY=1"), "{ready}");
+    assert!(
+        ready.contains(&format!("STATUS=offline: {endpoint}: ")),
+        "explicitly offline after every endpoint failed once: {ready}"
+    );
+    assert!(ready.contains("retrying in"), "{ready}");
+    let elapsed = socket.watchdog_pings(3);
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "pings from the reconnection loop while offline: {elapsed:?}"
+    );
+
+    sigterm(&child);
+    socket.receive_until("STOPPING=1");
+    assert!(child.wait().unwrap().success());
 }

@@ -55,14 +55,18 @@ pub enum FloorError {
     },
 }
 
-#[derive(Deserialize)]
+/// `floor.toml` as written.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct FloorFile {
-    version: u32,
+pub struct FloorFile {
+    /// Format version: 1.
+    pub version: u32,
+    /// Bounds per sysctl, by its dotted name.
     #[serde(default)]
-    sysctls: BTreeMap<String, SysctlFloor>,
+    pub sysctls: BTreeMap<String, SysctlFloor>,
+    /// Modules that must stay blacklisted.
     #[serde(default)]
-    blacklisted_modules: BTreeSet<String>,
+    pub blacklisted_modules: BTreeSet<String>,
 }
 
 /// The floor of the node rooted at `root`.

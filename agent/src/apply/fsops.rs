@@ -66,7 +66,22 @@ pub fn meta(path: &Path) -> io::Result<Option<Meta>> {
 }
 
 /// Replaces `path` with `content`, mode and owner `meta`, atomically, creating its directory.
+/// When the directory is read-only but the file is not (the sandboxed agent's
+/// `ReadWritePaths=-/etc/login.defs`), the file is rewritten in place instead.
+///
+/// Shortcoming: that in-place rewrite is not atomic; a crash in it is undone by the journal's
+/// last-known-good at the next start.
 pub fn write_atomic(path: &Path, content: &[u8], meta: Meta) -> io::Result<()> {
+    match replace(path, content, meta) {
+        Err(error) if error.raw_os_error() == Some(nix::libc::EROFS) && path.is_file() => {
+            rewrite_in_place(path, content, meta)
+        }
+        done => done,
+    }
+}
+
+/// The temporary file, fsync, rename and directory fsync of [`write_atomic`].
+fn replace(path: &Path, content: &[u8], meta: Meta) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     if !dir.exists() {
         fs::create_dir_all(dir)?;
@@ -91,6 +106,18 @@ pub fn write_atomic(path: &Path, content: &[u8], meta: Meta) -> io::Result<()> {
     }
     written?;
     sync_dir(dir)
+}
+
+/// Truncates and writes the existing file at `path`, keeping its inode, then sets `meta`.
+fn rewrite_in_place(path: &Path, content: &[u8], meta: Meta) -> io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    file.write_all(content)?;
+    std::os::unix::fs::fchown(&file, Some(meta.uid), Some(meta.gid))?;
+    file.set_permissions(fs::Permissions::from_mode(meta.mode))?;
+    file.sync_all()
 }
 
 /// Sets mode and owner of an existing file.

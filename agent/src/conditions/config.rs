@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::http::HttpUrl;
 pub use super::settings::{
@@ -50,12 +51,12 @@ pub const CHECKS: [&str; 13] = [
 ];
 
 /// `health.toml`. Every section and key but `version` may be left out.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
-    /// Format version, [`HEALTH_CONFIG_VERSION`].
+    /// Format version: 1 ([`HEALTH_CONFIG_VERSION`]).
     pub version: u32,
-    /// The checks to run, by condition type; all of [`CHECKS`] by default.
+    /// The checks to run, by condition type; all of them ([`CHECKS`]) by default.
     #[serde(default = "all_checks")]
     pub checks: Vec<String>,
     /// Time each collector has per round, in milliseconds.

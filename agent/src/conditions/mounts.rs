@@ -1,4 +1,4 @@
-//! The mounted file systems, from `/proc/self/mountinfo`, and the ones worth checking.
+//! The mounted file systems, from the kernel's mountinfo, and the ones worth checking.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -7,8 +7,12 @@ use std::path::{Path, PathBuf};
 use super::config::HealthConfig;
 use super::NodeFiles;
 
-/// The kernel's list of mounts seen by this process.
+/// The kernel's list of mounts seen by this process: the mounts of a `--root` other than `/`.
 pub const MOUNTINFO: &str = "/proc/self/mountinfo";
+/// The mounts of the node itself (`--root /`), as its init sees them. Not this process's own:
+/// under its systemd sandbox (`ProtectSystem=strict`) the agent sees the node's file systems
+/// through read-only bind mounts, which say nothing of the node's.
+pub const NODE_MOUNTINFO: &str = "/proc/1/mountinfo";
 
 /// File system types that hold no data of the node's: never checked.
 pub const PSEUDO_FILESYSTEMS: [&str; 24] = [
@@ -150,7 +154,12 @@ pub fn wanted(config: &HealthConfig) -> Vec<PathBuf> {
 /// Wanted mount points are matched as the kernel names them, not under `--root`: with a root
 /// other than `/`, list them by their full path.
 pub fn checked(files: &NodeFiles, wanted: &[PathBuf]) -> Result<Vec<Mount>, MountsError> {
-    let path = files.kernel(MOUNTINFO);
+    let table = if files.root() == Path::new("/") {
+        NODE_MOUNTINFO
+    } else {
+        MOUNTINFO
+    };
+    let path = files.kernel(table);
     let text = std::fs::read_to_string(&path)
         .map_err(|source| MountsError::ReadMountinfo { path, source })?;
     let mounts = parse(&text);

@@ -2,13 +2,14 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::config::DEFAULT_PROBE_TIMEOUT_MS;
 use super::config::{DEFAULT_CONTAINERD_SOCKET, DEFAULT_KUBELET_URL, DEFAULT_MOUNTS};
 
 /// How kubelet is probed.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct KubeletSettings {
     /// kubelet's healthz URL, plain `http://`.
@@ -18,7 +19,7 @@ pub struct KubeletSettings {
 }
 
 /// How containerd is reached.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ContainerdSettings {
     /// containerd's gRPC socket, absolute, resolved under `--root`.
@@ -28,7 +29,7 @@ pub struct ContainerdSettings {
 }
 
 /// Which mounts are checked and when they are too full.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct DiskSettings {
     /// Mount points checked when they are mounts of their own; [`DEFAULT_MOUNTS`] by default.
@@ -46,7 +47,7 @@ pub struct DiskSettings {
 }
 
 /// When available memory is too low.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct MemorySettings {
     /// Available memory, in percent of the total, below which it is a warning.
@@ -56,7 +57,7 @@ pub struct MemorySettings {
 }
 
 /// When the node runs out of process ids.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PidSettings {
     /// Tasks, in percent of the kernel's limit, at which it is a warning.
@@ -66,7 +67,7 @@ pub struct PidSettings {
 }
 
 /// When the clock is too far off.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClockSettings {
     /// Largest error the kernel may estimate for its clock, in milliseconds.
@@ -74,7 +75,7 @@ pub struct ClockSettings {
 }
 
 /// When the node certificate is close to its end.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct CertificateSettings {
     /// Lifetime left, in percent, below which it is a warning.

@@ -31,12 +31,14 @@ pub mod compliance;
 pub mod evaluation;
 pub mod probe;
 pub mod profile_state;
+pub mod readiness;
 pub mod renewal;
 mod session;
 
 use applier::Applier;
 use evaluation::Checks;
 use probe::{SessionProbe, Target};
+use readiness::Readiness;
 
 use session::{SessionEnd, SessionError};
 
@@ -112,12 +114,20 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .instrument(span.clone())
         .await
         .map_err(RunError::LoadHealthConfig)?;
-    let agent = span.in_scope(|| Agent::new(paths, state, checks))?;
+    let notifier = Arc::new(opi_systemd::Notifier::from_env());
+    let readiness = Readiness::new(notifier.clone(), state.config.managers.len());
+    let agent = span.in_scope(|| Agent::new(paths, state, checks, readiness))?;
     let mut signals = Signals::install().map_err(RunError::InstallSignalHandlers)?;
+    agent
+        .readiness
+        .spawn_offline_deadline(readiness::OFFLINE_READY_AFTER);
 
     tokio::select! {
         never = agent.serve().instrument(span) => match never {},
-        name = signals.recv() => info!(signal = name, "shutting down"),
+        name = signals.recv() => {
+            info!(signal = name, "shutting down");
+            notifier.stopping();
+        }
     }
     Ok(())
 }
@@ -141,10 +151,16 @@ struct Agent {
     reconnect: Backoff,
     next_endpoint: usize,
     session_opened: Option<Instant>,
+    readiness: Readiness,
 }
 
 impl Agent {
-    fn new(paths: StatePaths, state: NodeState, checks: Checks) -> Result<Self, RunError> {
+    fn new(
+        paths: StatePaths,
+        state: NodeState,
+        checks: Checks,
+        readiness: Readiness,
+    ) -> Result<Self, RunError> {
         let (probe_target, target) = tokio::sync::watch::channel(None);
         let probe = Arc::new(SessionProbe::new(target));
         let applier = Applier::start(&paths, checks.latest.clone(), probe);
@@ -164,6 +180,7 @@ impl Agent {
             reconnect: Backoff::new(BACKOFF_BASE, BACKOFF_CAP),
             next_endpoint: 0,
             session_opened: None,
+            readiness,
             paths,
             state,
         };
@@ -181,13 +198,17 @@ impl Agent {
         loop {
             let endpoint = self.endpoint();
             self.session_opened = None;
-            match self.connect_and_serve(&endpoint).await {
+            let why = match self.connect_and_serve(&endpoint).await {
                 Ok(SessionEnd::Renewed) => continue,
                 Ok(SessionEnd::Closed) => {
-                    info!(endpoint = %endpoint, "the manager closed the session")
+                    info!(endpoint = %endpoint, "the manager closed the session");
+                    "the manager closed the session".to_string()
                 }
-                Err(failure) => log_failure(&endpoint, &failure),
-            }
+                Err(failure) => {
+                    log_failure(&endpoint, &failure);
+                    ErrorChain(&failure).to_string()
+                }
+            };
 
             if self
                 .session_opened
@@ -196,7 +217,9 @@ impl Agent {
                 self.reconnect.reset();
             }
             self.next_endpoint = self.next_endpoint.wrapping_add(1);
-            tokio::time::sleep(self.reconnect.next_delay()).await;
+            let delay = self.reconnect.next_delay();
+            self.readiness.session_lost(&endpoint, &why, delay);
+            self.readiness.sleep(delay).await;
         }
     }
 

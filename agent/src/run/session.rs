@@ -105,6 +105,7 @@ impl Agent {
         let (outbox, mut inbound) = self.open(endpoint, &channel).await?;
         self.session_opened = Some(Instant::now());
         info!(endpoint = %endpoint, "session open");
+        self.readiness.session_open(endpoint);
         // The manager learns what became of the last generation, even if it ended offline.
         let mut applied_sent = applier::send_report_if_due(&outbox, &reports, None);
         let mut evidence = self.compliance.clone();
@@ -112,10 +113,12 @@ impl Agent {
         let mut observing = true;
 
         let mut heartbeat = heartbeat_timer(self.heartbeat);
+        let mut watchdog = self.readiness.watchdog_timer();
         let mut seq = 0u64;
         let mut evaluating = true;
         loop {
             tokio::select! {
+                _ = watchdog.tick() => self.readiness.watchdog(),
                 _ = heartbeat.tick() => {
                     seq += 1;
                     // Also retries a report the full outbox could not take.

@@ -1,7 +1,8 @@
 //! Alerts pushed to Alertmanager (API v2), level-based: a reconciler computes the alerts that
-//! should fire from the fleet's state (see [`nodes`] and [`manager`] for the rules), and one
-//! worker per Alertmanager pushes that whole set whenever it changes and every resend
-//! interval, with `endsAt` three resend intervals ahead, and resolves the alerts that cleared.
+//! should fire from the fleet's state (see [`nodes`], [`rollouts`] and [`manager`] for the
+//! rules), and one worker per Alertmanager pushes that whole set whenever it changes and every
+//! resend interval, with `endsAt` three resend intervals ahead, and resolves the alerts that
+//! cleared.
 //!
 //! Nothing is lost when an Alertmanager is down: the next successful push carries the current
 //! truth. Alerts that cleared while the manager itself was down are not resolved explicitly;
@@ -13,6 +14,7 @@ mod manager;
 mod model;
 mod nodes;
 mod reconcile;
+mod rollouts;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,7 +29,7 @@ pub use deliver::{AlertmanagerUrl, DeliveryError, FIRST_RETRY, MAX_RETRY, POST_T
 pub use manager::STORE_ERRORS_HOLD;
 pub use model::{
     Alert, Labels, MANAGER_HEARTBEAT, MANAGER_LOST_MOST_AGENTS, MANAGER_STORE_ERRORS,
-    NODE_CERTIFICATE_EXPIRING, NODE_DEGRADED, NODE_OFFLINE, POOL_NODES_OFFLINE,
+    NODE_CERTIFICATE_EXPIRING, NODE_DEGRADED, NODE_OFFLINE, POOL_NODES_OFFLINE, ROLLOUT_HALTED,
 };
 pub use nodes::{RuleSettings, NAMES_LISTED};
 pub use reconcile::EVALUATE_EVERY;
@@ -57,6 +59,9 @@ pub enum AlertsError {
     #[error("`{url}` is not an http://HOST:PORT URL")]
     NotHttp { url: String },
 }
+
+/// Where `--runbooks` points by default: the copy the opi-manager package installs.
+pub const DEFAULT_RUNBOOKS: &str = "/usr/share/doc/opi-manager/runbooks.md";
 
 /// How alerting runs.
 #[derive(Clone, Debug)]

@@ -19,6 +19,8 @@ pub const NODE_CERTIFICATE_EXPIRING: &str = "OpiNodeCertificateExpiring";
 pub const POOL_NODES_OFFLINE: &str = "OpiPoolNodesOffline";
 /// Most of the manager's online nodes vanished at once (replaces their offline alerts).
 pub const MANAGER_LOST_MOST_AGENTS: &str = "OpiManagerLostMostAgents";
+/// A pool's rollout halted on failures.
+pub const ROLLOUT_HALTED: &str = "OpiRolloutHalted";
 /// Fleet store calls are failing.
 pub const MANAGER_STORE_ERRORS: &str = "OpiManagerStoreErrors";
 /// Always firing while the manager runs: the dead-man's switch.
@@ -78,6 +80,13 @@ impl Alert {
         self
     }
 
+    /// Sets the `runbook_url` annotation: `runbooks#alertname`, the alert's section there.
+    pub fn link_runbook(&mut self, runbooks: &str) {
+        let anchor = self.name().to_lowercase();
+        let url = format!("{}#{anchor}", runbooks.trim_end_matches('#'));
+        self.annotations.insert("runbook_url".into(), url);
+    }
+
     /// The `alertname` label.
     pub fn name(&self) -> &str {
         self.labels.get("alertname").map_or("", String::as_str)
@@ -131,9 +140,10 @@ mod tests {
     #[test]
     fn payload_lists_firing_then_resolved_alerts_with_their_ends() {
         let start = datetime!(2025-03-01 10:00:00 UTC);
-        let offline = Alert::new(NODE_OFFLINE, "prod", "critical", start)
+        let mut offline = Alert::new(NODE_OFFLINE, "prod", "critical", start)
             .label("node", "n1")
             .describe("node n1 is offline".into(), "no contact".into());
+        offline.link_runbook("https://docs.example/runbooks.md");
         let until = datetime!(2025-03-01 10:03:00 UTC);
         let ended = datetime!(2025-03-01 10:01:30.5 UTC);
 
@@ -148,6 +158,10 @@ mod tests {
         assert_eq!(json[0]["labels"]["severity"], "critical");
         assert_eq!(json[0]["labels"]["node"], "n1");
         assert_eq!(json[0]["annotations"]["summary"], "node n1 is offline");
+        assert_eq!(
+            json[0]["annotations"]["runbook_url"],
+            "https://docs.example/runbooks.md#opinodeoffline"
+        );
         assert_eq!(json[0]["startsAt"], "2025-03-01T10:00:00Z");
         assert_eq!(json[0]["endsAt"], "2025-03-01T10:03:00Z");
         assert_eq!(json[1]["endsAt"], "2025-03-01T10:01:30.5Z");

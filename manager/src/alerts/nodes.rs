@@ -43,6 +43,9 @@ pub struct RuleSettings {
     pub offline_after: Duration,
     /// Lifetime of node certificates, which the expiry thresholds are shares of.
     pub node_cert_ttl: Duration,
+    /// Where the runbooks are (`docs/runbooks.md` as published): each alert links to
+    /// `RUNBOOKS#alertname` in its `runbook_url` annotation.
+    pub runbooks: String,
 }
 
 /// The node alerts due now, and when the next held-back one comes due.

@@ -13,6 +13,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::manager::{heartbeat, StoreErrorWatch};
 use super::nodes::{self, RuleSettings};
+use super::rollouts;
 use super::{AlertMetrics, Snapshot};
 use crate::fleet::Fleet;
 use crate::records::EventRecord;
@@ -61,9 +62,16 @@ impl Reconciler {
         self.store_errors.observe(self.store.errors(), now);
 
         let mut firing = node_alerts.firing;
+        firing.extend(rollouts::evaluate(
+            &self.fleet.rollouts(),
+            &self.rules.fleet,
+        ));
         firing.extend(self.store_errors.alert(&self.rules.fleet));
         self.metrics.set_active(firing.len());
         firing.push(heartbeat(&self.rules.fleet, self.started_at));
+        for alert in &mut firing {
+            alert.link_runbook(&self.rules.runbooks);
+        }
         self.desired
             .send_replace(Arc::new(Snapshot { at: now, firing }));
 

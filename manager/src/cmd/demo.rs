@@ -20,6 +20,7 @@ use super::init::{self, InitArgs};
 use super::serve::{self, ServeArgs};
 use crate::datadir::DataDir;
 use crate::fleet::TokenSpec;
+use crate::rollout::{Budget, Strategy};
 
 /// Most nodes the demo starts.
 pub const MAX_DEMO_NODES: usize = 50;
@@ -31,13 +32,16 @@ pub const CONTROL_PLANE_POOL: (&str, &str) = (
     "control-plane",
     include_str!("../../../deploy/profiles/control-plane.yaml"),
 );
-/// The demo nodes' checks: no kubelet or containerd runs under their roots, so the checks of
-/// those two (which an apply waits for) are left out.
+/// The demo nodes' checks: no kubelet or containerd runs under their roots and the machine's
+/// clock may not be synchronised, so those checks are left out; with them the nodes would be
+/// degraded and the health-gated rollouts of the demo's profiles would halt at the canary.
 pub const DEMO_HEALTH: &str = r#"version = 1
 checks = ["DiskPressure", "InodePressure", "MemoryPressure", "PidPressure", "ReadOnlyFilesystem",
-    "ClockUnsynchronised", "CertificateExpiring", "RebootRequired", "HardwareErrors",
-    "ConfigDrift", "HardeningExceptionExpired"]
+    "CertificateExpiring", "RebootRequired", "HardwareErrors", "ConfigDrift",
+    "HardeningExceptionExpired"]
 "#;
+/// How the demo's profiles roll out: a canary, then the rest at once, a few seconds apart.
+pub const DEMO_SETTLE_SECS: u64 = 5;
 
 /// The host's `login.defs`, copied into each demo root as a node image would have one.
 pub const IMAGE_LOGIN_DEFS: &str = "/etc/login.defs";
@@ -93,11 +97,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     for (node, token) in &nodes {
         node.enroll(&agent_bin, &endpoint, &pin, token).await?;
     }
-    // Set once the nodes are enrolled: a node enrolled later is not given its pool's profile.
+    // Set once the nodes are enrolled, so that each rollout has its waves from the start.
     for (pool, profile) in [WORKER_POOL, CONTROL_PLANE_POOL] {
         running
             .fleet
-            .set_profile(pool, profile, "local:demo", "local")
+            .set_profile(pool, profile, demo_strategy(), "local:demo", "local")
             .await
             .with_context(|| format!("cannot set the profile of pool {pool}"))?;
     }
@@ -185,6 +189,15 @@ impl Node {
     }
 }
 
+/// A canary, then every other node of the pool, [`DEMO_SETTLE_SECS`] apart.
+fn demo_strategy() -> Strategy {
+    Strategy {
+        max_unavailable: Budget::Percent(100),
+        settle_secs: DEMO_SETTLE_SECS,
+        ..Strategy::default()
+    }
+}
+
 /// A token for `uses` nodes of `pool`, written to a secret file of the data directory.
 async fn token_file(
     running: &serve::Running,
@@ -234,6 +247,7 @@ fn serve_args(data_dir: &Path, listen: SocketAddr) -> ServeArgs {
         metrics_listen: None,
         metrics_per_node: false,
         alertmanager: Vec::new(),
+        runbooks: crate::alerts::DEFAULT_RUNBOOKS.into(),
         alert_resend: crate::alerts::DEFAULT_RESEND,
         storm_threshold: crate::alerts::DEFAULT_STORM_THRESHOLD,
     }

@@ -17,14 +17,17 @@ use crate::alerts::{AlertSettings, Alerting, AlertmanagerUrl, RuleSettings};
 use crate::datadir::{self, DataDir};
 use crate::fleet::{Fleet, Settings};
 use crate::metrics::{Exporter, MetricsServer, Registry};
-use crate::notify::Notifier;
 use crate::server::{self, ServeError};
 use crate::store::{MeasuredStore, Store};
+use opi_systemd::Notifier;
 
 /// Shortest node certificate lifetime accepted (renewal happens at 60–80 % of it).
 pub const MIN_NODE_CERT_TTL: Duration = Duration::from_secs(10);
 /// Interval of the supervisor's pass over the fleet.
 const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
+/// How long a stopping manager waits for its connections to close before it drops them; every
+/// state change is already in the store, so nothing is lost by dropping them.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Interval between prunings of old events.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Longest node certificate lifetime accepted.
@@ -74,6 +77,10 @@ pub struct ServeArgs {
     /// supported yet.
     #[arg(long, value_name = "URL", value_parser = AlertmanagerUrl::parse)]
     pub alertmanager: Vec<AlertmanagerUrl>,
+    /// Where the runbooks are, a URL of docs/runbooks.md as published: every alert gets the
+    /// annotation runbook_url=RUNBOOKS#alertname (lower case)
+    #[arg(long, value_name = "URL", default_value = crate::alerts::DEFAULT_RUNBOOKS)]
+    pub runbooks: String,
     /// Interval between two pushes of unchanged alerts; firing alerts stay valid for three.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub alert_resend: Duration,
@@ -193,8 +200,8 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
 }
 
 impl Running {
-    /// Stops serving and waits for the server to finish.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    /// Stops serving and waits for the server to finish, at most [`DRAIN_TIMEOUT`].
+    pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(alerting) = self.alerting {
             alerting.stop().await;
         }
@@ -204,12 +211,19 @@ impl Running {
         self.supervisor.abort();
         self.fleet.shut_down();
         let _ = self.shutdown.send(());
-        self.task.await.context("server task panicked")??;
+        match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.task).await {
+            Ok(finished) => finished.context("server task panicked")??,
+            Err(_) => {
+                tracing::warn!(after = ?DRAIN_TIMEOUT, "connections still open at shutdown; closing them");
+                self.task.abort();
+            }
+        }
         Ok(())
     }
 }
 
-/// Runs the supervisor's pass every second, and prunes old events at start and every minute.
+/// Runs the supervisor's pass and steps the rollouts every second, and prunes old events at
+/// start and every minute.
 async fn supervise(fleet: Arc<Fleet>, notifier: Arc<Notifier>) {
     let mut tick = tokio::time::interval(SUPERVISE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -217,6 +231,7 @@ async fn supervise(fleet: Arc<Fleet>, notifier: Arc<Notifier>) {
     loop {
         tick.tick().await;
         fleet.supervise().await;
+        fleet.advance_rollouts().await;
         notifier.watchdog();
         if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(std::time::Instant::now());
@@ -307,6 +322,7 @@ fn start_alerting(args: &ServeArgs, fleet: &Arc<Fleet>, registry: &Registry) -> 
         grouping_window: args.heartbeat + SUPERVISE_EVERY,
         offline_after: args.offline_after,
         node_cert_ttl: args.node_cert_ttl,
+        runbooks: args.runbooks.clone(),
     };
     let settings = AlertSettings {
         alertmanagers: args.alertmanager.clone(),

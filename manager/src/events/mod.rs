@@ -242,6 +242,10 @@ impl Draft {
 }
 
 fn remember(recent: &mut HashMap<String, VecDeque<EventRecord>>, event: EventRecord) {
+    // Events about a whole pool (rollouts) belong to no node's recent events.
+    if event.node.is_empty() {
+        return;
+    }
     let queue = recent.entry(event.node.clone()).or_default();
     if queue.len() == RECENT_PER_NODE {
         queue.pop_front();

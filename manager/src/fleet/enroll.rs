@@ -92,6 +92,13 @@ impl Fleet {
             what: "node name",
             source,
         })?;
+        // Before anything is written: a refused agent version leaves the token's uses intact.
+        crate::versions::check(&input.facts.agent_version).map_err(|refused| {
+            FleetError::UnsupportedAgent {
+                node: name.clone(),
+                refused,
+            }
+        })?;
         let csr = check_node_csr(&input.csr_der, self.fleet_name(), &name)?;
         let spki_sha256 = data_encoding::HEXLOWER.encode(&Sha256::digest(&csr.spki_der));
         if let Some(previous) = self.previous_answer(&first, &spki_sha256).await? {

@@ -53,8 +53,27 @@ pub enum FleetError {
     InvalidProfile { pool: String, problems: String },
     #[error("pool {pool} has no profile{}; set one with `opictl profile set {pool} -f FILE`", generation_suffix(*generation))]
     UnknownProfile { pool: String, generation: u64 },
+    #[error("rollout strategy for pool {pool} refused, nothing stored: {problems}")]
+    InvalidStrategy { pool: String, problems: String },
+    #[error("no rollout for pool {pool}; `opictl profile set {pool} -f FILE` starts one")]
+    NoRollout { pool: String },
+    #[error("the rollout of pool {pool} has no previous generation to go back to (it rolled out the pool's first profile); set the profile you want with `opictl profile set {pool} -f FILE`")]
+    NothingToUndo { pool: String },
+    #[error("cannot {action} the rollout of pool {pool}: it is {state}; {hint} (`opictl rollout status {pool}` shows it)")]
+    RolloutActionRefused {
+        pool: String,
+        action: &'static str,
+        state: &'static str,
+        hint: &'static str,
+    },
     #[error("{what} changed concurrently; try again")]
     Conflict { what: String },
+    // The refusal is part of the message, not a source: audit entries keep messages only.
+    #[error("node {node} runs an agent version this manager does not accept: {refused}")]
+    UnsupportedAgent {
+        node: String,
+        refused: crate::versions::VersionRefused,
+    },
     #[error("fleet store error")]
     Store(#[from] StoreError),
     #[error("cannot issue a certificate")]

@@ -8,6 +8,7 @@ mod error;
 mod limiter;
 mod nodes;
 pub mod profiles;
+pub mod rollouts;
 mod sessions;
 pub mod supervise;
 mod tick;
@@ -73,6 +74,8 @@ pub struct Fleet {
     counters: Arc<FleetCounters>,
     /// The store's epoch and each pool's latest profile.
     profiles: RwLock<profiles::ProfileCache>,
+    /// Each pool's latest rollout.
+    rollouts: rollouts::RolloutCache,
 }
 
 /// A node record with its store revision and, when connected, its live session.
@@ -111,7 +114,7 @@ pub struct NodeView {
 }
 
 impl Fleet {
-    /// Loads every node record from the store.
+    /// Loads every node record, profile and rollout from the store.
     pub async fn load(
         store: Arc<dyn Store>,
         authority: Authority,
@@ -134,6 +137,7 @@ impl Fleet {
             .collect();
         let events = EventLog::open(store.clone(), settings.event_retention).await?;
         let profiles = profiles::ProfileCache::load(&*store).await?;
+        let rollouts = rollouts::RolloutCache::load(&*store).await?;
         Ok(Arc::new(Self {
             store,
             authority,
@@ -146,6 +150,7 @@ impl Fleet {
             stopping: tokio::sync::watch::channel(false).0,
             counters: Arc::default(),
             profiles: RwLock::new(profiles),
+            rollouts,
         }))
     }
 

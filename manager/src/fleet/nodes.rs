@@ -222,8 +222,9 @@ impl Fleet {
         })?;
         let entry =
             audit::Entry::ok(actor, "node.move", name, from).detail(format!("to pool {pool}"));
-        // A node moved to a pool without a profile keeps running what it applied last.
-        let profile = self.latest_profile(pool);
+        // A node moved to a pool without a profile keeps running what it applied last; in a
+        // pool with a rollout it gets what the rollout gives nodes waiting for their wave.
+        let wanted = self.generation_wanted(pool, name);
         self.update_node(name, Some(entry), |record, drafts| {
             if record.pool == pool {
                 return Ok(());
@@ -237,16 +238,15 @@ impl Fleet {
                     .severity(Severity::Info),
             );
             record.pool = pool.into();
-            if let Some(profile) = &profile {
-                let id = super::profiles::generation_id(profile);
+            if let Some(id) = wanted {
                 super::config_axis::on_target(record, id, OffsetDateTime::now_utc(), drafts);
             }
             Ok(())
         })
         .await?;
-        if let Some(profile) = &profile {
+        if let Some(id) = wanted {
             self.send_desired(name).await;
-            info!(node = %name, pool = %pool, generation = profile.generation, "moved node targeted at its new pool's profile");
+            info!(node = %name, pool = %pool, generation = id.generation, "moved node targeted at its new pool's profile");
         }
         self.node(name)
     }

@@ -1,5 +1,6 @@
 //! Pool profiles: validated whole before they are stored, each a new fleet-wide generation
-//! carrying the store's epoch, and handed to the nodes of the pool.
+//! carrying the store's epoch, stored with the rollout that hands it to the nodes of the pool
+//! wave by wave (`fleet::rollouts`).
 //!
 //! Generations are counted fleet-wide rather than per pool, so that a node moved to another
 //! pool never receives a generation lower than the one it applied (its agent would refuse it).
@@ -17,9 +18,9 @@ use super::config_axis;
 use super::{Fleet, FleetError};
 use crate::audit;
 use crate::records::{
-    pool_profiles, profile_key, GenerationId, NodeState, ProfileRecord, EPOCH_KEY, GENERATION_KEY,
-    PROFILES,
+    pool_profiles, profile_key, GenerationId, ProfileRecord, EPOCH_KEY, GENERATION_KEY, PROFILES,
 };
+use crate::rollout::{rollout_key, RolloutRecord, Strategy};
 use crate::store::{decode, get_json, list_json, to_json, Store, Txn, TxnOutcome};
 
 /// Largest profile document stored; each agent of the pool receives it whole.
@@ -29,6 +30,19 @@ pub const MAX_PROFILE_BYTES: usize = 256 * 1024;
 pub(super) struct ProfileCache {
     pub epoch: u64,
     pub latest: HashMap<String, ProfileRecord>,
+}
+
+/// A new generation of a pool's profile, with the rollout that gives it to the pool.
+pub(super) struct NewGeneration<'a> {
+    pub pool: &'a str,
+    pub yaml: &'a str,
+    pub strategy: Strategy,
+    pub actor: &'a str,
+    pub from: &'a str,
+    /// For an undo: the generation whose content this one repeats.
+    pub reverts_to: Option<u64>,
+    /// Another audit entry committed with the generation (the undo that made it).
+    pub extra_audit: Option<audit::Entry>,
 }
 
 /// What `set_profile` did.
@@ -102,17 +116,41 @@ impl Fleet {
         })
     }
 
-    /// Validates `yaml` and stores it as `pool`'s next generation, then targets every node of
-    /// the pool at it. A document equal to the latest generation makes no new one.
+    /// Validates `yaml` and stores it as `pool`'s next generation, with the rollout that gives
+    /// it to the pool's nodes wave by wave (the supervisor steps it). A document equal to the
+    /// latest generation makes no new one.
     pub async fn set_profile(
         &self,
         pool: &str,
         yaml: &str,
+        strategy: Strategy,
         actor: &str,
         from: &str,
     ) -> Result<SetOutcome, FleetError> {
-        let parsed = self.check_profile(pool, yaml, actor, from).await?;
-        if let Some(latest) = self.latest_profile(pool) {
+        let new = NewGeneration {
+            pool,
+            yaml,
+            strategy,
+            actor,
+            from,
+            reverts_to: None,
+            extra_audit: None,
+        };
+        self.store_new_generation(new).await
+    }
+
+    /// Checks and stores a new generation with its rollout, replacing the pool's current
+    /// rollout, in one transaction.
+    pub(super) async fn store_new_generation(
+        &self,
+        new: NewGeneration<'_>,
+    ) -> Result<SetOutcome, FleetError> {
+        let parsed = self
+            .check_profile(new.pool, new.yaml, new.actor, new.from)
+            .await?;
+        self.check_strategy(&new).await?;
+        let _writers = self.rollouts.write_lock().await;
+        if let Some(latest) = self.latest_profile(new.pool) {
             if same_document(&latest.yaml, &parsed) {
                 return Ok(SetOutcome {
                     profile: latest,
@@ -121,18 +159,40 @@ impl Fleet {
             }
         }
 
-        let profile = self.store_generation(pool, yaml, actor, from).await?;
-        info!(pool = %pool, generation = profile.generation, epoch = profile.epoch, actor = %actor, "profile generation stored");
+        let (profile, rollout, revision) = self.store_generation(&new).await?;
+        info!(pool = %new.pool, generation = profile.generation, epoch = profile.epoch, actor = %new.actor, "profile generation stored");
         self.profiles
             .write()
             .expect("profile lock poisoned")
             .latest
-            .insert(pool.to_string(), profile.clone());
-        self.target_pool(&profile).await;
+            .insert(new.pool.to_string(), profile.clone());
+        self.rollout_started(rollout, revision);
         Ok(SetOutcome {
             profile,
             changed: true,
         })
+    }
+
+    /// Refuses a strategy with problems, auditing the refusal.
+    async fn check_strategy(&self, new: &NewGeneration<'_>) -> Result<(), FleetError> {
+        let problems = new.strategy.problems();
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let error = FleetError::InvalidStrategy {
+            pool: new.pool.into(),
+            problems: problems.join("; "),
+        };
+        audit::Entry::refused(
+            new.actor,
+            "profile.set",
+            new.pool,
+            new.from,
+            &error.to_string(),
+        )
+        .write(self.store())
+        .await;
+        Err(error)
     }
 
     /// Parses and validates a profile, auditing a refusal with every problem found.
@@ -168,15 +228,13 @@ impl Fleet {
         }
     }
 
-    /// Takes the next fleet-wide generation and stores the profile under it, with its audit
-    /// entry, in one transaction.
+    /// Takes the next fleet-wide generation and stores the profile under it, with its rollout,
+    /// its events and its audit entries, in one transaction.
     async fn store_generation(
         &self,
-        pool: &str,
-        yaml: &str,
-        actor: &str,
-        from: &str,
-    ) -> Result<ProfileRecord, FleetError> {
+        new: &NewGeneration<'_>,
+    ) -> Result<(ProfileRecord, RolloutRecord, u64), FleetError> {
+        let pool = new.pool;
         for _ in 0..super::CAS_ATTEMPTS {
             let counter = self.store().get(GENERATION_KEY).await?;
             let (last, revision) = match &counter {
@@ -187,39 +245,33 @@ impl Fleet {
                 pool: pool.into(),
                 generation: last + 1,
                 epoch: self.epoch(),
-                yaml: yaml.into(),
-                digest: digest(yaml),
+                yaml: new.yaml.into(),
+                digest: digest(new.yaml),
                 created_at: OffsetDateTime::now_utc(),
-                created_by: actor.into(),
+                created_by: new.actor.into(),
             };
-            let detail = format!("generation {} ({})", profile.generation, profile.digest);
-            let entry = audit::Entry::ok(actor, "profile.set", pool, from).detail(detail);
+            let started = self.start_rollout(new, generation_id(&profile));
+            let key = rollout_key(pool);
             let txn = Txn::new()
                 .when_revision(GENERATION_KEY, revision)
+                .when_revision(&key, started.revision)
                 .put(GENERATION_KEY, to_json(&profile.generation))
-                .put(profile_key(pool, profile.generation), to_json(&profile));
-            if let TxnOutcome::Committed(_) = self.store().txn(entry.into_txn(txn)).await? {
-                return Ok(profile);
+                .put(profile_key(pool, profile.generation), to_json(&profile))
+                .put(&key, to_json(&started.record));
+            let txn = audit_entries(new, &profile)
+                .into_iter()
+                .fold(txn, |txn, entry| entry.into_txn(txn));
+            match self.events.commit(txn, started.events).await? {
+                TxnOutcome::Committed(revision) => return Ok((profile, started.record, revision)),
+                TxnOutcome::Conflict { key: conflict } if conflict == key => {
+                    self.reload_rollout(pool).await?
+                }
+                TxnOutcome::Conflict { .. } => {}
             }
         }
         Err(FleetError::Conflict {
             what: format!("profile generation of pool {pool}"),
         })
-    }
-
-    /// Targets every active node of the profile's pool at its generation.
-    async fn target_pool(&self, profile: &ProfileRecord) {
-        let names: Vec<String> = self
-            .nodes(Some(&profile.pool))
-            .into_iter()
-            .filter(|v| v.record.state == NodeState::Active)
-            .map(|v| v.record.name)
-            .collect();
-        for name in names {
-            if let Err(error) = self.target(&name, profile).await {
-                warn!(node = %name, pool = %profile.pool, error = %error, "cannot target node at the new profile generation");
-            }
-        }
     }
 
     /// Makes `profile` the generation node `name` should run, and sends it if connected.
@@ -270,6 +322,22 @@ impl Fleet {
             info!(node = %name, pool = %profile.pool, generation = profile.generation, "profile sent");
         }
     }
+}
+
+/// The audit entries of a new generation: `profile.set`, and the undo that made it, if any.
+fn audit_entries(new: &NewGeneration<'_>, profile: &ProfileRecord) -> Vec<audit::Entry> {
+    let detail = format!("generation {} ({})", profile.generation, profile.digest);
+    let mut entries =
+        vec![audit::Entry::ok(new.actor, "profile.set", new.pool, new.from).detail(detail)];
+    if let Some(extra) = &new.extra_audit {
+        let copy_of = new.reverts_to.unwrap_or_default();
+        let detail = format!(
+            "generation {} repeats generation {copy_of}",
+            profile.generation
+        );
+        entries.push(extra.clone().detail(detail));
+    }
+    entries
 }
 
 /// Whether `stored` and `candidate` are the same profile, whatever their formatting.

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use super::config_axis::{self, ApplyReport};
 use super::supervise::{apply_axes, apply_report, Observed};
 use super::{Fleet, FleetError, Live};
-use crate::records::{ConditionRecord, Facts, GenerationId};
+use crate::records::{ConditionRecord, Facts, GenerationId, NodeRecord};
 
 /// What the agent said in its hello.
 #[derive(Clone, Debug)]
@@ -52,6 +52,10 @@ impl Fleet {
     ) -> Result<Session, FleetError> {
         let name = cert.identity.name.clone();
         let now = OffsetDateTime::now_utc();
+        let wanted = self
+            .node(&name)
+            .ok()
+            .and_then(|view| self.generation_wanted(&view.record.pool, &name));
         self.update_node(&name, None, |record, drafts| {
             if !record.accepts_serial(&cert.serial) {
                 let serial = cert.serial.clone();
@@ -65,6 +69,7 @@ impl Fleet {
             record.last_seen = Some(now);
             record.remote_addr = remote.to_string();
             config_axis::on_hello(record, hello.applied, now, drafts);
+            raise_desired(record, wanted, now, drafts);
             let mut flaps = self.flaps.lock().expect("flap lock poisoned");
             if let Some(report) = &hello.report {
                 apply_report(
@@ -260,6 +265,22 @@ impl Fleet {
             .get_mut(name)
             .ok_or_else(|| FleetError::UnknownNode { name: name.into() })?;
         Ok(std::mem::replace(&mut entry.live, live))
+    }
+}
+
+/// Targets a node at the generation its pool's rollout reached for it when that is newer than
+/// its desired one: a node new to the pool, skipped while offline, or that a stopped manager
+/// did not target yet. Never lower: the agent refuses older generations.
+fn raise_desired(
+    record: &mut NodeRecord,
+    wanted: Option<GenerationId>,
+    now: OffsetDateTime,
+    drafts: &mut Vec<crate::events::Draft>,
+) {
+    if let Some(wanted) = wanted {
+        if record.config.desired.is_none_or(|desired| desired < wanted) {
+            config_axis::on_target(record, wanted, now, drafts);
+        }
     }
 }
 

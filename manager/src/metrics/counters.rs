@@ -21,6 +21,7 @@ pub enum RefusalReason {
     BadCsr,
     NameTaken,
     RateLimited,
+    AgentVersion,
     Other,
 }
 
@@ -44,7 +45,7 @@ pub struct OpenSession {
 
 impl RefusalReason {
     /// Every reason, in the order metrics list them.
-    pub const ALL: [RefusalReason; 9] = [
+    pub const ALL: [RefusalReason; 10] = [
         RefusalReason::TokenUnknown,
         RefusalReason::TokenSecret,
         RefusalReason::TokenRevoked,
@@ -53,6 +54,7 @@ impl RefusalReason {
         RefusalReason::BadCsr,
         RefusalReason::NameTaken,
         RefusalReason::RateLimited,
+        RefusalReason::AgentVersion,
         RefusalReason::Other,
     ];
 
@@ -67,6 +69,7 @@ impl RefusalReason {
             RefusalReason::BadCsr => "bad_csr",
             RefusalReason::NameTaken => "name_taken",
             RefusalReason::RateLimited => "rate_limited",
+            RefusalReason::AgentVersion => "agent_version",
             RefusalReason::Other => "other",
         }
     }
@@ -83,6 +86,7 @@ impl RefusalReason {
             FleetError::BadCsr(_) => Self::BadCsr,
             FleetError::NameTaken { .. } => Self::NameTaken,
             FleetError::TooManyFailures { .. } => Self::RateLimited,
+            FleetError::UnsupportedAgent { .. } => Self::AgentVersion,
             FleetError::InvalidName { .. }
             | FleetError::UnknownNode { .. }
             | FleetError::NodeRevoked { .. }
@@ -95,6 +99,10 @@ impl RefusalReason {
             | FleetError::NoSuchToken { .. }
             | FleetError::InvalidProfile { .. }
             | FleetError::UnknownProfile { .. }
+            | FleetError::InvalidStrategy { .. }
+            | FleetError::NoRollout { .. }
+            | FleetError::NothingToUndo { .. }
+            | FleetError::RolloutActionRefused { .. }
             | FleetError::Conflict { .. }
             | FleetError::Store(_)
             | FleetError::Issue(_)

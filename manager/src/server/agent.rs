@@ -18,7 +18,8 @@ use tracing::{debug, info_span, warn, Instrument};
 use super::convert::{self, facts_from_proto};
 use super::peer::{self, Caller};
 use crate::fleet::{Fleet, FleetError, Session, SessionHello};
-use crate::records::{rfc3339, GenerationId};
+use crate::records::{rfc3339, Facts, GenerationId};
+use crate::versions;
 
 /// Time an agent has to say hello after opening its session.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,8 +89,8 @@ async fn read_hello(
         })??;
     match first.and_then(|m| m.body) {
         Some(AgentBody::Hello(hello)) => Ok(SessionHello {
+            facts: accepted_facts(name, &hello.agent_version, hello.facts.clone())?,
             boot_id: hello.boot_id,
-            facts: facts_from_proto(hello.facts.unwrap_or_default()),
             summary: hello.summary,
             applied: (hello.applied_generation > 0).then_some(GenerationId {
                 epoch: hello.applied_epoch,
@@ -111,6 +112,24 @@ async fn read_hello(
         ))
         .into()),
     }
+}
+
+/// The node's facts, with the agent version of its hello, if this manager accepts that version.
+fn accepted_facts(
+    node: &str,
+    agent_version: &str,
+    facts: Option<opi_proto::v1::NodeFacts>,
+) -> Result<Facts, FleetError> {
+    if let Err(refused) = versions::check(agent_version) {
+        warn!(node = %node, agent_version = %agent_version, reason = %refused, "agent session refused");
+        return Err(FleetError::UnsupportedAgent {
+            node: node.to_string(),
+            refused,
+        });
+    }
+    let mut facts = facts_from_proto(facts.unwrap_or_default());
+    facts.agent_version = agent_version.to_string();
+    Ok(facts)
 }
 
 fn welcome(fleet: &Fleet, session: &Session) -> ManagerMessage {

@@ -22,6 +22,8 @@ pub enum Action {
     MoveNode,
     SetProfile,
     ShowProfile,
+    RolloutStatus,
+    RolloutAction,
     ShowCompliance,
     ComplianceReport,
     WhoAmI,
@@ -29,7 +31,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, in table order.
-    pub const ALL: [Action; 18] = [
+    pub const ALL: [Action; 20] = [
         Action::Status,
         Action::ListNodes,
         Action::ShowNode,
@@ -45,6 +47,8 @@ impl Action {
         Action::MoveNode,
         Action::SetProfile,
         Action::ShowProfile,
+        Action::RolloutStatus,
+        Action::RolloutAction,
         Action::ShowCompliance,
         Action::ComplianceReport,
         Action::WhoAmI,
@@ -64,6 +68,8 @@ impl Action {
             Action::Maintenance | Action::MoveNode => &[Admin, Operator],
             Action::SetProfile => &[Admin, Operator],
             Action::ShowProfile => &[Admin, Operator, Viewer],
+            Action::RolloutStatus => &[Admin, Operator, Viewer],
+            Action::RolloutAction => &[Admin, Operator],
             Action::ShowCompliance => &[Admin, Operator, Viewer],
             Action::ComplianceReport => &[Admin, Operator],
             Action::WhoAmI => &[Admin, Operator, Viewer, Alerting],
@@ -88,6 +94,8 @@ impl Action {
             Action::MoveNode => "move nodes between pools",
             Action::SetProfile => "set pool profiles",
             Action::ShowProfile => "read pool profiles",
+            Action::RolloutStatus => "read rollouts",
+            Action::RolloutAction => "pause, resume, abort or undo rollouts",
             Action::ShowCompliance => "read compliance evidence",
             Action::ComplianceReport => "sign compliance reports",
             Action::WhoAmI => "ask who it is",
@@ -120,6 +128,13 @@ mod tests {
             assert!(!action.allows(Viewer), "{action:?}");
         }
         assert!(Action::ListNodes.allows(Viewer));
+    }
+
+    #[test]
+    fn viewers_read_rollouts_and_only_admins_and_operators_act_on_them() {
+        assert!(Action::RolloutStatus.allows(Viewer));
+        assert!(!Action::RolloutAction.allows(Viewer));
+        assert!(Action::RolloutAction.allows(Operator));
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod operator;
 mod peer;
 mod profiles;
 mod query;
+mod rollouts;
 mod status;
 mod watch;
 

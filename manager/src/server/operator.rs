@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::authz::Action;
 use super::convert::{audit_to_proto, event_to_proto, node_to_proto, timestamp, token_to_proto};
 use super::peer;
-use super::{profiles, query, watch};
+use super::{profiles, query, rollouts, watch};
 use crate::fleet::{Fleet, FleetError, TokenSpec};
 use crate::records::{AuditRecord, AUDIT};
 use crate::store::decode;
@@ -121,7 +121,8 @@ impl Operator for OperatorService {
             maintenance: pools.iter().map(|p| p.maintenance).sum(),
             event_revision: self.fleet.events().last_revision(),
             pools,
-            manager_version: env!("CARGO_PKG_VERSION").into(),
+            manager_version: crate::versions::MANAGER_VERSION.into(),
+            agent_versions: crate::versions::counts(&self.fleet.nodes(None)),
             store_revision: self
                 .fleet
                 .store()
@@ -286,6 +287,26 @@ impl Operator for OperatorService {
         peer::operator(&request, &self.fleet, Action::ShowProfile)?;
         let diff = profiles::diff(&self.fleet, request.into_inner()).await?;
         Ok(Response::new(diff))
+    }
+
+    async fn rollout_status(
+        &self,
+        request: Request<pb::RolloutStatusRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        peer::operator(&request, &self.fleet, Action::RolloutStatus)?;
+        let rollout = rollouts::status(&self.fleet, request.into_inner())?;
+        Ok(Response::new(rollout))
+    }
+
+    async fn rollout_action(
+        &self,
+        request: Request<pb::RolloutActionRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let (caller, _) = peer::operator(&request, &self.fleet, Action::RolloutAction)?;
+        let actor = caller.cert.identity.uri();
+        let body = request.into_inner();
+        let rollout = rollouts::act(&self.fleet, body, &actor, &caller.remote).await?;
+        Ok(Response::new(rollout))
     }
 
     async fn get_compliance(

@@ -8,6 +8,7 @@ use similar::TextDiff;
 use super::convert::profile_to_proto;
 use crate::fleet::{Fleet, FleetError};
 use crate::records::ProfileRecord;
+use crate::rollout::{Budget, Strategy};
 
 /// Validates and stores a pool's profile; answers with the generation now in force.
 pub async fn set(
@@ -16,8 +17,9 @@ pub async fn set(
     actor: &str,
     from: &str,
 ) -> Result<pb::ProfileInfo, FleetError> {
+    let strategy = strategy_from_proto(&request.pool, request.strategy)?;
     let outcome = fleet
-        .set_profile(&request.pool, &request.yaml, actor, from)
+        .set_profile(&request.pool, &request.yaml, strategy, actor, from)
         .await?;
     Ok(info(&outcome.profile, outcome.changed))
 }
@@ -78,6 +80,32 @@ pub async fn diff(
         from: from_generation,
         to: to.generation,
         diff: unified(&before, &redacted(&to), &from_label, &to_label),
+    })
+}
+
+/// The strategy a request asks for; the defaults when it names none.
+fn strategy_from_proto(
+    pool: &str,
+    strategy: Option<pb::RolloutStrategy>,
+) -> Result<Strategy, FleetError> {
+    let Some(asked) = strategy else {
+        return Ok(Strategy::default());
+    };
+    let invalid = |problems: String| FleetError::InvalidStrategy {
+        pool: pool.into(),
+        problems,
+    };
+    let max_unavailable = match asked.max_unavailable.as_str() {
+        "" => Strategy::default().max_unavailable,
+        text => text.parse::<Budget>().map_err(invalid)?,
+    };
+    let failure_domain = Some(asked.failure_domain).filter(|label| !label.is_empty());
+    Ok(Strategy {
+        canary: asked.canary,
+        max_unavailable,
+        failure_domain,
+        settle_secs: asked.settle_secs,
+        failure_budget: asked.failure_budget,
     })
 }
 

@@ -14,7 +14,7 @@ use crate::events::{WatchError, WatchFilter};
 use crate::fleet::{Fleet, FleetError};
 
 /// Event kinds a watcher may ask for.
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 9] = [
     "connectivity",
     "health",
     "condition",
@@ -22,6 +22,7 @@ pub const KINDS: [&str; 8] = [
     "maintenance",
     "lifecycle",
     "config",
+    "rollout",
     crate::compliance::EVENT_KIND,
 ];
 /// Events buffered towards one watcher.

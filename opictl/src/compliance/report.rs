@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use opi_pki::signature::{self, Signer};
+use serde::Serialize;
 
 use crate::cli::{ComplianceReportArgs, ComplianceVerifyArgs};
-use crate::output::{self, fields};
+use crate::output::{self, fields, Format};
 use crate::{Context, Error};
 
 /// The document, as written in the output directory.
@@ -21,6 +22,49 @@ pub const SIGNATURE: &str = "compliance-report.json.sig";
 pub const CHAIN: &str = "compliance-report.chain.pem";
 /// The rendering for people.
 pub const MARKDOWN: &str = "compliance-report.md";
+
+/// What `opictl compliance report -o json` prints.
+#[derive(Debug, Serialize)]
+pub struct WrittenView {
+    /// The document's path.
+    pub document: String,
+    /// The signature's path.
+    pub signature: String,
+    /// The chain's path.
+    pub chain: String,
+    /// The Markdown rendering's path.
+    pub rendering: String,
+    /// SHA-256 of the document.
+    pub sha256: String,
+    /// Who signed it.
+    pub signer: SignerView,
+}
+
+/// What `opictl compliance verify -o json` prints.
+#[derive(Debug, Serialize)]
+pub struct VerifiedView {
+    /// The document verified.
+    pub verified: String,
+    /// Its SHA-256.
+    pub sha256: String,
+    /// Who signed it.
+    pub signer: SignerView,
+    /// The document's own summary.
+    pub summary: serde_json::Value,
+}
+
+/// A verified signer.
+#[derive(Debug, Serialize)]
+pub struct SignerView {
+    /// The manager replica, `spiffe://FLEET/manager/REPLICA`.
+    pub identity: String,
+    /// Its certificate's serial.
+    pub serial: String,
+    /// The issuing CA that signed its certificate.
+    pub issuer: String,
+    /// The pin of the root CA the chain led to.
+    pub root_pin: String,
+}
 
 /// Asks the manager for a signed report and writes it under `args.out`.
 pub async fn write(context: &Context, args: ComplianceReportArgs) -> Result<(), Error> {
@@ -54,25 +98,34 @@ pub async fn write(context: &Context, args: ComplianceReportArgs) -> Result<(), 
         fs::write(&path, bytes).map_err(|source| Error::WriteReport { path, source })?;
     }
     let document = out.join(DOCUMENT);
+    let view = WrittenView {
+        document: document.display().to_string(),
+        signature: out.join(SIGNATURE).display().to_string(),
+        chain: out.join(CHAIN).display().to_string(),
+        rendering: out.join(MARKDOWN).display().to_string(),
+        sha256: sha256_hex(&signed.document),
+        signer: SignerView::from(&signer),
+    };
+    if context.format == Format::Json {
+        return output::print_json(&view);
+    }
+    let verify_with = format!(
+        "opictl compliance verify {} --ca ROOT-CA.pem",
+        view.document
+    );
     output::print(&fields(&[
-        ("document", document.display().to_string()),
-        ("signature", out.join(SIGNATURE).display().to_string()),
-        ("chain", out.join(CHAIN).display().to_string()),
-        ("rendering", out.join(MARKDOWN).display().to_string()),
-        ("sha256", sha256_hex(&signed.document)),
+        ("document", view.document),
+        ("signature", view.signature),
+        ("chain", view.chain),
+        ("rendering", view.rendering),
+        ("sha256", view.sha256),
         ("signed by", describe(&signer)),
-        (
-            "verify with",
-            format!(
-                "opictl compliance verify {} --ca ROOT-CA.pem",
-                document.display()
-            ),
-        ),
+        ("verify with", verify_with),
     ]))
 }
 
 /// Verifies a written report against the root CA file `args.ca`.
-pub fn verify(_context: &Context, args: ComplianceVerifyArgs) -> Result<(), Error> {
+pub fn verify(context: &Context, args: ComplianceVerifyArgs) -> Result<(), Error> {
     let beside = |name: &str| args.file.with_file_name(name);
     let signature_path = args.signature.clone().unwrap_or_else(|| {
         let mut name = args.file.as_os_str().to_os_string();
@@ -90,6 +143,14 @@ pub fn verify(_context: &Context, args: ComplianceVerifyArgs) -> Result<(), Erro
         .ok()
         .map(|doc| doc["summary"].clone())
         .unwrap_or_default();
+    if context.format == Format::Json {
+        return output::print_json(&VerifiedView {
+            verified: args.file.display().to_string(),
+            sha256: sha256_hex(&document),
+            signer: SignerView::from(&signer),
+            summary,
+        });
+    }
     output::print(&fields(&[
         ("verified", args.file.display().to_string()),
         ("sha256", sha256_hex(&document)),
@@ -125,6 +186,17 @@ fn generated_at(document: &[u8]) -> Result<SystemTime, Error> {
         .as_str()
         .ok_or_else(|| bad("it has no generated_at"))?;
     humantime::parse_rfc3339(text).map_err(|e| bad(&format!("generated_at {text:?}: {e}")))
+}
+
+impl From<&Signer> for SignerView {
+    fn from(signer: &Signer) -> Self {
+        Self {
+            identity: signer.identity.uri(),
+            serial: signer.serial.clone(),
+            issuer: signer.issuer.clone(),
+            root_pin: signer.root_pin.clone(),
+        }
+    }
 }
 
 fn describe(signer: &Signer) -> String {

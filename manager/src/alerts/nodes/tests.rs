@@ -15,6 +15,7 @@ fn settings() -> RuleSettings {
         grouping_window: Duration::from_secs(11),
         offline_after: Duration::from_secs(40),
         node_cert_ttl: DAY,
+        runbooks: "docs/runbooks.md".into(),
     }
 }
 
