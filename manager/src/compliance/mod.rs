@@ -201,3 +201,126 @@ fn changes(previous: Option<&Snapshot>, snapshot: &Snapshot) -> Vec<Draft> {
     }
     drafts
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use record::{ExceptionRecord, ItemRecord, RuleRecord};
+
+    pub(crate) fn item(name: &str, status: Status, excepted: bool) -> ItemRecord {
+        ItemRecord {
+            item: name.into(),
+            what: String::new(),
+            expected: "1".into(),
+            observed: "0".into(),
+            source: "file".into(),
+            status,
+            scope: "live".into(),
+            deviation_guide: String::new(),
+            deviation_reason: String::new(),
+            exception: excepted.then(|| ExceptionRecord {
+                reason: "Calico".into(),
+                approver: "secops".into(),
+                expires: "2027-06-30".into(),
+                path: "hardening.exceptions[0]".into(),
+            }),
+            note: String::new(),
+        }
+    }
+
+    pub(crate) fn snapshot(rules: Vec<(&str, Status, Vec<ItemRecord>)>) -> Snapshot {
+        let rules = rules
+            .into_iter()
+            .map(|(rule, status, items)| RuleRecord {
+                rule: rule.into(),
+                title: format!("{rule} title"),
+                level: "intermediary".into(),
+                status,
+                reason: String::new(),
+                items,
+            })
+            .collect();
+        Snapshot {
+            node: "w1".into(),
+            pool: "workers".into(),
+            since: OffsetDateTime::UNIX_EPOCH,
+            observed_at: None,
+            generation: 1,
+            epoch: 1,
+            evidence: Evidence {
+                baseline: "anssi-bp028-intermediary".into(),
+                level: "intermediary".into(),
+                applied_at: None,
+                profile_sha256: "sha".into(),
+                live: false,
+                rules,
+            },
+        }
+    }
+
+    #[test]
+    fn a_first_report_raises_events_only_for_what_does_not_simply_pass() {
+        let first = snapshot(vec![
+            (
+                "R9",
+                Status::Pass,
+                vec![item("sysctl/kernel.sysrq", Status::Pass, false)],
+            ),
+            (
+                "R12",
+                Status::Exception,
+                vec![item("sysctl/rp", Status::Exception, true)],
+            ),
+            ("R28", Status::OutOfScope, vec![]),
+        ]);
+        let drafts = changes(None, &first);
+        assert_eq!(drafts.len(), 1, "{drafts:?}");
+        assert_eq!(
+            (drafts[0].from.as_str(), drafts[0].to.as_str()),
+            ("none", "exception")
+        );
+        assert_eq!(drafts[0].severity, Severity::Info);
+        assert!(
+            drafts[0].message.contains("sysctl/rp excepted: Calico"),
+            "{}",
+            drafts[0].message
+        );
+    }
+
+    #[test]
+    fn a_changed_verdict_is_an_event_naming_the_failing_item_first() {
+        let before = snapshot(vec![(
+            "R39",
+            Status::Exception,
+            vec![item("sudo/requiretty", Status::Exception, true)],
+        )]);
+        let after = snapshot(vec![(
+            "R39",
+            Status::Fail,
+            vec![
+                item("sudo/requiretty", Status::Exception, true),
+                item("sudo/use_pty", Status::Fail, false),
+            ],
+        )]);
+        let drafts = changes(Some(&before), &after);
+        assert_eq!(drafts.len(), 1);
+        let event = &drafts[0];
+        assert_eq!((event.kind, event.subject.as_str()), (EVENT_KIND, "R39"));
+        assert_eq!(
+            (event.from.as_str(), event.to.as_str()),
+            ("exception", "fail")
+        );
+        assert_eq!(event.severity, Severity::Warning);
+        assert!(
+            event
+                .message
+                .contains(": sudo/use_pty observed 0, expected 1; sudo/requiretty"),
+            "{}",
+            event.message
+        );
+        assert!(
+            changes(Some(&after), &after).is_empty(),
+            "no change, no event"
+        );
+    }
+}

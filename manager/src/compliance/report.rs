@@ -372,3 +372,41 @@ fn node_markdown(node: &NodeEntry, text: &mut String) {
 fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compliance::tests::{item, snapshot};
+
+    #[test]
+    fn an_exception_is_dated_by_the_oldest_snapshot_that_shows_it_and_expires() {
+        let excepted = || {
+            vec![(
+                "R12",
+                Status::Exception,
+                vec![item("sysctl/rp", Status::Exception, true)],
+            )]
+        };
+        let mut without = snapshot(vec![("R12", Status::Pass, vec![])]);
+        let mut first = snapshot(excepted());
+        let mut second = snapshot(excepted());
+        let day = time::Duration::days(1);
+        without.since = OffsetDateTime::UNIX_EPOCH;
+        first.since = OffsetDateTime::UNIX_EPOCH + day;
+        second.since = OffsetDateTime::UNIX_EPOCH + day * 2;
+
+        let before = time::macros::date!(2027 - 06 - 30);
+        let entries = exceptions(&[without, first.clone(), second], before);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].since, first.since, "since it first showed");
+        assert_eq!(entries[0].approver, "secops");
+        assert!(!entries[0].expired);
+        let after = time::macros::date!(2027 - 07 - 01);
+        assert!(exceptions(&[first], after)[0].expired);
+    }
+
+    #[test]
+    fn markdown_cells_cannot_break_the_tables() {
+        assert_eq!(cell("a | b\nc"), "a \\| b c");
+    }
+}
