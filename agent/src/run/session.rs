@@ -116,6 +116,7 @@ impl Agent {
         let mut watchdog = self.readiness.watchdog_timer();
         let mut seq = 0u64;
         let mut evaluating = true;
+        let mut applying = true;
         loop {
             tokio::select! {
                 _ = watchdog.tick() => self.readiness.watchdog(),
@@ -132,11 +133,11 @@ impl Agent {
                     observing = changed.is_ok();
                     evidence_sent = compliance::send_if_due(&outbox, &evidence, evidence_sent);
                 }
-                changed = reports.changed() => {
-                    // The applier task only ends with the runtime.
-                    if changed.is_ok() {
-                        applied_sent = applier::send_report_if_due(&outbox, &reports, applied_sent);
-                    }
+                changed = reports.changed(), if applying => {
+                    // The applier task only ends with the runtime (or a panic): stop polling
+                    // it then, or this branch would be ready forever.
+                    applying = changed.is_ok();
+                    applied_sent = applier::send_report_if_due(&outbox, &reports, applied_sent);
                 }
                 evaluated = latest.changed(), if evaluating => {
                     // The evaluation task only ends with the runtime.
