@@ -192,7 +192,8 @@ async fn serve_session(
                     }
                 }
                 Ok(Some(AgentMessage { body: Some(AgentBody::Compliance(report)) })) => {
-                    if let Err(error) = crate::compliance::receive(&fleet, &session.node, report).await {
+                    let received = crate::compliance::receive(&fleet, &session.node, report).await;
+                    if let Err(error) = received {
                         warn!(error = %error, "cannot record compliance evidence");
                     }
                 }
