@@ -246,6 +246,45 @@ impl Manager {
         }
     }
 
+    /// `opictl` with a bundle of `role` for operator `name`, issued by `opi-manager operator
+    /// issue` into `dir`.
+    pub fn operator(&self, dir: &Path, name: &str, role: &str) -> Opictl {
+        let out = dir.join(format!("{name}.toml"));
+        ok(run(Command::new(bin("opi-manager"))
+            .args(["operator", "issue", name, "--role", role, "--ttl", "1h"])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--out")
+            .arg(&out)));
+        Opictl {
+            config: out,
+            endpoint: self.endpoint(),
+        }
+    }
+
+    /// The events of kind `kind` about node `node` after revision `since`, from a watch as the
+    /// admin, until `done` says enough; panics after `timeout` with what came.
+    pub fn node_events(
+        &self,
+        node: &str,
+        kind: &str,
+        since: u64,
+        timeout: Duration,
+        done: impl FnMut(&[opi_proto::v1::Event]) -> bool,
+    ) -> Vec<opi_proto::v1::Event> {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let mut client = runtime
+            .block_on(grpc::admin(&self.endpoint(), &self.data_dir))
+            .expect("admin client");
+        let request = opi_proto::v1::WatchRequest {
+            since_revision: since,
+            nodes: vec![node.into()],
+            kinds: vec![kind.into()],
+            ..Default::default()
+        };
+        runtime.block_on(grpc::collect_events(&mut client, request, timeout, done))
+    }
+
     /// Sends SIGTERM and waits for the manager to exit; returns how long it took.
     pub fn terminate(&mut self, timeout: Duration) -> Duration {
         let mut child = self.child.take().expect("manager started");

@@ -13,10 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use opi_proto::v1::{Event, WatchRequest};
+use opi_proto::v1::Event;
 use opi_tests::{
-    bin, fails, grpc, node, ok, run, system_bin, wait_until_every, Agent, Manager, Opictl,
-    POLL_OPICTL,
+    bin, fails, node, ok, run, system_bin, wait_until_every, Agent, Manager, Opictl, POLL_OPICTL,
 };
 use serde_json::Value;
 use tempfile::TempDir;
@@ -237,21 +236,6 @@ fn a_hand_edit_of_a_hardened_file_fails_its_recommendation_and_shows_as_drift() 
     );
 }
 
-/// An operator bundle of `role` for `manager`.
-fn operator(manager: &Manager, dir: &Path, name: &str, role: &str) -> Opictl {
-    let out = dir.join(format!("{name}.toml"));
-    ok(run(Command::new(bin("opi-manager"))
-        .args(["operator", "issue", name, "--role", role, "--ttl", "1h"])
-        .arg("--data-dir")
-        .arg(&manager.data_dir)
-        .arg("--out")
-        .arg(&out)));
-    Opictl {
-        config: out,
-        endpoint: manager.endpoint(),
-    }
-}
-
 /// The compliance events of `name` after revision `since`, until `done` says enough.
 fn compliance_events(
     manager: &Manager,
@@ -259,22 +243,7 @@ fn compliance_events(
     since: u64,
     done: impl FnMut(&[Event]) -> bool,
 ) -> Vec<Event> {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut client = runtime
-        .block_on(grpc::admin(&manager.endpoint(), &manager.data_dir))
-        .unwrap();
-    let request = WatchRequest {
-        since_revision: since,
-        nodes: vec![name.into()],
-        kinds: vec!["compliance".into()],
-        ..Default::default()
-    };
-    runtime.block_on(grpc::collect_events(
-        &mut client,
-        request,
-        EVIDENCE_WAIT,
-        done,
-    ))
+    manager.node_events(name, "compliance", since, EVIDENCE_WAIT, done)
 }
 
 fn fleet_evidence(opictl: &Opictl, name: &str) -> Value {
@@ -387,7 +356,7 @@ fn evidence_reaches_the_manager_rolls_up_fleet_wide_and_a_signed_report_verifies
     );
 
     // The signed report, verified offline with the root CA by opictl and by openssl.
-    let viewer = operator(&manager, dir.path(), "vera", "viewer");
+    let viewer = manager.operator(dir.path(), "vera", "viewer");
     assert!(viewer.json(&["compliance"]).as_array().unwrap().len() == 1);
     let out = dir.path().join("report");
     let denied = fails(viewer.run(&["compliance", "report", "--out", out.to_str().unwrap()]));

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use opi_proto::v1::{Event, WatchRequest};
-use opi_tests::{grpc, node, ok, wait_until_every, Agent, Manager, POLL_OPICTL, WAIT};
+use opi_proto::v1::Event;
+use opi_tests::{node, ok, wait_until_every, Agent, Manager, POLL_OPICTL, WAIT};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -102,17 +102,7 @@ fn config_events(
     since: u64,
     done: impl FnMut(&[Event]) -> bool,
 ) -> Vec<(String, String)> {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut client = runtime
-        .block_on(grpc::admin(&manager.endpoint(), &manager.data_dir))
-        .unwrap();
-    let request = WatchRequest {
-        since_revision: since,
-        nodes: vec![name.into()],
-        kinds: vec!["config".into()],
-        ..Default::default()
-    };
-    let events = runtime.block_on(grpc::collect_events(&mut client, request, APPLY_WAIT, done));
+    let events = manager.node_events(name, "config", since, APPLY_WAIT, done);
     events.into_iter().map(|e| (e.from, e.to)).collect()
 }
 

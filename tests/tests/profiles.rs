@@ -2,9 +2,8 @@
 //! generations, redaction in every answer, diffs, roles, and persistence across a SIGKILL.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use opi_tests::{bin, fails, ok, run, Manager, Opictl};
+use opi_tests::{fails, ok, Manager};
 use tempfile::TempDir;
 
 /// The worker profile shipped in the repository.
@@ -20,21 +19,6 @@ fn edited_profile(dir: &Path) -> PathBuf {
     let path = dir.join("worker-90.yaml");
     std::fs::write(&path, edited).expect("write edited profile");
     path
-}
-
-/// An operator bundle with `role`, issued by the manager's CLI.
-fn operator(manager: &Manager, dir: &Path, name: &str, role: &str) -> Opictl {
-    let out = dir.join(format!("{name}.toml"));
-    ok(run(Command::new(bin("opi-manager"))
-        .args(["operator", "issue", name, "--role", role, "--ttl", "1h"])
-        .arg("--data-dir")
-        .arg(&manager.data_dir)
-        .arg("--out")
-        .arg(&out)));
-    Opictl {
-        config: out,
-        endpoint: manager.endpoint(),
-    }
 }
 
 fn path_arg(path: &Path) -> &str {
@@ -154,7 +138,7 @@ fn viewers_read_profiles_but_cannot_set_them() {
     ok(manager
         .opictl()
         .run(&["profile", "set", "workers", "-f", path_arg(&worker)]));
-    let viewer = operator(&manager, dir.path(), "vera", "viewer");
+    let viewer = manager.operator(dir.path(), "vera", "viewer");
 
     let refused = fails(viewer.run(&["profile", "set", "workers", "-f", path_arg(&worker)]));
     assert!(
