@@ -1,17 +1,27 @@
 //! SQLite backend: one file in WAL mode with full sync, so a commit survives the process being
 //! killed, and compare-and-swap transactions that stay correct when another process (such as
 //! `opi-manager operator issue`) writes to the same file.
+//!
+//! Writes go through one writer thread that commits together every transaction queued while
+//! the previous commit was syncing (group commit): each keeps its own compares, revision and
+//! outcome, but a burst of them (a reconnection storm's session opens) costs one sync instead
+//! of one each. Reads use a connection of their own, so they never wait for a sync.
 
 mod schema;
 #[cfg(test)]
 mod tests;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 
-use rusqlite::{params, Connection, Row, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, Row, TransactionBehavior};
+use tokio::sync::oneshot;
 
 use super::{Compare, KeyValue, Op, Revision, Store, StoreError, Txn, TxnOutcome};
+
+/// Most transactions committed together by the writer thread.
+const MAX_GROUP: usize = 256;
 
 /// Columns selected for a [`KeyValue`], in the order [`row_to_kv`] reads them.
 const KV_COLUMNS: &str = "key, value, create_revision, mod_revision";
@@ -23,16 +33,25 @@ const UPSERT: &str = "INSERT INTO kv (key, value, create_revision, mod_revision)
 
 /// The fleet store in an SQLite file.
 ///
-/// Handles are cheap to share behind an `Arc`; each holds one connection and runs its calls on
-/// tokio's blocking pool, one at a time.
+/// Handles are cheap to share behind an `Arc`; each holds a connection for reads, run on
+/// tokio's blocking pool one at a time, and a writer thread with a connection of its own.
 pub struct SqliteStore {
     inner: Arc<Inner>,
+    writer: mpsc::Sender<Queued>,
 }
 
-/// What the blocking calls of a [`SqliteStore`] need.
+/// What the blocking reads of a [`SqliteStore`] need.
 struct Inner {
     describe: String,
     conn: Mutex<Connection>,
+    /// SQLite transactions the writer thread committed, each holding one or more of ours.
+    commits: Arc<AtomicU64>,
+}
+
+/// A transaction waiting for the writer thread, with where its outcome goes.
+struct Queued {
+    txn: Txn,
+    done: oneshot::Sender<rusqlite::Result<TxnOutcome>>,
 }
 
 /// Which keys a listing reads: a prefix, where to resume, how many, from which end.
@@ -47,14 +66,33 @@ impl SqliteStore {
     /// Opens the database at `path`, creating it (mode 0600) and its directory if missing, and
     /// brings its schema up to date. Blocks: call it from `spawn_blocking` in async code.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = schema::open_connection(path)?;
+        let write_conn = schema::open_connection(path)?;
+        let read_conn = schema::open_connection(path)?;
         let describe = format!("sqlite:{}", path.display());
+        let (writer, queue) = mpsc::channel();
+        let commits = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&commits);
+        std::thread::Builder::new()
+            .name("fleet-store-writer".into())
+            .spawn(move || write_groups(write_conn, &queue, &counted))
+            .map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source: source.into(),
+            })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 describe,
-                conn: Mutex::new(conn),
+                conn: Mutex::new(read_conn),
+                commits,
             }),
+            writer,
         })
+    }
+
+    /// How many SQLite transactions this handle's writes took so far: fewer than the
+    /// transactions committed when several were grouped.
+    pub fn commits(&self) -> u64 {
+        self.inner.commits.load(Ordering::Relaxed)
     }
 
     /// Runs `call` on the connection in tokio's blocking pool.
@@ -145,12 +183,22 @@ impl Store for SqliteStore {
         }
 
         let first_key = txn.first_key().to_owned();
-        let applied = self.call(move |conn| apply_txn(conn, &txn)).await?;
-        applied.map_err(|source| StoreError::Commit {
+        let failed = |source: rusqlite::Error| StoreError::Commit {
             store: self.describe(),
-            first_key,
+            first_key: first_key.clone(),
             source: source.into(),
-        })
+        };
+        let (done, outcome) = oneshot::channel();
+        // The writer thread ends only once every handle is dropped, so both channels stay
+        // open while `self` lives; a writer that panicked is reported as a failed commit.
+        let queued = Queued { txn, done };
+        if self.writer.send(queued).is_err() {
+            return Err(failed(writer_gone()));
+        }
+        outcome
+            .await
+            .unwrap_or_else(|_| Err(writer_gone()))
+            .map_err(failed)
     }
 
     async fn revision(&self) -> Result<Revision, StoreError> {
@@ -222,38 +270,105 @@ impl<'a> Scan<'a> {
     }
 }
 
-/// Checks the compares, applies the ops and bumps the revision, in one SQLite transaction.
-fn apply_txn(conn: &mut Connection, txn: &Txn) -> rusqlite::Result<TxnOutcome> {
+/// The writer thread: takes the next transaction, with every other one already queued (up to
+/// [`MAX_GROUP`]), commits them together and answers each; ends when every handle is gone.
+fn write_groups(mut conn: Connection, queue: &mpsc::Receiver<Queued>, commits: &AtomicU64) {
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        group.extend(queue.try_iter().take(MAX_GROUP - 1));
+        let (txns, replies): (Vec<_>, Vec<_>) = group.into_iter().map(|q| (q.txn, q.done)).unzip();
+        let outcomes = match apply_group(&mut conn, &txns) {
+            Ok(outcomes) => {
+                commits.fetch_add(1, Ordering::Relaxed);
+                outcomes
+            }
+            // Nothing of the group was committed: each transaction fails with the same cause.
+            Err(error) => txns.iter().map(|_| Err(copy_error(&error))).collect(),
+        };
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            // A caller that stopped waiting needs no answer; its commit stands.
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+/// Applies `txns` in order in one SQLite transaction, each under a savepoint of its own, so
+/// that each sees the ones before it, gets its own revision and conflicts or fails alone.
+/// An error returned here means the whole group was rolled back.
+fn apply_group(
+    conn: &mut Connection,
+    txns: &[Txn],
+) -> rusqlite::Result<Vec<rusqlite::Result<TxnOutcome>>> {
     // IMMEDIATE takes the write lock before reading, so the compares and the revision below
     // see the latest commit of every connection, in this process or another.
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if let Some(key) = first_failed_compare(&tx, &txn.compares)? {
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let start = read_revision(&tx)?;
+    let mut current = start;
+    let mut outcomes = Vec::with_capacity(txns.len());
+    for txn in txns {
+        let mut savepoint = tx.savepoint()?;
+        let outcome = apply_txn(&savepoint, txn, current);
+        match &outcome {
+            Ok(TxnOutcome::Committed(revision)) if *revision > current => {
+                savepoint.commit()?;
+                current = *revision;
+            }
+            // A conflict wrote nothing; a failed statement is undone with what it began.
+            // Releasing the rolled-back savepoint then ends it with nothing in it.
+            _ => {
+                savepoint.rollback()?;
+                savepoint.commit()?;
+            }
+        }
+        outcomes.push(outcome);
+    }
+    if current != start {
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE name = 'revision'",
+            [revision_to_sql(current)?],
+        )?;
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+/// Checks the compares of one transaction and applies its ops at the revision after
+/// `current`; tells the revision the store is at afterwards.
+fn apply_txn(tx: &Connection, txn: &Txn, current: Revision) -> rusqlite::Result<TxnOutcome> {
+    if let Some(key) = first_failed_compare(tx, &txn.compares)? {
         return Ok(TxnOutcome::Conflict { key });
     }
-
-    let current = read_revision(&tx)?;
     let next = current + 1;
     let mut changed = false;
     for op in &txn.ops {
-        changed |= apply_op(&tx, op, next)?;
+        changed |= apply_op(tx, op, next)?;
     }
-    if !changed {
-        return Ok(TxnOutcome::Committed(current));
-    }
+    Ok(TxnOutcome::Committed(if changed { next } else { current }))
+}
 
-    tx.execute(
-        "UPDATE meta SET value = ?1 WHERE name = 'revision'",
-        [revision_to_sql(next)?],
-    )?;
-    tx.commit()?;
-    Ok(TxnOutcome::Committed(next))
+/// The error of a failed group, once for each of its transactions.
+fn copy_error(error: &rusqlite::Error) -> rusqlite::Error {
+    match error {
+        rusqlite::Error::SqliteFailure(code, message) => {
+            rusqlite::Error::SqliteFailure(*code, message.clone())
+        }
+        other => failure(other.to_string()),
+    }
+}
+
+/// The error of a transaction whose writer thread is gone.
+fn writer_gone() -> rusqlite::Error {
+    failure("the fleet store's writer thread stopped".into())
+}
+
+/// A generic SQLite failure carrying `message`.
+fn failure(message: String) -> rusqlite::Error {
+    let code = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR);
+    rusqlite::Error::SqliteFailure(code, Some(message))
 }
 
 /// The key of the first compare that does not hold, if any.
-fn first_failed_compare(
-    tx: &Transaction<'_>,
-    compares: &[Compare],
-) -> rusqlite::Result<Option<String>> {
+fn first_failed_compare(tx: &Connection, compares: &[Compare]) -> rusqlite::Result<Option<String>> {
     for compare in compares {
         let Compare::ModRevision { key, revision } = compare;
         let current = select_key(tx, key)?.map_or(0, |kv| kv.mod_revision);
@@ -265,7 +380,7 @@ fn first_failed_compare(
 }
 
 /// Applies one op at `revision`; tells whether it changed anything.
-fn apply_op(tx: &Transaction<'_>, op: &Op, revision: Revision) -> rusqlite::Result<bool> {
+fn apply_op(tx: &Connection, op: &Op, revision: Revision) -> rusqlite::Result<bool> {
     match op {
         Op::Put { key, value } => {
             let mut upsert = tx.prepare_cached(UPSERT)?;

@@ -161,6 +161,74 @@ async fn two_handles_racing_on_one_file_lose_no_update() {
     assert_eq!((counter.value, counter.mod_revision), (b"20".to_vec(), 20));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_commits_and_keep_their_own_revisions() {
+    const WRITES: u64 = 400;
+    let (_dir, path) = temp_db();
+    let store = Arc::new(open_store(&path));
+
+    let tasks: Vec<_> = (0..WRITES)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { (n, put(&store, &format!("nodes/{n:03}"), b"x").await) })
+        })
+        .collect();
+    let mut revisions = Vec::new();
+    for task in tasks {
+        let (n, revision) = task.await.expect("put task");
+        assert_eq!(
+            get(&store, &format!("nodes/{n:03}")).await.mod_revision,
+            revision
+        );
+        revisions.push(revision);
+    }
+
+    revisions.sort_unstable();
+    assert_eq!(revisions, (1..=WRITES).collect::<Vec<_>>());
+    let commits = store.commits();
+    assert!(
+        commits <= WRITES / 2,
+        "{commits} SQLite commits for {WRITES} writes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_in_a_group_fails_alone() {
+    let (_dir, path) = temp_db();
+    let store = Arc::new(open_store(&path));
+
+    // Ten claims of one key and ten writes of keys of their own, all at once: whatever the
+    // grouping, one claim and every other write commit.
+    let tasks: Vec<_> = (0..20)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let txn = if n % 2 == 0 {
+                    Txn::new().when_absent("claim").put("claim", vec![n])
+                } else {
+                    Txn::new().put(format!("own/{n:02}"), vec![n])
+                };
+                store.txn(txn).await.expect("txn must not fail")
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.expect("txn task"));
+    }
+
+    let committed = outcomes
+        .iter()
+        .filter(|o| matches!(o, TxnOutcome::Committed(_)));
+    assert_eq!(committed.count(), 11, "{outcomes:?}");
+    let claim = TxnOutcome::Conflict {
+        key: "claim".into(),
+    };
+    assert_eq!(outcomes.iter().filter(|o| **o == claim).count(), 9);
+    assert_eq!(store.list("own/").await.expect("list").len(), 10);
+    assert_eq!(store.revision().await.expect("revision"), 11);
+}
+
 /// Adds one to the decimal counter at `key`, retrying on conflict; any error fails the test.
 async fn increment(store: Arc<SqliteStore>, key: &'static str) {
     loop {
