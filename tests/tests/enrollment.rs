@@ -1,5 +1,7 @@
-//! Many enrollments on one bootstrap token: concurrent uses all succeed, the token list names
-//! every node, and a retry after many other uses still gets its first answer back.
+//! Many enrollments on one bootstrap token: concurrent uses all succeed without being aborted
+//! (the manager commits them together), the token list names every node, a retry after many
+//! other uses still gets its first answer back, and a token never grants more uses than it has
+//! nor one name twice, however many ask at once.
 
 use std::collections::BTreeSet;
 
@@ -33,7 +35,12 @@ fn one_token_enrolls_many_nodes_concurrently_and_remembers_each_answer() {
         }
         let mut answers = Vec::new();
         while let Some(answer) = tasks.join_next().await {
-            answers.push(answer.expect("enrollment task"));
+            let (chain, aborts) = answer.expect("enrollment task");
+            assert_eq!(
+                aborts, 0,
+                "one manager commits concurrent uses without aborting"
+            );
+            answers.push(chain);
         }
         (requests, answers)
     });
@@ -62,7 +69,7 @@ fn one_token_enrolls_many_nodes_concurrently_and_remembers_each_answer() {
         let client = grpc::enrollment(&endpoint, &pin)
             .await
             .expect("enrollment client");
-        enroll(client, first).await
+        enroll(client, first).await.0
     });
     assert!(
         answers.contains(&again),
@@ -76,24 +83,86 @@ fn name(i: usize) -> String {
 }
 
 fn request(token: &str, i: usize) -> EnrollRequest {
+    request_named(token, &name(i))
+}
+
+/// A request for `name` with a key of its own.
+fn request_named(token: &str, name: &str) -> EnrollRequest {
     let key = opi_pki::ca::generate_key().expect("key");
     EnrollRequest {
         token: token.to_string(),
-        csr_der: opi_pki::csr::make_node_csr(&key, &name(i)).expect("CSR"),
-        name: name(i),
+        csr_der: opi_pki::csr::make_node_csr(&key, name).expect("CSR"),
+        name: name.to_string(),
         facts: Some(opi_tests::grpc::facts()),
     }
 }
 
+#[test]
+fn concurrent_enrollments_get_exactly_the_uses_a_token_has_and_each_name_once() {
+    const USES: u32 = 25;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut manager = Manager::init(dir.path(), "e2e");
+    manager.start();
+    let opictl = manager.opictl();
+    let (id, token) = opictl.create_token("workers", USES, &[]);
+
+    // 30 distinct nodes and 5 more asking for names among the first ones, all at once: at
+    // most 10 refusals, below the failures that would rate-limit this address.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (endpoint, pin) = (manager.endpoint(), manager.ca_pin());
+    let outcomes = runtime.block_on(async {
+        let client = grpc::enrollment(&endpoint, &pin)
+            .await
+            .expect("enrollment client");
+        let mut tasks = JoinSet::new();
+        for i in 0..35 {
+            let request = request_named(&token, &name(i % 30));
+            let mut client = client.clone();
+            tasks.spawn(async move { client.enroll(request).await.map(|_| ()) });
+        }
+        let mut outcomes = Vec::new();
+        while let Some(outcome) = tasks.join_next().await {
+            outcomes.push(outcome.expect("enrollment task"));
+        }
+        outcomes
+    });
+
+    let granted = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert_eq!(granted, USES as usize, "{outcomes:?}");
+    for status in outcomes.iter().filter_map(|o| o.as_ref().err()) {
+        let message = status.message();
+        assert!(
+            message.contains("used up") || message.contains("already"),
+            "a refusal says why: {status}"
+        );
+    }
+    let tokens = opictl.json(&["token", "list"]);
+    let listed = &tokens.as_array().expect("token list")[0];
+    assert_eq!(listed["id"], id.as_str());
+    assert_eq!(listed["used"], u64::from(USES));
+    let nodes = opictl.json(&["nodes"]);
+    let names: BTreeSet<&str> = nodes
+        .as_array()
+        .expect("node list")
+        .iter()
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    assert_eq!(
+        names.len(),
+        USES as usize,
+        "each name enrolled once: {names:?}"
+    );
+}
+
 /// Enrolls, retrying as an agent does when a concurrent use of the token aborted the call;
-/// returns the certificate chain.
+/// returns the certificate chain and how many attempts were aborted.
 async fn enroll(
     mut client: opi_proto::v1::enrollment_client::EnrollmentClient<tonic::transport::Channel>,
     request: EnrollRequest,
-) -> String {
-    for _ in 0..ATTEMPTS {
+) -> (String, usize) {
+    for aborts in 0..ATTEMPTS {
         match client.enroll(request.clone()).await {
-            Ok(answer) => return answer.into_inner().cert_chain_pem,
+            Ok(answer) => return (answer.into_inner().cert_chain_pem, aborts),
             Err(status) if status.code() == Code::Aborted => continue,
             Err(status) => panic!("enroll {}: {status}", request.name),
         }

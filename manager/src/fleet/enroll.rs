@@ -2,9 +2,11 @@
 //!
 //! The token is read from the store on every attempt and consumed with a compare-and-swap in
 //! the same transaction that records the node and the audit entry, so a single-use token can
-//! never enroll two nodes and a refused attempt changes nothing but the audit log.
+//! never enroll two nodes and a refused attempt changes nothing but the audit log. Enrollments
+//! through the same token at the same time are committed together (see [`super::lanes`]).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use opi_pki::csr::check_node_csr;
@@ -12,13 +14,14 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
+use super::lanes::Claim;
 use super::{Fleet, FleetError};
 use crate::audit;
 use crate::records::{
     node_key, rfc3339, token_enrollment_key, token_key, ConfigRecord, Facts, NodeRecord, NodeState,
     Supervision, TokenEnrollment, TokenRecord,
 };
-use crate::store::{get_json, to_json, Txn, TxnOutcome, Versioned};
+use crate::store::{get_json, to_json, Revision, Txn, TxnOutcome, Versioned};
 use crate::tokens::BootstrapToken;
 
 /// An enrollment request, as received.
@@ -43,7 +46,7 @@ pub struct EnrollOutput {
 
 impl Fleet {
     /// Enrolls a node, or says precisely why not. Refusals are audited and rate-limited.
-    pub async fn enroll(&self, input: EnrollInput) -> Result<EnrollOutput, FleetError> {
+    pub async fn enroll(self: &Arc<Self>, input: EnrollInput) -> Result<EnrollOutput, FleetError> {
         let ip = input.remote.ip();
         if !self
             .limiter
@@ -83,7 +86,7 @@ impl Fleet {
         result
     }
 
-    async fn try_enroll(&self, input: &EnrollInput) -> Result<EnrollOutput, FleetError> {
+    async fn try_enroll(self: &Arc<Self>, input: &EnrollInput) -> Result<EnrollOutput, FleetError> {
         let token: BootstrapToken = input.token.parse()?;
         // The token is checked before anything else, so that guessing costs a failed attempt.
         let first = self.load_token(&token).await?.value;
@@ -120,8 +123,26 @@ impl Fleet {
             cert_chain_pem: issued.chain_pem.clone(),
             at: OffsetDateTime::now_utc(),
         };
+        let claim = Claim {
+            token,
+            answer,
+            issued,
+            input: input.clone(),
+        };
+        self.claim_token_use(claim).await
+    }
+
+    /// Commits one use of the claim's token on its own, reading the token again after each
+    /// conflict: the path of a claim that could not be committed with others.
+    pub(super) async fn commit_alone(&self, claim: &Claim) -> Result<EnrollOutput, FleetError> {
+        let Claim {
+            token,
+            answer,
+            issued,
+            input,
+        } = claim;
         for _ in 0..super::CAS_ATTEMPTS {
-            let current = self.load_token(&token).await?;
+            let current = self.load_token(token).await?;
             if let Some(previous) = self
                 .previous_answer(&current.value, &answer.spki_sha256)
                 .await?
@@ -130,7 +151,7 @@ impl Fleet {
             }
             check_token_usable(&current.value)?;
             if let Some(granted) = self
-                .commit_enrollment(current, &answer, &issued, input)
+                .commit_enrollment(current, answer, issued, input)
                 .await?
             {
                 return Ok(granted);
@@ -180,40 +201,15 @@ impl Fleet {
         input: &EnrollInput,
     ) -> Result<Option<EnrollOutput>, FleetError> {
         let (record, name) = (token.value, &answer.node);
-        let node = new_node_record(name, &record, input, issued, answer.at);
         let mut used = record.clone();
         used.used += 1;
         let key = token_key(&record.id);
-        let answer_key = token_enrollment_key(&record.id, &answer.spki_sha256);
         let txn = Txn::new()
             .when_revision(&key, token.mod_revision)
-            .when_absent(node_key(name))
-            .when_absent(&answer_key)
-            .put(&key, to_json(&used))
-            .put(&answer_key, to_json(answer))
-            .put(node_key(name), to_json(&node));
-        let entry = audit::Entry::ok(
-            &token_actor(&input.token),
-            "node.enroll",
-            name,
-            &input.remote.to_string(),
-        )
-        .detail(format!(
-            "pool {}, serial {}, until {}",
-            record.pool,
-            issued.serial,
-            rfc3339(issued.not_after)
-        ));
-        match self.store.txn(entry.into_txn(txn)).await? {
-            TxnOutcome::Committed(revision) => {
-                self.replace_record(node, revision);
-                info!(node = %name, pool = %record.pool, token = %record.id, remote = %input.remote, "node enrolled");
-                Ok(Some(EnrollOutput {
-                    node: name.clone(),
-                    pool: record.pool,
-                    cert_chain_pem: answer.cert_chain_pem.clone(),
-                }))
-            }
+            .put(&key, to_json(&used));
+        let (txn, node) = add_enrollment(txn, &record, answer, issued, input);
+        match self.store.txn(txn).await? {
+            TxnOutcome::Committed(revision) => Ok(Some(self.granted(node, revision, answer))),
             TxnOutcome::Conflict { key } if key == node_key(name) => {
                 Err(FleetError::NameTaken { name: name.clone() })
             }
@@ -221,8 +217,25 @@ impl Fleet {
         }
     }
 
+    /// Takes a committed enrollment into memory and builds its answer.
+    pub(super) fn granted(
+        &self,
+        node: NodeRecord,
+        revision: Revision,
+        answer: &TokenEnrollment,
+    ) -> EnrollOutput {
+        let (name, pool) = (node.name.clone(), node.pool.clone());
+        info!(node = %name, pool = %pool, token = %node.token_id, remote = %node.remote_addr, "node enrolled");
+        self.replace_record(node, revision);
+        EnrollOutput {
+            node: name,
+            pool,
+            cert_chain_pem: answer.cert_chain_pem.clone(),
+        }
+    }
+
     /// Reads a token and checks its secret and revocation.
-    async fn load_token(
+    pub(super) async fn load_token(
         &self,
         token: &BootstrapToken,
     ) -> Result<Versioned<TokenRecord>, FleetError> {
@@ -282,7 +295,7 @@ fn check_token(token: &BootstrapToken, record: &TokenRecord) -> Result<(), Fleet
     Ok(())
 }
 
-fn check_token_usable(record: &TokenRecord) -> Result<(), FleetError> {
+pub(super) fn check_token_usable(record: &TokenRecord) -> Result<(), FleetError> {
     if OffsetDateTime::now_utc() >= record.expires_at {
         return Err(FleetError::TokenExpired {
             id: record.id.clone(),
@@ -296,6 +309,38 @@ fn check_token_usable(record: &TokenRecord) -> Result<(), FleetError> {
         });
     }
     Ok(())
+}
+
+/// Adds to `txn` what one granted use of `token` writes, with its compares: the node record,
+/// the answer kept for retries and the audit entry. Returns the node record written.
+pub(super) fn add_enrollment(
+    txn: Txn,
+    token: &TokenRecord,
+    answer: &TokenEnrollment,
+    issued: &opi_pki::IssuedCert,
+    input: &EnrollInput,
+) -> (Txn, NodeRecord) {
+    let name = &answer.node;
+    let node = new_node_record(name, token, input, issued, answer.at);
+    let answer_key = token_enrollment_key(&token.id, &answer.spki_sha256);
+    let txn = txn
+        .when_absent(node_key(name))
+        .when_absent(&answer_key)
+        .put(&answer_key, to_json(answer))
+        .put(node_key(name), to_json(&node));
+    let entry = audit::Entry::ok(
+        &token_actor(&input.token),
+        "node.enroll",
+        name,
+        &input.remote.to_string(),
+    )
+    .detail(format!(
+        "pool {}, serial {}, until {}",
+        token.pool,
+        issued.serial,
+        rfc3339(issued.not_after)
+    ));
+    (entry.into_txn(txn), node)
 }
 
 fn new_node_record(

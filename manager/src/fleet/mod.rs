@@ -5,6 +5,7 @@
 pub mod config_axis;
 mod enroll;
 mod error;
+mod lanes;
 mod limiter;
 mod nodes;
 pub mod profiles;
@@ -76,6 +77,8 @@ pub struct Fleet {
     profiles: RwLock<profiles::ProfileCache>,
     /// Each pool's latest rollout.
     rollouts: rollouts::RolloutCache,
+    /// Enrollments waiting to be committed, by token.
+    lanes: lanes::Lanes,
 }
 
 /// A node record with its store revision and, when connected, its live session.
@@ -151,6 +154,7 @@ impl Fleet {
             counters: Arc::default(),
             profiles: RwLock::new(profiles),
             rollouts,
+            lanes: lanes::Lanes::default(),
         }))
     }
 
