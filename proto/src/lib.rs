@@ -7,6 +7,8 @@
 
 #![allow(clippy::doc_lazy_continuation)]
 
+pub mod codec;
+
 /// Version 1 of the protocol.
 pub mod v1 {
     tonic::include_proto!("opi.v1");
