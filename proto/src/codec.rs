@@ -2,7 +2,7 @@
 //!
 //! tonic gives each stream an 8 KiB encode buffer and an 8 KiB decode buffer up front. Agents'
 //! messages are a few hundred bytes and each agent holds one stream for as long as it runs, so
-//! those buffers were most of the manager's memory per agent. Ours start at
+//! those buffers were 16 KiB of the manager's 59 KiB per agent. Ours start at
 //! [`BUFFER_SIZE`] and grow, as tonic's do, for a larger message.
 
 use std::marker::PhantomData;
