@@ -32,6 +32,9 @@ pub enum Command {
     /// Manage operator bundles.
     #[command(subcommand)]
     Operator(cmd::operator::OperatorCommand),
+    /// Work on fleet stores: migrate one into another.
+    #[command(subcommand)]
+    Store(cmd::store::StoreCommand),
     /// Run a manager and a small local fleet of real agents, until Ctrl-C.
     Demo(cmd::demo::DemoArgs),
 }

@@ -4,3 +4,4 @@ pub mod demo;
 pub mod init;
 pub mod operator;
 pub mod serve;
+pub mod store;
