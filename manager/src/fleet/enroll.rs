@@ -10,7 +10,7 @@ use std::time::Instant;
 use opi_pki::csr::check_node_csr;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Fleet, FleetError};
 use crate::audit;
@@ -217,7 +217,10 @@ impl Fleet {
             TxnOutcome::Conflict { key } if key == node_key(name) => {
                 Err(FleetError::NameTaken { name: name.clone() })
             }
-            TxnOutcome::Conflict { .. } => Ok(None),
+            TxnOutcome::Conflict { .. } => {
+                debug!(token = %record.id, node = %name, "token changed since it was read; reading it again");
+                Ok(None)
+            }
         }
     }
 
