@@ -1,5 +1,6 @@
 //! One module per `opi-manager` subcommand.
 
+pub mod backup;
 pub mod demo;
 pub mod init;
 pub mod operator;
