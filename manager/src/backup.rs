@@ -265,10 +265,12 @@ pub async fn restore(
         Some(kv) => decode::<u64>(store, &kv)?.value,
         None => 0,
     };
-    let kvs = backup.key_values().map_err(|problem| BackupError::Invalid {
-        path: dir.root().into(),
-        problem,
-    })?;
+    let kvs = backup
+        .key_values()
+        .map_err(|problem| BackupError::Invalid {
+            path: dir.root().into(),
+            problem,
+        })?;
     copy::write_all(&kvs, store, force).await?;
     write_files(dir, &backup.body.files)?;
 
@@ -318,12 +320,11 @@ fn epoch_of(store: &dyn Store, kvs: &[KeyValue]) -> Result<u64, StoreError> {
 fn read_files(dir: &DataDir) -> Result<Vec<FileEntry>, BackupError> {
     let mut paths = vec![PathBuf::from("manager.toml")];
     for sub in DIRECTORIES {
-        let listing = std::fs::read_dir(dir.root().join(sub)).map_err(|source| {
-            BackupError::ReadFile {
+        let listing =
+            std::fs::read_dir(dir.root().join(sub)).map_err(|source| BackupError::ReadFile {
                 path: dir.root().join(sub),
                 source,
-            }
-        })?;
+            })?;
         for entry in listing {
             let entry = entry.map_err(|source| BackupError::ReadFile {
                 path: dir.root().join(sub),
@@ -335,7 +336,10 @@ fn read_files(dir: &DataDir) -> Result<Vec<FileEntry>, BackupError> {
         }
     }
     paths.sort();
-    paths.iter().map(|relative| read_file(dir, relative)).collect()
+    paths
+        .iter()
+        .map(|relative| read_file(dir, relative))
+        .collect()
 }
 
 fn read_file(dir: &DataDir, relative: &Path) -> Result<FileEntry, BackupError> {
@@ -408,6 +412,9 @@ mod tests {
         assert_eq!(next_epoch(1, 0, at(0)), 2);
         assert_eq!(next_epoch(1, 7, at(0)), 8);
         assert_eq!(next_epoch(3, 2, at(1_800_000_000)), 1_800_000_000);
-        assert_eq!(next_epoch(1_800_000_005, 0, at(1_800_000_000)), 1_800_000_006);
+        assert_eq!(
+            next_epoch(1_800_000_005, 0, at(1_800_000_000)),
+            1_800_000_006
+        );
     }
 }

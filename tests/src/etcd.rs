@@ -133,7 +133,10 @@ impl Etcd {
             .args(["--listen-client-urls", &client_url])
             .args(["--advertise-client-urls", &client_url])
             .args(["--listen-peer-urls", &format!("http://{}", member.peer)])
-            .args(["--initial-advertise-peer-urls", &format!("http://{}", member.peer)])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://{}", member.peer),
+            ])
             .args(["--initial-cluster", &self.cluster])
             .args(["--initial-cluster-token", &self.token])
             .args(["--initial-cluster-state", "new"])
@@ -193,7 +196,10 @@ impl Etcd {
 
     /// The log of member `index` so far, to explain a failure.
     pub fn log_text(&self, index: usize) -> String {
-        let path = self.dir.path().join(format!("{}.log", self.members[index].name));
+        let path = self
+            .dir
+            .path()
+            .join(format!("{}.log", self.members[index].name));
         std::fs::read_to_string(path).unwrap_or_default()
     }
 }

@@ -41,26 +41,46 @@ fn backup_change_restore(store: Option<&str>) {
     wait_in_sync(&manager, first, &agent, "maxPods: 110");
 
     let backup = dir.path().join("fleet.backup");
-    let out = ok(opi_manager(&manager.data_dir, &store_args, "backup", &backup));
+    let out = ok(opi_manager(
+        &manager.data_dir,
+        &store_args,
+        "backup",
+        &backup,
+    ));
     assert!(out.contains("epoch 1"), "{out}");
     assert_eq!(mode(&backup), 0o600, "the backup holds the CA keys");
 
-    let changed = set_profile(&manager, &dir, &WORKER.replace("maxPods: 110", "maxPods: 120"));
+    let changed = set_profile(
+        &manager,
+        &dir,
+        &WORKER.replace("maxPods: 110", "maxPods: 120"),
+    );
     wait_in_sync(&manager, changed, &agent, "maxPods: 120");
     let (late_token, _) = manager.opictl().create_token("late", 1, &[]);
     manager.terminate(WAIT);
 
-    let refused = fails(opi_manager(&manager.data_dir, &store_args, "restore", &backup));
+    let refused = fails(opi_manager(
+        &manager.data_dir,
+        &store_args,
+        "restore",
+        &backup,
+    ));
     assert!(refused.contains("pass --force"), "{refused}");
     let mut forced = store_args.clone();
     forced.push("--force");
     let out = ok(opi_manager(&manager.data_dir, &forced, "restore", &backup));
-    assert!(out.contains("store epoch moved from 1 (in the backup) to"), "{out}");
+    assert!(
+        out.contains("store epoch moved from 1 (in the backup) to"),
+        "{out}"
+    );
 
     manager.start();
     let opictl = manager.opictl();
     let profile = opictl.json(&["profile", "show", "workers"]);
-    assert_eq!(profile["generation"], first, "the store is back at the backup: {profile}");
+    assert_eq!(
+        profile["generation"], first,
+        "the store is back at the backup: {profile}"
+    );
     let tokens = opictl.json(&["token", "list"]);
     assert!(
         !tokens.to_string().contains(&late_token),
@@ -69,14 +89,24 @@ fn backup_change_restore(store: Option<&str>) {
 
     // The agent applied generation `changed` at epoch 1; the store only knows `first`, so the
     // next generation reuses the number `changed` had. Only the new epoch makes it newer.
-    let next = set_profile(&manager, &dir, &WORKER.replace("maxPods: 110", "maxPods: 130"));
-    assert_eq!(next, changed, "the generation counter came back with the store");
+    let next = set_profile(
+        &manager,
+        &dir,
+        &WORKER.replace("maxPods: 110", "maxPods: 130"),
+    );
+    assert_eq!(
+        next, changed,
+        "the generation counter came back with the store"
+    );
     let shown = opictl.json(&["profile", "show", "workers"]);
     let epoch = shown["epoch"].as_u64().expect("epoch");
     assert!(epoch > 1, "epoch moved up: {shown}");
     wait_in_sync(&manager, next, &agent, "maxPods: 130");
     let nodes = opictl.nodes();
-    assert!(node(&nodes, "worker-1").is_some(), "the node enrolled before the backup is kept");
+    assert!(
+        node(&nodes, "worker-1").is_some(),
+        "the node enrolled before the backup is kept"
+    );
 }
 
 /// `opi-manager COMMAND --data-dir DIR [STORE ARGS] --out|--from FILE`.
@@ -86,7 +116,11 @@ fn opi_manager(
     command: &str,
     file: &Path,
 ) -> std::process::Output {
-    let file_flag = if command == "backup" { "--out" } else { "--from" };
+    let file_flag = if command == "backup" {
+        "--out"
+    } else {
+        "--from"
+    };
     run(Command::new(bin("opi-manager"))
         .arg(command)
         .arg("--data-dir")

@@ -34,8 +34,17 @@ fn manager_on_etcd_keeps_nodes_and_events_across_a_restart() {
     let mut agent = Agent::new(dir.path(), "etcd-node");
     ok(agent.enroll(&manager.endpoint(), &manager.ca_pin(), &token));
     agent.start();
-    wait_until(WAIT, "the node online", || all_online(&opictl, &["etcd-node"]));
-    ok(opictl.run(&["node", "maintenance", "on", "etcd-node", "--reason", "disk swap"]));
+    wait_until(WAIT, "the node online", || {
+        all_online(&opictl, &["etcd-node"])
+    });
+    ok(opictl.run(&[
+        "node",
+        "maintenance",
+        "on",
+        "etcd-node",
+        "--reason",
+        "disk swap",
+    ]));
     let before = events(&manager, |events| {
         events.iter().any(|e| e.kind == "maintenance")
     });
@@ -95,15 +104,18 @@ fn single_use_token_raced_through_two_managers_enrolls_one_node_each_time() {
         assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
     }
     let through_second = outcomes.iter().filter(|w| w[0].ends_with("-b")).count();
-    let lost = first.log_text().matches(LOST_CAS).count()
-        + second.log_text().matches(LOST_CAS).count();
+    let lost =
+        first.log_text().matches(LOST_CAS).count() + second.log_text().matches(LOST_CAS).count();
     eprintln!(
         "{RACES} races in {elapsed:?}; the second manager won {through_second}, the first {}; \
          {lost} commits lost the compare-and-swap in etcd, {} calls were aborted",
         RACES - through_second,
         ABORTED.load(Ordering::Relaxed)
     );
-    assert!(lost > 0, "no race reached etcd's compare-and-swap: the test raced nothing");
+    assert!(
+        lost > 0,
+        "no race reached etcd's compare-and-swap: the test raced nothing"
+    );
 
     let store = EtcdStore::open(&url).expect("open etcd store");
     let nodes = runtime
@@ -132,8 +144,12 @@ async fn race(first: &Manager, second: &Manager) -> Vec<Vec<String>> {
         // keeps the manager's per-address limit on failures out of the race.
         let source = |side| std::net::IpAddr::from([127, 1, round as u8, side]);
         let clients = [
-            grpc::enrollment_from(&first.endpoint(), &pin, source(1)).await.expect("first"),
-            grpc::enrollment_from(&second.endpoint(), &pin, source(2)).await.expect("second"),
+            grpc::enrollment_from(&first.endpoint(), &pin, source(1))
+                .await
+                .expect("first"),
+            grpc::enrollment_from(&second.endpoint(), &pin, source(2))
+                .await
+                .expect("second"),
         ];
         let created = admin
             .create_token(CreateTokenRequest {
@@ -145,11 +161,10 @@ async fn race(first: &Manager, second: &Manager) -> Vec<Vec<String>> {
             .await
             .expect("create token")
             .into_inner();
-        let [a, b] = ["a", "b"].map(|side| request(&created.secret, &format!("race-{round}-{side}")));
-        let (left, right) = tokio::join!(
-            enroll(clients[0].clone(), a),
-            enroll(clients[1].clone(), b)
-        );
+        let [a, b] =
+            ["a", "b"].map(|side| request(&created.secret, &format!("race-{round}-{side}")));
+        let (left, right) =
+            tokio::join!(enroll(clients[0].clone(), a), enroll(clients[1].clone(), b));
         rounds.push([left, right].into_iter().flatten().collect());
     }
     rounds

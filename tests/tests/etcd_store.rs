@@ -43,7 +43,11 @@ async fn etcd_store_passes_conformance_over_client_tls() {
     conformance::run_all(open(&url)).await;
 
     // Without a client certificate, etcd's --client-cert-auth refuses the handshake.
-    let anonymous = open(&format!("etcds://{}?ca={}", etcd.endpoints(), tls.ca.display()));
+    let anonymous = open(&format!(
+        "etcds://{}?ca={}",
+        etcd.endpoints(),
+        tls.ca.display()
+    ));
     let error = anonymous.get("x").await.expect_err("no client certificate");
     assert!(matches!(error, StoreError::Unavailable { .. }), "{error:?}");
     let chain = chain(&error);
@@ -64,7 +68,11 @@ async fn etcd_store_fails_over_to_the_next_member_when_one_dies() {
     let value = store.get("failover/a").await.expect("read after failover");
     assert_eq!(value.map(|kv| kv.value), Some(b"1".to_vec()));
     let outcome = store
-        .txn(Txn::new().when_absent("failover/b").put("failover/b", b"2".to_vec()))
+        .txn(
+            Txn::new()
+                .when_absent("failover/b")
+                .put("failover/b", b"2".to_vec()),
+        )
         .await
         .expect("write after failover");
     assert!(
@@ -92,7 +100,10 @@ async fn etcd_store_names_every_endpoint_when_none_answers() {
     assert!(matches!(error, StoreError::Unavailable { .. }), "{error:?}");
     let chain = chain(&error);
     for endpoint in &closed {
-        assert!(chain.contains(endpoint.as_str()), "{endpoint} missing: {chain}");
+        assert!(
+            chain.contains(endpoint.as_str()),
+            "{endpoint} missing: {chain}"
+        );
     }
     assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
 
@@ -105,7 +116,10 @@ async fn etcd_store_names_every_endpoint_when_none_answers() {
 async fn etcd_store_times_out_on_a_member_that_never_answers() {
     // A listener that accepts connections and never speaks: the call must not hang.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("etcd://{}?timeout=500ms", silent.local_addr().expect("addr"));
+    let url = format!(
+        "etcd://{}?timeout=500ms",
+        silent.local_addr().expect("addr")
+    );
     let store = open(&url);
 
     let started = Instant::now();
@@ -135,7 +149,10 @@ async fn stores_under_different_prefixes_share_one_etcd_without_seeing_each_othe
         kvs.into_iter().map(|kv| kv.key).collect()
     };
     assert_eq!(keys(first.list("").await.expect("list a")), ["nodes/n1"]);
-    assert_eq!(keys(second.list("nodes/").await.expect("list b")), ["nodes/n2"]);
+    assert_eq!(
+        keys(second.list("nodes/").await.expect("list b")),
+        ["nodes/n2"]
+    );
     assert_eq!(second.get("nodes/n1").await.expect("get"), None);
 }
 

@@ -45,7 +45,10 @@ fn migrate_copies_a_fleet_from_sqlite_to_etcd_and_the_manager_serves_it() {
     wait_until(WAIT, "the agent back, served from etcd", || {
         all_online(&opictl, &["mover"])
     });
-    assert_eq!(node(&opictl.nodes(), "mover").expect("node")["pool"], "workers");
+    assert_eq!(
+        node(&opictl.nodes(), "mover").expect("node")["pool"],
+        "workers"
+    );
     let tokens = opictl.json(&["token", "list"]);
     assert_eq!(tokens[0]["used"], 1, "{tokens}");
 }
@@ -59,7 +62,11 @@ fn migrate_to_an_unreachable_etcd_fails_naming_the_endpoint() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.local_addr().expect("addr").to_string()
     };
-    let error = fails(migrate(&sqlite, &format!("etcd://{closed}?timeout=1s"), false));
+    let error = fails(migrate(
+        &sqlite,
+        &format!("etcd://{closed}?timeout=1s"),
+        false,
+    ));
     assert!(error.contains("is unavailable"), "{error}");
     assert!(error.contains(&closed), "{error}");
 }

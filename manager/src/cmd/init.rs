@@ -74,7 +74,10 @@ pub async fn run(args: InitArgs) -> anyhow::Result<()> {
     let pin = write_pki(&dir, &config, &args.sans)?;
     write_config(&dir, &config)?;
     let endpoint = datadir::endpoints(&config.advertise, args.listen).remove(0);
-    let url = args.store.clone().unwrap_or_else(|| dir.default_store_url());
+    let url = args
+        .store
+        .clone()
+        .unwrap_or_else(|| dir.default_store_url());
     let store = crate::store::open(&url).await?;
     audit::Entry::ok(&local_actor(), "fleet.init", &config.fleet, "local")
         .write(&*store)

@@ -144,7 +144,10 @@ pub fn digest(keys: &[KeyValue]) -> String {
         hash.update((kv.value.len() as u64).to_be_bytes());
         hash.update(&kv.value);
     }
-    format!("sha256:{}", data_encoding::HEXLOWER.encode(&hash.finalize()))
+    format!(
+        "sha256:{}",
+        data_encoding::HEXLOWER.encode(&hash.finalize())
+    )
 }
 
 /// Deletes `existing` from `target`, in batches.
@@ -182,7 +185,10 @@ mod tests {
 
         let summary = copy_all(&*source, &*target, false).await.expect("copy");
         assert_eq!(summary.keys, BATCH * 2 + 7);
-        assert_eq!(summary.digest, digest(&target.list("").await.expect("list")));
+        assert_eq!(
+            summary.digest,
+            digest(&target.list("").await.expect("list"))
+        );
         assert_eq!(
             target.get("k/0003").await.expect("get").map(|kv| kv.value),
             Some(b"value 3".to_vec())
@@ -197,10 +203,19 @@ mod tests {
         let stale = Txn::new().put("stale", b"x".to_vec());
         target.txn(stale).await.expect("write");
 
-        let error = copy_all(&*source, &*target, false).await.expect_err("not empty");
-        assert!(error.to_string().contains("not empty (1 keys, e.g. `stale`)"), "{error}");
+        let error = copy_all(&*source, &*target, false)
+            .await
+            .expect_err("not empty");
+        assert!(
+            error
+                .to_string()
+                .contains("not empty (1 keys, e.g. `stale`)"),
+            "{error}"
+        );
 
-        let summary = copy_all(&*source, &*target, true).await.expect("forced copy");
+        let summary = copy_all(&*source, &*target, true)
+            .await
+            .expect("forced copy");
         assert_eq!(summary.keys, 3);
         assert_eq!(target.get("stale").await.expect("get"), None);
     }

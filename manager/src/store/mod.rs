@@ -421,8 +421,13 @@ mod tests {
     async fn bad_etcd_url_is_refused_naming_the_problem() {
         let error = open("etcd://h1").await.err().expect("no port");
         assert!(matches!(&error, StoreError::BadUrl { url, .. } if url == "etcd://h1"));
-        let cause = std::error::Error::source(&error).expect("cause").to_string();
-        assert!(cause.contains("`h1` in `etcd://h1` is not HOST:PORT"), "{cause}");
+        let cause = std::error::Error::source(&error)
+            .expect("cause")
+            .to_string();
+        assert!(
+            cause.contains("`h1` in `etcd://h1` is not HOST:PORT"),
+            "{cause}"
+        );
     }
 
     #[tokio::test]

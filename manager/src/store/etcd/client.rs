@@ -38,7 +38,9 @@ pub enum EtcdError {
         failures: Vec<String>,
     },
     /// A transaction was sent but its answer was lost: it may or may not have been applied.
-    #[error("etcd endpoint {endpoint} did not answer {call} ({problem}); it may have been applied")]
+    #[error(
+        "etcd endpoint {endpoint} did not answer {call} ({problem}); it may have been applied"
+    )]
     Uncertain {
         /// The member.
         endpoint: String,
@@ -131,7 +133,12 @@ impl EtcdClient {
     }
 
     /// Runs `call` on the current member, then on the next ones while they cannot be reached.
-    async fn call<T, F, Fut>(&self, name: &'static str, retry: Retry, call: F) -> Result<T, EtcdError>
+    async fn call<T, F, Fut>(
+        &self,
+        name: &'static str,
+        retry: Retry,
+        call: F,
+    ) -> Result<T, EtcdError>
     where
         F: Fn(KvClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -167,7 +174,12 @@ impl EtcdClient {
         let channel = match tokio::time::timeout(self.timeout, self.channel(index)).await {
             Ok(Ok(channel)) => channel,
             Ok(Err(problem)) => return Attempt::Next(format!("{endpoint}: {problem}")),
-            Err(_) => return Attempt::Next(format!("{endpoint}: no connection after {:?}", self.timeout)),
+            Err(_) => {
+                return Attempt::Next(format!(
+                    "{endpoint}: no connection after {:?}",
+                    self.timeout
+                ))
+            }
         };
         let kv = KvClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
         let outcome = tokio::time::timeout(self.timeout, call(kv)).await;
@@ -213,7 +225,11 @@ impl EtcdClient {
     /// Drops the connection to member `index`, so that the next call opens a fresh one.
     fn forget(&self, index: usize) {
         let mut state = self.lock();
-        if state.channel.as_ref().is_some_and(|(open, _)| *open == index) {
+        if state
+            .channel
+            .as_ref()
+            .is_some_and(|(open, _)| *open == index)
+        {
             state.channel = None;
         }
         state.current = (index + 1) % self.endpoints.len();
@@ -258,7 +274,9 @@ fn tls_connector(
         + Send,
     String,
 > {
-    let (host, _) = endpoint.rsplit_once(':').expect("endpoints are checked HOST:PORT");
+    let (host, _) = endpoint
+        .rsplit_once(':')
+        .expect("endpoints are checked HOST:PORT");
     let host = host.trim_matches(['[', ']']).to_owned();
     let server_name = ServerName::try_from(host)
         .map_err(|_| format!("`{endpoint}` has no valid TLS server name"))?;

@@ -147,7 +147,11 @@ impl<'a> Options<'a> {
         };
         match humantime::parse_duration(value) {
             Ok(timeout) if !timeout.is_zero() => Ok(timeout),
-            _ => Err(bad_option(self.url, "timeout", "is not a duration such as 5s")),
+            _ => Err(bad_option(
+                self.url,
+                "timeout",
+                "is not a duration such as 5s",
+            )),
         }
     }
 
@@ -237,10 +241,7 @@ mod tests {
         let config = EtcdConfig::parse(url).expect("parse");
         let tls = config.tls.expect("tls");
         assert_eq!(tls.ca, PathBuf::from("/e/ca.pem"));
-        assert_eq!(
-            tls.client,
-            Some(("/e/c.pem".into(), "/e/k.pem".into()))
-        );
+        assert_eq!(tls.client, Some(("/e/c.pem".into(), "/e/k.pem".into())));
         assert_eq!(config.prefix, "/f/");
         assert_eq!(config.timeout, Duration::from_secs(2));
     }

@@ -48,7 +48,11 @@ impl EtcdStore {
             url: url.into(),
             source: Box::new(source),
         })?;
-        let scheme = if config.tls.is_some() { TLS_SCHEME } else { SCHEME };
+        let scheme = if config.tls.is_some() {
+            TLS_SCHEME
+        } else {
+            SCHEME
+        };
         let describe = format!("{scheme}{}{}", config.endpoints.join(","), config.prefix);
         Ok(Self {
             client,
@@ -70,7 +74,12 @@ impl EtcdStore {
     }
 
     /// Every key in `[from, end)`, paged, all at one revision.
-    async fn scan(&self, subject: &str, from: Vec<u8>, end: Vec<u8>) -> Result<Vec<KeyValue>, StoreError> {
+    async fn scan(
+        &self,
+        subject: &str,
+        from: Vec<u8>,
+        end: Vec<u8>,
+    ) -> Result<Vec<KeyValue>, StoreError> {
         let mut request = RangeRequest {
             key: from,
             range_end: end,
@@ -109,8 +118,12 @@ impl EtcdStore {
             key,
             source: problem.to_owned().into(),
         };
-        let key = String::from_utf8(kv.key)
-            .map_err(|e| corrupt(String::from_utf8_lossy(e.as_bytes()).into(), "key is not UTF-8"))?;
+        let key = String::from_utf8(kv.key).map_err(|e| {
+            corrupt(
+                String::from_utf8_lossy(e.as_bytes()).into(),
+                "key is not UTF-8",
+            )
+        })?;
         let Some(key) = key.strip_prefix(&self.prefix).map(str::to_owned) else {
             return Err(corrupt(key, "key is outside the store's prefix"));
         };
@@ -213,13 +226,19 @@ impl Store for EtcdStore {
             ..RangeRequest::default()
         };
         let response = self.range(&format!("key `{key}`"), request).await?;
-        response.kvs.into_iter().next().map(|kv| self.decode(kv)).transpose()
+        response
+            .kvs
+            .into_iter()
+            .next()
+            .map(|kv| self.decode(kv))
+            .transpose()
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
         let from = self.full_key(prefix);
         let end = prefix_end(&from);
-        self.scan(&format!("keys under `{prefix}`"), from, end).await
+        self.scan(&format!("keys under `{prefix}`"), from, end)
+            .await
     }
 
     async fn list_page(
@@ -244,7 +263,9 @@ impl Store for EtcdStore {
             limit: i64::try_from(limit).unwrap_or(i64::MAX),
             ..RangeRequest::default()
         };
-        let response = self.range(&format!("a page of keys under `{prefix}`"), request).await?;
+        let response = self
+            .range(&format!("a page of keys under `{prefix}`"), request)
+            .await?;
         self.decode_all(response.kvs)
     }
 
@@ -261,7 +282,9 @@ impl Store for EtcdStore {
             sort_target: SortTarget::Key.into(),
             ..RangeRequest::default()
         };
-        let response = self.range(&format!("the last keys under `{prefix}`"), request).await?;
+        let response = self
+            .range(&format!("the last keys under `{prefix}`"), request)
+            .await?;
         let mut keys = self.decode_all(response.kvs)?;
         keys.reverse();
         Ok(keys)
@@ -304,7 +327,9 @@ fn first_failed<'a>(txn: &'a Txn, reads: &[pb::ResponseOp]) -> &'a str {
     let found = txn.compares.iter().zip(reads).find(|(compare, read)| {
         let Compare::ModRevision { revision, .. } = compare;
         let actual = match &read.response {
-            Some(Response::ResponseRange(range)) => range.kvs.first().map_or(0, |kv| kv.mod_revision),
+            Some(Response::ResponseRange(range)) => {
+                range.kvs.first().map_or(0, |kv| kv.mod_revision)
+            }
             _ => return true,
         };
         actual != to_etcd(*revision)
@@ -323,7 +348,9 @@ fn to_etcd(revision: Revision) -> i64 {
     if revision == 0 {
         return 0;
     }
-    i64::try_from(revision).unwrap_or(i64::MAX).saturating_add(1)
+    i64::try_from(revision)
+        .unwrap_or(i64::MAX)
+        .saturating_add(1)
 }
 
 /// The first key after every key starting with `prefix` (etcd's `range_end` for a prefix).
@@ -353,7 +380,10 @@ mod tests {
 
     #[test]
     fn prefix_end_is_the_next_key_after_the_prefix() {
-        assert_eq!(prefix_end(b"/opi-fleet/nodes/"), b"/opi-fleet/nodes0".to_vec());
+        assert_eq!(
+            prefix_end(b"/opi-fleet/nodes/"),
+            b"/opi-fleet/nodes0".to_vec()
+        );
         assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
     }
 }
