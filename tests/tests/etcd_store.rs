@@ -1,10 +1,11 @@
 //! The etcd store backend against a real etcd: the conformance suite on one member, on three
 //! and over client TLS; failover when a member dies; clear errors when none answers; prefixes
-//! that keep two stores apart in one etcd.
+//! that keep two stores apart in one etcd; leases and prefix watches for the replicas.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use opi_manager::store::etcd::Change;
 use opi_manager::store::{conformance, EtcdStore, Store, StoreError, Txn, TxnOutcome};
 use opi_tests::etcd::{Etcd, TlsFiles};
 
@@ -183,6 +184,127 @@ async fn list_pages_through_more_keys_than_one_range_returns() {
     let page: Vec<&str> = page.iter().map(|kv| kv.key.as_str()).collect();
     assert_eq!(page, ["many/01001", "many/01002"]);
     eprintln!("listed {count} keys in {listed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_put_with_a_lease_live_while_it_is_kept_alive_and_go_with_it() {
+    let etcd = Etcd::single();
+    let store = EtcdStore::open(&etcd.url()).expect("open");
+    let lease = store
+        .grant_lease(Duration::from_secs(2))
+        .await
+        .expect("grant");
+    assert_eq!(lease.ttl, Duration::from_secs(2));
+    let txn = Txn::new()
+        .when_absent("sessions/replica-a")
+        .put("sessions/replica-a", b"n1".to_vec());
+    let outcome = store
+        .txn_with_lease(txn, lease.id)
+        .await
+        .expect("put with lease");
+    assert!(matches!(outcome, TxnOutcome::Committed(_)), "{outcome:?}");
+
+    // Kept alive past its TTL, the key stays.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let ttl = store.keep_alive(lease.id).await.expect("keep alive");
+        assert_eq!(ttl, Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(store
+        .get("sessions/replica-a")
+        .await
+        .expect("get")
+        .is_some());
+
+    // Left alone, it expires with its key, and keeping it alive then says so.
+    let started = Instant::now();
+    while store
+        .get("sessions/replica-a")
+        .await
+        .expect("get")
+        .is_some()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the lease did not expire"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "leased key gone {:?} after the last keep-alive",
+        started.elapsed()
+    );
+    let error = store.keep_alive(lease.id).await.expect_err("expired");
+    assert!(
+        chain(&error).contains("expired or revoked"),
+        "{}",
+        chain(&error)
+    );
+
+    // Revoking deletes at once.
+    let lease = store
+        .grant_lease(Duration::from_secs(60))
+        .await
+        .expect("grant");
+    let txn = Txn::new().put("sessions/replica-b", b"n2".to_vec());
+    store.txn_with_lease(txn, lease.id).await.expect("put");
+    store.revoke_lease(lease.id).await.expect("revoke");
+    assert_eq!(store.get("sessions/replica-b").await.expect("get"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_watch_resumes_from_a_revision_with_every_change_in_order() {
+    let etcd = Etcd::single();
+    let store = EtcdStore::open(&etcd.url()).expect("open");
+    let put = |key: &str, value: &str| Txn::new().put(key, value.as_bytes().to_vec());
+    let first = committed(store.txn(put("events/1", "a")).await);
+    let second = committed(store.txn(put("events/2", "b")).await);
+    committed(store.txn(put("other/x", "not watched")).await);
+    let third = committed(store.txn(Txn::new().delete("events/1")).await);
+
+    // From after the first commit: the second and the delete, nothing outside the prefix.
+    let mut watch = store.watch_prefix("events/", first).await.expect("watch");
+    let mut changes = Vec::new();
+    while changes.len() < 2 {
+        let batch = tokio::time::timeout(Duration::from_secs(5), watch.next())
+            .await
+            .expect("changes within 5 s")
+            .expect("watch")
+            .expect("stream open");
+        changes.extend(batch);
+    }
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert!(
+        matches!(&changes[0], Change::Put(kv) if kv.key == "events/2" && kv.value == b"b" && kv.mod_revision == second),
+        "{changes:?}"
+    );
+    assert_eq!(
+        changes[1],
+        Change::Delete {
+            key: "events/1".into(),
+            revision: third
+        }
+    );
+
+    // A change made while watching arrives too.
+    let fourth = committed(store.txn(put("events/3", "c")).await);
+    let live = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("live change within 5 s")
+        .expect("watch")
+        .expect("stream open");
+    assert_eq!(
+        live.iter().map(Change::revision).collect::<Vec<_>>(),
+        [fourth]
+    );
+}
+
+fn committed(outcome: Result<TxnOutcome, StoreError>) -> u64 {
+    match outcome.expect("txn") {
+        TxnOutcome::Committed(revision) => revision,
+        TxnOutcome::Conflict { key } => panic!("conflict on {key}"),
+    }
 }
 
 fn chain(error: &dyn std::error::Error) -> String {

@@ -59,6 +59,22 @@ pub enum EtcdError {
         /// etcd's answer.
         status: Status,
     },
+    /// etcd refused a lease or reported it gone.
+    #[error("etcd lease {id:x}: {problem}")]
+    Lease {
+        /// The lease.
+        id: i64,
+        /// What etcd said.
+        problem: String,
+    },
+    /// A watch was refused or cancelled by etcd.
+    #[error("etcd watch cancelled: {reason}")]
+    WatchCancelled {
+        /// etcd's reason.
+        reason: String,
+        /// The oldest revision still kept, when the start revision was compacted away.
+        compact_revision: i64,
+    },
     /// The TLS files could not be read or used.
     #[error("cannot use etcd client TLS file {path}: {problem}")]
     Tls {
@@ -86,7 +102,7 @@ struct State {
 
 /// Whether a call may be retried on another member after an uncertain failure.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Retry {
+pub(super) enum Retry {
     /// A read: retried anywhere.
     Always,
     /// A write: retried only when it certainly was not sent.
@@ -116,31 +132,31 @@ impl EtcdClient {
 
     /// KV Range, retried on the next member when one cannot be reached.
     pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, EtcdError> {
-        self.call("Range", Retry::Always, move |mut kv| {
+        self.call("Range", Retry::Always, move |channel| {
             let request = request.clone();
-            async move { kv.range(request).await }
+            async move { kv(channel).range(request).await }
         })
         .await
     }
 
     /// KV Txn, retried on the next member only when it certainly was not sent.
     pub async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, EtcdError> {
-        self.call("Txn", Retry::IfUnsent, move |mut kv| {
+        self.call("Txn", Retry::IfUnsent, move |channel| {
             let request = request.clone();
-            async move { kv.txn(request).await }
+            async move { kv(channel).txn(request).await }
         })
         .await
     }
 
     /// Runs `call` on the current member, then on the next ones while they cannot be reached.
-    async fn call<T, F, Fut>(
+    pub(super) async fn call<T, F, Fut>(
         &self,
         name: &'static str,
         retry: Retry,
         call: F,
     ) -> Result<T, EtcdError>
     where
-        F: Fn(KvClient<Channel>) -> Fut,
+        F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let first = self.lock().current;
@@ -167,7 +183,7 @@ impl EtcdClient {
         call: &F,
     ) -> Attempt<T>
     where
-        F: Fn(KvClient<Channel>) -> Fut,
+        F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let endpoint = &self.endpoints[index];
@@ -181,8 +197,7 @@ impl EtcdClient {
                 ))
             }
         };
-        let kv = KvClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
-        let outcome = tokio::time::timeout(self.timeout, call(kv)).await;
+        let outcome = tokio::time::timeout(self.timeout, call(channel)).await;
 
         let (problem, unsent) = match outcome {
             Ok(Ok(response)) => {
@@ -258,6 +273,11 @@ impl EtcdClient {
         // The state is two plain fields, sound even if a holder panicked.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// A KV client on `channel`, accepting large listings.
+fn kv(channel: Channel) -> KvClient<Channel> {
+    KvClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
 /// A connector that opens TCP to `endpoint` and handshakes TLS with `tls`.

@@ -15,6 +15,8 @@
 
 mod client;
 mod config;
+mod lease;
+mod watch;
 
 use opi_proto::etcd::compare::{CompareResult, CompareTarget, TargetUnion};
 use opi_proto::etcd::range_request::{SortOrder, SortTarget};
@@ -24,6 +26,8 @@ use opi_proto::etcd::{self as pb, RangeRequest, RequestOp, TxnRequest};
 
 pub use client::{EtcdClient, EtcdError};
 pub use config::{ConfigError, EtcdConfig, TlsFiles, DEFAULT_PREFIX, SCHEME, TLS_SCHEME};
+pub use lease::Lease;
+pub use watch::{Change, PrefixWatch};
 
 use super::{Compare, KeyValue, Op, Revision, Store, StoreError, Txn, TxnOutcome};
 
@@ -163,9 +167,31 @@ impl EtcdStore {
         }
     }
 
+    /// Commits `txn`, its puts bound to `lease` (0: none).
+    async fn commit(&self, txn: Txn, lease: i64) -> Result<TxnOutcome, StoreError> {
+        if let Some(key) = txn.duplicate_key() {
+            return Err(StoreError::DuplicateKey { key: key.into() });
+        }
+        let request = self.txn_request(&txn, lease);
+        let response = self
+            .client
+            .txn(request)
+            .await
+            .map_err(|error| self.commit_error(&txn, error))?;
+
+        if response.succeeded {
+            // etcd gives a txn that changes nothing the current revision, as the contract asks.
+            let revision = response.header.as_ref().map_or(0, |h| h.revision);
+            return Ok(TxnOutcome::Committed(from_etcd(revision)));
+        }
+        Ok(TxnOutcome::Conflict {
+            key: first_failed(&txn, &response.responses).to_owned(),
+        })
+    }
+
     /// The etcd request for `txn`: its compares, its ops on success, reads of every compared
     /// key on failure (to name the compare that failed).
-    fn txn_request(&self, txn: &Txn) -> TxnRequest {
+    fn txn_request(&self, txn: &Txn, lease: i64) -> TxnRequest {
         let compare = txn
             .compares
             .iter()
@@ -177,7 +203,7 @@ impl EtcdStore {
                 range_end: Vec::new(),
             })
             .collect();
-        let success = txn.ops.iter().map(|op| self.op(op)).collect();
+        let success = txn.ops.iter().map(|op| self.op(op, lease)).collect();
         let failure = txn
             .compares
             .iter()
@@ -196,11 +222,12 @@ impl EtcdStore {
         }
     }
 
-    fn op(&self, op: &Op) -> RequestOp {
+    fn op(&self, op: &Op, lease: i64) -> RequestOp {
         let request = match op {
             Op::Put { key, value } => Request::RequestPut(pb::PutRequest {
                 key: self.full_key(key),
                 value: value.clone(),
+                lease,
                 ..pb::PutRequest::default()
             }),
             Op::Delete { key } => Request::RequestDeleteRange(pb::DeleteRangeRequest {
@@ -291,24 +318,7 @@ impl Store for EtcdStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
-        if let Some(key) = txn.duplicate_key() {
-            return Err(StoreError::DuplicateKey { key: key.into() });
-        }
-        let request = self.txn_request(&txn);
-        let response = self
-            .client
-            .txn(request)
-            .await
-            .map_err(|error| self.commit_error(&txn, error))?;
-
-        if response.succeeded {
-            // etcd gives a txn that changes nothing the current revision, as the contract asks.
-            let revision = response.header.as_ref().map_or(0, |h| h.revision);
-            return Ok(TxnOutcome::Committed(from_etcd(revision)));
-        }
-        Ok(TxnOutcome::Conflict {
-            key: first_failed(&txn, &response.responses).to_owned(),
-        })
+        self.commit(txn, 0).await
     }
 
     async fn revision(&self) -> Result<Revision, StoreError> {
