@@ -73,8 +73,8 @@ pub struct Manifest {
     pub files: Vec<String>,
 }
 
-/// One file of the data directory.
-#[derive(Debug, Serialize, Deserialize)]
+/// One file of the data directory; its `Debug` hides the content (CA keys among them).
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileEntry {
     /// Path relative to the data directory.
@@ -83,6 +83,19 @@ pub struct FileEntry {
     pub mode: u32,
     /// Content, base64.
     pub base64: String,
+}
+
+impl std::fmt::Debug for FileEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileEntry")
+            .field("path", &self.path)
+            .field("mode", &format_args!("{:o}", self.mode))
+            .field(
+                "base64",
+                &format_args!("<{} bytes hidden>", self.base64.len()),
+            )
+            .finish()
+    }
 }
 
 /// One key of the store.
@@ -271,8 +284,9 @@ pub async fn restore(
             path: dir.root().into(),
             problem,
         })?;
+    let files = prepare_files(dir, &backup.body.files)?;
     copy::write_all(&kvs, store, force).await?;
-    write_files(dir, &backup.body.files)?;
+    write_files(dir, &files)?;
 
     let backup_epoch = backup.body.manifest.epoch;
     let epoch = next_epoch(backup_epoch, replaced_epoch, OffsetDateTime::now_utc());
@@ -357,26 +371,47 @@ fn read_file(dir: &DataDir, relative: &Path) -> Result<FileEntry, BackupError> {
     })
 }
 
-/// Writes each file under `dir` with its recorded mode, refusing paths that leave `dir`.
-fn write_files(dir: &DataDir, files: &[FileEntry]) -> Result<(), BackupError> {
+/// A file ready to be written: where, what, with which mode.
+struct Prepared {
+    path: PathBuf,
+    content: Vec<u8>,
+    mode: u32,
+}
+
+/// Decodes every file and checks its path stays inside `dir`, before anything is written.
+fn prepare_files(dir: &DataDir, files: &[FileEntry]) -> Result<Vec<Prepared>, BackupError> {
+    files
+        .iter()
+        .map(|file| {
+            let relative = Path::new(&file.path);
+            let path = dir.root().join(relative);
+            let invalid = |problem: String| BackupError::Invalid {
+                path: path.clone(),
+                problem,
+            };
+            let escapes = relative.is_absolute()
+                || relative
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)));
+            if escapes {
+                return Err(invalid("path leaves the data directory".into()));
+            }
+            let content = BASE64
+                .decode(file.base64.as_bytes())
+                .map_err(|e| invalid(e.to_string()))?;
+            Ok(Prepared {
+                path,
+                content,
+                mode: file.mode & 0o777,
+            })
+        })
+        .collect()
+}
+
+/// Writes each file with its recorded mode, creating its directory.
+fn write_files(dir: &DataDir, files: &[Prepared]) -> Result<(), BackupError> {
     for file in files {
-        let relative = Path::new(&file.path);
-        let path = dir.root().join(relative);
-        let escapes = relative.is_absolute()
-            || relative
-                .components()
-                .any(|c| !matches!(c, std::path::Component::Normal(_)));
-        let invalid = |problem: String| BackupError::Invalid {
-            path: path.clone(),
-            problem,
-        };
-        if escapes {
-            return Err(invalid("path leaves the data directory".into()));
-        }
-        let content = BASE64
-            .decode(file.base64.as_bytes())
-            .map_err(|e| invalid(e.to_string()))?;
-        if let Some(parent) = path.parent() {
+        if let Some(parent) = file.path.parent() {
             // The data directory itself is 0750 as init makes it; the CA directory 0700.
             let mode = if parent == dir.root() { 0o750 } else { 0o700 };
             opi_pki::files::create_dir(parent, mode).map_err(|source| BackupError::File {
@@ -384,9 +419,9 @@ fn write_files(dir: &DataDir, files: &[FileEntry]) -> Result<(), BackupError> {
                 source,
             })?;
         }
-        opi_pki::files::write_atomic(&path, &content, file.mode & 0o777).map_err(|source| {
+        opi_pki::files::write_atomic(&file.path, &file.content, file.mode).map_err(|source| {
             BackupError::File {
-                path: path.clone(),
+                path: file.path.clone(),
                 source,
             }
         })?;
@@ -404,7 +439,84 @@ fn body_digest(body: &Body) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::store::SqliteStore;
+
+    /// A data directory with a manager.toml and a CA key, and a store with one key.
+    async fn fleet(root: &Path) -> (DataDir, Arc<dyn Store>) {
+        let dir = DataDir::new(root.join("manager"));
+        std::fs::create_dir_all(dir.pki()).expect("pki dir");
+        std::fs::write(dir.config(), "version = 1\n").expect("manager.toml");
+        opi_pki::files::write_secret(
+            &dir.issuing_ca_key(),
+            b"-----BEGIN PRIVATE KEY-----\nsecret",
+        )
+        .expect("key");
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&root.join("fleet.db")).expect("store"));
+        let txn = Txn::new().put("nodes/a", b"{}".to_vec());
+        store.txn(txn).await.expect("write");
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_changed_backup_is_refused_naming_the_digest() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let (dir, store) = fleet(temp.path()).await;
+        let path = temp.path().join("fleet.backup");
+        create(&dir, &*store)
+            .await
+            .expect("backup")
+            .write(&path)
+            .expect("write");
+        assert!(BackupFile::read(&path).is_ok());
+
+        let text = std::fs::read_to_string(&path).expect("read");
+        let changed = text.replace("nodes/a", "nodes/b");
+        opi_pki::files::write_secret(&path, changed.as_bytes()).expect("write");
+        let error = BackupFile::read(&path).expect_err("changed");
+        assert!(
+            error.to_string().contains("was changed or damaged"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_path_leaving_the_data_directory_is_refused() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let (dir, store) = fleet(temp.path()).await;
+        let mut backup = create(&dir, &*store).await.expect("backup");
+        backup.body.files[0].path = "../outside".into();
+        let target = DataDir::new(temp.path().join("restored"));
+        let empty: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&temp.path().join("new.db")).expect("store"));
+
+        let error = restore(&backup, &target, &*empty, false)
+            .await
+            .expect_err("escape");
+        assert!(
+            error.to_string().contains("leaves the data directory"),
+            "{error}"
+        );
+        assert!(!temp.path().join("outside").exists());
+        assert!(
+            empty.list("").await.expect("list").is_empty(),
+            "nothing restored"
+        );
+    }
+
+    #[tokio::test]
+    async fn debug_output_hides_the_ca_keys() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let (dir, store) = fleet(temp.path()).await;
+        let backup = create(&dir, &*store).await.expect("backup");
+        let encoded = BASE64.encode(b"-----BEGIN PRIVATE KEY-----\nsecret");
+        let printed = format!("{backup:?}");
+        assert!(!printed.contains(&encoded), "{printed}");
+        assert!(printed.contains("bytes hidden"), "{printed}");
+    }
 
     #[test]
     fn next_epoch_is_above_both_epochs_and_at_least_the_clock() {

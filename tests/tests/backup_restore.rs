@@ -98,10 +98,10 @@ fn backup_change_restore(store: Option<&str>) {
         next, changed,
         "the generation counter came back with the store"
     );
+    wait_in_sync(&manager, next, &agent, "maxPods: 130");
     let shown = opictl.json(&["profile", "show", "workers"]);
     let epoch = shown["epoch"].as_u64().expect("epoch");
     assert!(epoch > 1, "epoch moved up: {shown}");
-    wait_in_sync(&manager, next, &agent, "maxPods: 130");
     let nodes = opictl.nodes();
     assert!(
         node(&nodes, "worker-1").is_some(),
