@@ -85,6 +85,46 @@ fn manager_on_etcd_keeps_nodes_and_events_across_a_restart() {
 }
 
 #[test]
+fn serve_on_an_unreachable_etcd_exits_naming_each_endpoint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manager = Manager::init(dir.path(), "down");
+    let closed = [free_port(), free_port()];
+    let url = format!("etcd://{},{}?timeout=1s", closed[0], closed[1]);
+
+    let started = Instant::now();
+    let output = opi_tests::run(
+        std::process::Command::new(opi_tests::bin("opi-manager"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--store",
+                &url,
+                "--data-dir",
+            ])
+            .arg(&manager.data_dir),
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a store failure is a runtime failure"
+    );
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("is unavailable"), "{error}");
+    for endpoint in &closed {
+        assert!(
+            error.contains(endpoint.as_str()),
+            "{endpoint} not named: {error}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn single_use_token_raced_through_two_managers_enrolls_one_node_each_time() {
     let dir = tempfile::tempdir().expect("temp dir");
     let etcd = Etcd::cluster();
@@ -201,6 +241,11 @@ async fn enroll(
         }
     }
     panic!("enroll {}: aborted {ATTEMPTS} times", request.name)
+}
+
+fn free_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
 }
 
 /// Every event about the node so far, replayed by a watch, once `done` holds.
