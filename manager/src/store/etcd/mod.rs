@@ -65,7 +65,7 @@ impl EtcdStore {
         })
     }
 
-    /// Reads keys starting at `from` up to `end`, at `revision` (0: latest).
+    /// One Range call; a failure names `subject`, what was being read.
     async fn range(
         &self,
         subject: &str,
