@@ -2,6 +2,7 @@
 //! and over client TLS; failover when a member dies; clear errors when none answers; prefixes
 //! that keep two stores apart in one etcd; leases and prefix watches for the replicas.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -127,6 +128,96 @@ async fn a_write_as_its_member_dies_commits_elsewhere_or_is_reported_uncertain()
         "next write committed {:?} after the kill",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_answer_was_lost_is_read_back_and_reported_committed() {
+    let etcd = Etcd::single();
+    let member = etcd.members[0].client.clone();
+    let proxy = MutingProxy::start(&member);
+    let store = open(&format!("etcd://{},{member}?timeout=1s", proxy.addr));
+    committed(store.txn(Txn::new().put("lost/warm", vec![])).await);
+
+    // etcd applies the write; its answer never comes back through the proxy.
+    proxy.mute();
+    let txn = Txn::new()
+        .when_absent("lost/k")
+        .put("lost/k", b"v".to_vec());
+    let revision = committed(store.txn(txn).await);
+    let stored = store.get("lost/k").await.expect("get").expect("written");
+    assert_eq!(
+        (stored.value, stored.mod_revision),
+        (b"v".to_vec(), revision)
+    );
+
+    // One that etcd refused (its compare failed) cannot be shown applied: it stays uncertain.
+    let proxy = MutingProxy::start(&member);
+    let store = open(&format!("etcd://{},{member}?timeout=1s", proxy.addr));
+    committed(store.txn(Txn::new().put("lost/warm", vec![1])).await);
+    proxy.mute();
+    let txn = Txn::new()
+        .when_absent("lost/k")
+        .put("lost/k", b"other".to_vec());
+    let error = store.txn(txn).await.expect_err("answer lost, not applied");
+    assert!(
+        chain(&error).contains("it may have been applied"),
+        "{}",
+        chain(&error)
+    );
+    assert_eq!(
+        store.get("lost/k").await.expect("get").map(|kv| kv.value),
+        Some(b"v".to_vec())
+    );
+}
+
+/// A TCP proxy that relays both ways until muted, then drops what the server sends while the
+/// client's bytes still reach it: answers lost on their way back.
+struct MutingProxy {
+    addr: String,
+    muted: Arc<AtomicBool>,
+}
+
+impl MutingProxy {
+    fn start(target: &str) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr").to_string();
+        let muted = Arc::new(AtomicBool::new(false));
+        let (target, flag) = (target.to_owned(), muted.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let server = std::net::TcpStream::connect(&target).expect("proxy connects");
+                let (mut up_from, mut up_to) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                std::thread::spawn(move || std::io::copy(&mut up_from, &mut up_to));
+                let (mut down_from, mut down_to, flag) = (server, client, flag.clone());
+                std::thread::spawn(move || relay_unless_muted(&mut down_from, &mut down_to, &flag));
+            }
+        });
+        Self { addr, muted }
+    }
+
+    fn mute(&self) {
+        self.muted.store(true, Ordering::SeqCst);
+    }
+}
+
+fn relay_unless_muted(
+    from: &mut std::net::TcpStream,
+    to: &mut std::net::TcpStream,
+    muted: &AtomicBool,
+) {
+    use std::io::{Read, Write};
+    let mut buffer = [0u8; 16 * 1024];
+    while let Ok(read) = from.read(&mut buffer) {
+        if read == 0 {
+            return;
+        }
+        if !muted.load(Ordering::SeqCst) && to.write_all(&buffer[..read]).is_err() {
+            return;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

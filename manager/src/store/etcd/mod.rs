@@ -8,7 +8,9 @@
 //! the backend honours the [`Store`] contract the conformance suite checks:
 //! - a fresh etcd is at revision 1, an empty store at 0: store revision = etcd revision − 1;
 //! - etcd only says that *some* compare failed: the failure branch reads every compared key, in
-//!   the same atomic step, to name the first one that did not hold.
+//!   the same atomic step, to name the first one that did not hold;
+//! - a transaction whose answer was lost is read back: if every key it puts holds its value at
+//!   one revision, it committed; otherwise it is reported as possibly applied, never retried.
 //!
 //! The revision is etcd's cluster-wide one, so other data in the same etcd moves it too; the
 //! manager only needs it to increase, and numbers events with a counter of its own.
@@ -23,6 +25,7 @@ use opi_proto::etcd::range_request::{SortOrder, SortTarget};
 use opi_proto::etcd::request_op::Request;
 use opi_proto::etcd::response_op::Response;
 use opi_proto::etcd::{self as pb, RangeRequest, RequestOp, TxnRequest};
+use tracing::info;
 
 pub use client::{EtcdClient, EtcdError};
 pub use config::{ConfigError, EtcdConfig, TlsFiles, DEFAULT_PREFIX, SCHEME, TLS_SCHEME};
@@ -173,11 +176,19 @@ impl EtcdStore {
             return Err(StoreError::DuplicateKey { key: key.into() });
         }
         let request = self.txn_request(&txn, lease);
-        let response = self
-            .client
-            .txn(request)
-            .await
-            .map_err(|error| self.commit_error(&txn, error))?;
+        let response = match self.client.txn(request).await {
+            Ok(response) => response,
+            Err(error @ EtcdError::Uncertain { .. }) => {
+                return match self.applied(&txn).await {
+                    Some(revision) => {
+                        info!(store = %self.describe, key = %txn.first_key(), revision, "transaction whose answer was lost is in the store: committed");
+                        Ok(TxnOutcome::Committed(revision))
+                    }
+                    None => Err(self.commit_error(&txn, error)),
+                };
+            }
+            Err(error) => return Err(self.commit_error(&txn, error)),
+        };
 
         if response.succeeded {
             // etcd gives a txn that changes nothing the current revision, as the contract asks.
@@ -187,6 +198,27 @@ impl EtcdStore {
         Ok(TxnOutcome::Conflict {
             key: first_failed(&txn, &response.responses).to_owned(),
         })
+    }
+
+    /// The revision `txn` was applied at, if the store shows it was although its answer was
+    /// lost: every key it puts holds its value, all written by one transaction, and every key
+    /// it deletes is absent. `None` when that cannot be shown (the txn stays uncertain).
+    async fn applied(&self, txn: &Txn) -> Option<Revision> {
+        let mut revision = None;
+        for op in &txn.ops {
+            let current = self.get(op.key()).await.ok()?;
+            match (op, current) {
+                (Op::Put { value, .. }, Some(kv)) if kv.value == *value => {
+                    if *revision.get_or_insert(kv.mod_revision) != kv.mod_revision {
+                        return None;
+                    }
+                }
+                (Op::Delete { .. }, None) => {}
+                _ => return None,
+            }
+        }
+        // A txn of deletes only leaves nothing that proves it ran.
+        revision
     }
 
     /// The etcd request for `txn`: its compares, its ops on success, reads of every compared
