@@ -32,6 +32,14 @@ pub enum Command {
     /// Manage operator bundles.
     #[command(subcommand)]
     Operator(cmd::operator::OperatorCommand),
+    /// Back up the fleet store, the CA material and manager.toml into one 0600 file.
+    Backup(cmd::backup::BackupArgs),
+    /// Restore a backup into a data directory and a store (stop the manager first); moves the
+    /// store's epoch up so that agents take the next profile generation.
+    Restore(cmd::backup::RestoreArgs),
+    /// Work on fleet stores: migrate one into another.
+    #[command(subcommand)]
+    Store(cmd::store::StoreCommand),
     /// Run a manager and a small local fleet of real agents, until Ctrl-C.
     Demo(cmd::demo::DemoArgs),
 }

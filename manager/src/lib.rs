@@ -10,10 +10,12 @@
 //! - [`metrics`], [`alerts`]: the Prometheus metrics page and the alerts pushed to Alertmanager;
 //! - [`versions`]: the version skew policy between the manager and its agents;
 //! - [`compliance`]: the nodes' ANSSI-BP-028 evidence, its history and the signed report;
+//! - [`backup`]: backups of the store and CA material, and their restore;
 //! - [`datadir`], [`records`], [`tokens`], [`audit`], [`bundles`]: supporting pieces.
 
 pub mod alerts;
 pub mod audit;
+pub mod backup;
 pub mod bundles;
 pub mod cli;
 pub mod cmd;

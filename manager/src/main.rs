@@ -34,6 +34,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Init(args) => cmd::init::run(args).await,
         Command::Serve(args) => cmd::serve::run(args).await,
         Command::Operator(command) => cmd::operator::run(command).await,
+        Command::Store(command) => cmd::store::run(command).await,
+        Command::Backup(args) => cmd::backup::run_backup(args).await,
+        Command::Restore(args) => cmd::backup::run_restore(args).await,
         Command::Demo(args) => cmd::demo::run(args).await,
     }
 }

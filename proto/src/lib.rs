@@ -9,6 +9,11 @@
 
 pub mod codec;
 
+/// The subset of etcd's v3 API (package `etcdserverpb`) the manager's etcd store calls.
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}
+
 /// Version 1 of the protocol.
 pub mod v1 {
     tonic::include_proto!("opi.v1");

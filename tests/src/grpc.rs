@@ -60,6 +60,19 @@ pub async fn enrollment(endpoint: &str, pin: &str) -> anyhow::Result<EnrollmentC
     Ok(EnrollmentClient::new(anonymous(endpoint, pin).await?))
 }
 
+/// [`enrollment`] over a connection from the local address `source` (any of 127.0.0.0/8), so
+/// that the manager's limit of failed enrollments per address does not throttle many clients.
+pub async fn enrollment_from(
+    endpoint: &str,
+    pin: &str,
+    source: std::net::IpAddr,
+) -> anyhow::Result<EnrollmentClient<Channel>> {
+    let verifier = ManagerVerifier::with_pin(pin.parse()?);
+    let tls = client_config(verifier, None)?;
+    let channel = opi_pki::channel::connect_from(endpoint, tls, Some(source)).await?;
+    Ok(EnrollmentClient::new(channel))
+}
+
 /// Agent client for an enrolled node.
 pub async fn agent(
     endpoint: &str,

@@ -16,6 +16,7 @@ use serde_json::Value;
 pub mod admin;
 pub mod alertmanager;
 pub mod containerd;
+pub mod etcd;
 pub mod grpc;
 pub mod hardening;
 pub mod http;
@@ -163,6 +164,25 @@ impl Manager {
             addr: None,
             child: None,
             extra: Vec::new(),
+        }
+    }
+
+    /// A second manager serving a copy of this one's data directory (the same CA and issuing
+    /// key), with its own log under `dir`: two processes on one shared store (etcd) to race.
+    pub fn copy_to(&self, dir: &Path) -> Self {
+        let data_dir = dir.join("manager");
+        fs::create_dir_all(&data_dir).expect("second manager data dir");
+        ok(run(Command::new("cp")
+            .arg("-a")
+            .arg(self.data_dir.join("."))
+            .arg(&data_dir)));
+        let _ = fs::remove_file(data_dir.join("run/listen-addr"));
+        Self {
+            data_dir,
+            log: dir.join("manager.log"),
+            addr: None,
+            child: None,
+            extra: self.extra.clone(),
         }
     }
 

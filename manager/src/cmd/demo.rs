@@ -230,6 +230,7 @@ fn init_args(data_dir: &Path, listen: SocketAddr) -> InitArgs {
         listen,
         advertise: Vec::new(),
         admin_ttl: Duration::from_secs(24 * 3600),
+        store: None,
     }
 }
 

@@ -43,6 +43,9 @@ pub struct InitArgs {
     /// Lifetime of the admin operator certificate.
     #[arg(long, default_value = "8h", value_parser = humantime::parse_duration)]
     pub admin_ttl: Duration,
+    /// Fleet store the init is audited in, as `serve --store` [default: sqlite:DATA_DIR/fleet.db].
+    #[arg(long, env = "OPI_STORE")]
+    pub store: Option<String>,
 }
 
 /// Runs `init` and prints what was created.
@@ -71,7 +74,11 @@ pub async fn run(args: InitArgs) -> anyhow::Result<()> {
     let pin = write_pki(&dir, &config, &args.sans)?;
     write_config(&dir, &config)?;
     let endpoint = datadir::endpoints(&config.advertise, args.listen).remove(0);
-    let store = crate::store::open(&dir.default_store_url()).await?;
+    let url = args
+        .store
+        .clone()
+        .unwrap_or_else(|| dir.default_store_url());
+    let store = crate::store::open(&url).await?;
     audit::Entry::ok(&local_actor(), "fleet.init", &config.fleet, "local")
         .write(&*store)
         .await;

@@ -1,6 +1,8 @@
 //! One module per `opi-manager` subcommand.
 
+pub mod backup;
 pub mod demo;
 pub mod init;
 pub mod operator;
 pub mod serve;
+pub mod store;

@@ -40,6 +40,9 @@ pub struct IssueArgs {
     /// Endpoint written into the bundle [default: the advertised or listen address].
     #[arg(long)]
     pub endpoint: Option<String>,
+    /// Fleet store the issue is audited in, as `serve --store` [default: sqlite:DATA_DIR/fleet.db].
+    #[arg(long, env = "OPI_STORE")]
+    pub store: Option<String>,
 }
 
 /// Runs an operator subcommand.
@@ -70,7 +73,8 @@ async fn issue(args: IssueArgs) -> anyhow::Result<()> {
         args.ttl,
     )?;
     bundle.write(&out)?;
-    let store = crate::store::open(&dir.default_store_url()).await?;
+    let url = args.store.unwrap_or_else(|| dir.default_store_url());
+    let store = crate::store::open(&url).await?;
     audit::Entry::ok(&local_actor(), "operator.issue", &args.name, "local")
         .detail(format!(
             "role {}, serial {}, until {}",

@@ -48,8 +48,10 @@ pub struct ServeArgs {
     /// URL agents and operators use to reach this manager (repeatable) [default: manager.toml's].
     #[arg(long)]
     pub advertise: Vec<String>,
-    /// Fleet store [default: sqlite:DATA_DIR/fleet.db].
-    #[arg(long)]
+    /// Fleet store: `sqlite:PATH`, `etcd://HOST:PORT[,HOST:PORT…][?prefix=/P/&timeout=5s]`, or
+    /// `etcds://…?ca=FILE[&cert=FILE&key=FILE]` for etcd's client TLS
+    /// [default: sqlite:DATA_DIR/fleet.db].
+    #[arg(long, env = "OPI_STORE")]
     pub store: Option<String>,
     /// Lifetime of node certificates.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]

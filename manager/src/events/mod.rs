@@ -28,8 +28,9 @@ pub const DEFAULT_RETENTION: usize = 100_000;
 const BROADCAST_CAPACITY: usize = 4096;
 /// Recent events remembered per node, for `opictl node show`.
 pub const RECENT_PER_NODE: usize = 20;
-/// Events deleted per pruning transaction.
-const PRUNE_BATCH: usize = 1000;
+/// Events deleted per pruning transaction: below etcd's default limit of 128 operations per
+/// transaction (`--max-txn-ops`), so that pruning works on either backend.
+const PRUNE_BATCH: usize = 100;
 
 /// An event before it is given its revision and time.
 #[derive(Clone, Debug, PartialEq, Eq)]

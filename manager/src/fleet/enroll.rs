@@ -12,7 +12,7 @@ use std::time::Instant;
 use opi_pki::csr::check_node_csr;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::lanes::Claim;
 use super::{Fleet, FleetError};
@@ -213,7 +213,10 @@ impl Fleet {
             TxnOutcome::Conflict { key } if key == node_key(name) => {
                 Err(FleetError::NameTaken { name: name.clone() })
             }
-            TxnOutcome::Conflict { .. } => Ok(None),
+            TxnOutcome::Conflict { .. } => {
+                debug!(token = %record.id, node = %name, "token changed since it was read; reading it again");
+                Ok(None)
+            }
         }
     }
 

@@ -9,6 +9,8 @@
 //! lost, even when the process is killed.
 
 pub mod conformance;
+pub mod copy;
+pub mod etcd;
 mod measured;
 mod sqlite;
 mod typed;
@@ -16,6 +18,7 @@ mod typed;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use etcd::EtcdStore;
 pub use measured::{MeasuredStore, Operation, StoreMetrics};
 pub use sqlite::SqliteStore;
 pub use typed::{decode, get_json, list_json, to_json, Versioned};
@@ -137,8 +140,31 @@ pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The store URL names no backend this binary has.
-    #[error("unsupported fleet store url `{0}`; use `sqlite:PATH`")]
+    #[error(
+        "unsupported fleet store url `{0}`; use `sqlite:PATH`, `etcd://HOST:PORT[,HOST:PORT…]` or \
+         `etcds://HOST:PORT[,…]?ca=FILE[&cert=FILE&key=FILE]`"
+    )]
     UnsupportedUrl(String),
+
+    /// The store URL names a backend but its options are wrong.
+    #[error("invalid fleet store url `{url}`")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        #[source]
+        source: BackendError,
+    },
+
+    /// No server of the store could be reached; nothing was read or written.
+    #[error("fleet store {store} is unavailable")]
+    Unavailable {
+        /// The store, as [`Store::describe`] puts it.
+        store: String,
+        /// What happened at each server tried.
+        #[source]
+        source: BackendError,
+    },
 
     /// The directory that holds the database could not be created.
     #[error("cannot create fleet store directory {path}")]
@@ -324,10 +350,12 @@ impl Op {
     }
 }
 
-/// Opens a store from a URL: `sqlite:PATH`, the file being created if missing.
-///
-/// An etcd backend is planned but not written yet, so `etcd://` URLs are refused for now.
+/// Opens a store from a URL: `sqlite:PATH`, the file being created if missing, or
+/// `etcd://…` / `etcds://…` (see [`etcd::EtcdConfig`]), connected on first use.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with(etcd::SCHEME) || url.starts_with(etcd::TLS_SCHEME) {
+        return Ok(Arc::new(EtcdStore::open(url)?));
+    }
     let path = match url.strip_prefix(SQLITE_SCHEME) {
         Some(path) if !path.is_empty() => Path::new(path).to_path_buf(),
         _ => return Err(StoreError::UnsupportedUrl(url.to_owned())),
@@ -380,12 +408,26 @@ mod tests {
 
     #[tokio::test]
     async fn unsupported_url_is_refused_clearly() {
-        let error = open("etcd://x")
+        let error = open("mysql://x")
             .await
             .err()
-            .expect("etcd is not supported yet");
-        assert!(matches!(&error, StoreError::UnsupportedUrl(url) if url == "etcd://x"));
+            .expect("mysql is not a backend");
+        assert!(matches!(&error, StoreError::UnsupportedUrl(url) if url == "mysql://x"));
         assert!(error.to_string().contains("`sqlite:PATH`"), "{error}");
+        assert!(error.to_string().contains("`etcd://"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn bad_etcd_url_is_refused_naming_the_problem() {
+        let error = open("etcd://h1").await.err().expect("no port");
+        assert!(matches!(&error, StoreError::BadUrl { url, .. } if url == "etcd://h1"));
+        let cause = std::error::Error::source(&error)
+            .expect("cause")
+            .to_string();
+        assert!(
+            cause.contains("`h1` in `etcd://h1` is not HOST:PORT"),
+            "{cause}"
+        );
     }
 
     #[tokio::test]
