@@ -21,6 +21,7 @@ pub mod compliance;
 pub mod datadir;
 pub mod events;
 pub mod fleet;
+pub mod identity;
 pub mod metrics;
 pub mod records;
 pub mod rollout;

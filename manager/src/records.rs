@@ -129,6 +129,21 @@ pub struct NodeRecord {
     /// The profile generation the node should run and what it reported of it.
     #[serde(default)]
     pub config: ConfigRecord,
+    /// An operator asked the node to renew now (`opictl node rotate`); cleared by its renewal.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub rotation_requested: Option<OffsetDateTime>,
+    /// An operator allowed the node to re-enroll under its name (`opictl node allow-reenroll`).
+    #[serde(default)]
+    pub reenroll: Option<ReenrollGrant>,
+}
+
+/// A one-shot permission to re-enroll a node under its name, keeping its pool and history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReenrollGrant {
+    /// The operator who allowed it.
+    pub by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub until: OffsetDateTime,
 }
 
 /// Connectivity of a node, after the grace period.

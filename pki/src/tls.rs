@@ -176,6 +176,11 @@ impl ClientAuth {
         Ok(Arc::new(Self { inner, roots_der }))
     }
 
+    /// The trusted roots, DER.
+    pub fn roots_der(&self) -> &[CertificateDer<'static>] {
+        &self.roots_der
+    }
+
     /// Verifies a presented chain (leaf first) and reads its identity, or says why not.
     pub fn verdict(&self, chain: &[CertificateDer<'_>]) -> Result<PeerCert, String> {
         let (leaf, intermediates) = chain.split_first().ok_or("empty certificate chain")?;
@@ -183,6 +188,24 @@ impl ClientAuth {
             .verify_client_cert(leaf, intermediates, UnixTime::now())
             .map_err(|e| describe_refusal(&e))?;
         PeerCert::from_der(leaf).map_err(|e| format!("client certificate refused: {e}"))
+    }
+
+    /// Verifies an expired chain as of the leaf's last second of validity: the proof that a
+    /// node whose certificate expired while it was offline still holds a key this fleet
+    /// certified. `None` when the leaf has not expired or the chain did not verify then.
+    /// Only the renewal call may accept what this returns.
+    pub fn expired_verdict(&self, chain: &[CertificateDer<'_>]) -> Option<PeerCert> {
+        let (leaf, intermediates) = chain.split_first()?;
+        let cert = PeerCert::from_der(leaf).ok()?;
+        if cert.not_after >= OffsetDateTime::now_utc() {
+            return None;
+        }
+        let last_second = u64::try_from(cert.not_after.unix_timestamp() - 1).ok()?;
+        let then = UnixTime::since_unix_epoch(std::time::Duration::from_secs(last_second));
+        self.inner
+            .verify_client_cert(leaf, intermediates, then)
+            .ok()?;
+        Some(cert)
     }
 }
 

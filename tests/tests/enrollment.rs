@@ -78,6 +78,7 @@ fn name(i: usize) -> String {
 fn request(token: &str, i: usize) -> EnrollRequest {
     let key = opi_pki::ca::generate_key().expect("key");
     EnrollRequest {
+        reenroll: false,
         token: token.to_string(),
         csr_der: opi_pki::csr::make_node_csr(&key, &name(i)).expect("CSR"),
         name: name(i),

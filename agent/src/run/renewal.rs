@@ -77,6 +77,19 @@ pub enum RenewError {
     StoreRenewed(#[source] StoreError),
 }
 
+impl RenewError {
+    /// Whether the manager refused the renewal itself (revoked, past the window).
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            RenewError::CallRenew { source, .. } => source.is_refusal(),
+            RenewError::GenerateKey(_)
+            | RenewError::BuildCsr(_)
+            | RenewError::CheckCertificate { .. }
+            | RenewError::StoreRenewed(_) => false,
+        }
+    }
+}
+
 /// Longest pause forced between a certificate's issue and its renewal.
 const MAX_RENEWAL_GAP: time::Duration = time::Duration::minutes(1);
 

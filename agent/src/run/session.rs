@@ -66,6 +66,14 @@ pub enum SessionError {
         #[source]
         source: RpcError,
     },
+    /// The certificate expired and could not be renewed: no session can open with it.
+    #[error("the node certificate expired at {expired_at} and is not renewed yet; next renewal attempt at {retry_at}")]
+    CertificateExpired {
+        /// When it expired, RFC 3339.
+        expired_at: String,
+        /// When renewal is tried again, RFC 3339.
+        retry_at: String,
+    },
     /// The stream broke.
     #[error("the session with {endpoint} broke")]
     ReceiveMessage {
@@ -83,6 +91,7 @@ impl SessionError {
         match self {
             SessionError::OpenSession { source, .. }
             | SessionError::ReceiveMessage { source, .. } => source.is_refusal(),
+            SessionError::CertificateExpired { .. } => true,
             SessionError::BuildTls(_)
             | SessionError::RefuseManager { .. }
             | SessionError::Connect(_) => false,

@@ -229,6 +229,7 @@ fn init_args(data_dir: &Path, listen: SocketAddr) -> InitArgs {
         sans: Vec::new(),
         listen,
         advertise: Vec::new(),
+        server_cert_ttl: opi_pki::ca::SERVER_CERT_TTL,
         admin_ttl: Duration::from_secs(24 * 3600),
     }
 }
@@ -244,6 +245,9 @@ fn serve_args(data_dir: &Path, listen: SocketAddr) -> ServeArgs {
         offline_after: Duration::from_secs(40),
         report_freshness: Duration::from_secs(60),
         event_retention: crate::events::DEFAULT_RETENTION,
+        expired_renewal_window: crate::fleet::DEFAULT_EXPIRED_RENEWAL_WINDOW,
+        server_cert_ttl: opi_pki::ca::SERVER_CERT_TTL,
+        ca_expiry_warning: crate::identity::DEFAULT_CA_EXPIRY_WARNING,
         metrics_listen: None,
         metrics_per_node: false,
         alertmanager: Vec::new(),

@@ -29,6 +29,8 @@ pub struct EnrollInput {
     pub csr_der: Vec<u8>,
     /// Requested name; empty means the node's host name.
     pub name: String,
+    /// The node asks to take back its name (`opi-agent enroll --reenroll`).
+    pub reenroll: bool,
     pub facts: Facts,
     pub remote: SocketAddr,
 }
@@ -105,6 +107,9 @@ impl Fleet {
             return self.answer_retry(&first, &previous, input).await;
         }
         check_token_usable(&first)?;
+        if input.reenroll {
+            return self.reenroll(&token, &name, &csr, spki_sha256, input).await;
+        }
         self.check_name_free(&name)?;
 
         // Signed once, outside the compare-and-swap loop, so that the loop's window between
@@ -151,7 +156,7 @@ impl Fleet {
     }
 
     /// The answer already given with `token` to the key `spki_sha256`, if any.
-    async fn previous_answer(
+    pub(super) async fn previous_answer(
         &self,
         token: &TokenRecord,
         spki_sha256: &str,
@@ -222,7 +227,7 @@ impl Fleet {
     }
 
     /// Reads a token and checks its secret and revocation.
-    async fn load_token(
+    pub(super) async fn load_token(
         &self,
         token: &BootstrapToken,
     ) -> Result<Versioned<TokenRecord>, FleetError> {
@@ -236,7 +241,7 @@ impl Fleet {
     }
 
     /// Answers a retried enrollment (same token, same key) with the certificate already issued.
-    async fn answer_retry(
+    pub(super) async fn answer_retry(
         &self,
         token: &TokenRecord,
         previous: &TokenEnrollment,
@@ -282,7 +287,7 @@ fn check_token(token: &BootstrapToken, record: &TokenRecord) -> Result<(), Fleet
     Ok(())
 }
 
-fn check_token_usable(record: &TokenRecord) -> Result<(), FleetError> {
+pub(super) fn check_token_usable(record: &TokenRecord) -> Result<(), FleetError> {
     if OffsetDateTime::now_utc() >= record.expires_at {
         return Err(FleetError::TokenExpired {
             id: record.id.clone(),
@@ -326,6 +331,8 @@ fn new_node_record(
             ..Supervision::default()
         },
         config: ConfigRecord::default(),
+        rotation_requested: None,
+        reenroll: None,
     }
 }
 
@@ -339,7 +346,7 @@ fn requested_name(input: &EnrollInput) -> String {
 }
 
 /// Audit actor of an enrollment: the token id, never its secret.
-fn token_actor(token: &str) -> String {
+pub(super) fn token_actor(token: &str) -> String {
     match token.parse::<BootstrapToken>() {
         Ok(token) => format!("token:{}", token.id()),
         Err(_) => "token:malformed".into(),

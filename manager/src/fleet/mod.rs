@@ -5,9 +5,11 @@
 pub mod config_axis;
 mod enroll;
 mod error;
+mod identity;
 mod limiter;
 mod nodes;
 pub mod profiles;
+mod reenroll;
 pub mod rollouts;
 mod sessions;
 pub mod supervise;
@@ -32,6 +34,7 @@ use crate::store::{list_json, Revision, Store};
 
 pub use enroll::{EnrollInput, EnrollOutput};
 pub use error::FleetError;
+pub use identity::{RotateSelection, Rotation};
 pub use limiter::FailureLimiter;
 pub use profiles::SetOutcome;
 pub use sessions::{Session, SessionHello};
@@ -42,6 +45,8 @@ const CAS_ATTEMPTS: usize = 8;
 
 /// Default interval between agent heartbeats.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+/// Default time after its expiry during which a node certificate may still renew itself.
+pub const DEFAULT_EXPIRED_RENEWAL_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Settings the fleet runs with.
 #[derive(Clone, Debug)]
@@ -56,6 +61,8 @@ pub struct Settings {
     pub endpoints: Vec<String>,
     /// Events kept in the store.
     pub event_retention: usize,
+    /// A node certificate that expired less than this long ago may still renew itself.
+    pub expired_renewal_window: Duration,
 }
 
 /// The manager's view of its fleet.
@@ -76,6 +83,8 @@ pub struct Fleet {
     profiles: RwLock<profiles::ProfileCache>,
     /// Each pool's latest rollout.
     rollouts: rollouts::RolloutCache,
+    /// The manager's server certificate and CAs.
+    certs: Arc<crate::identity::ManagerCerts>,
 }
 
 /// A node record with its store revision and, when connected, its live session.
@@ -119,6 +128,7 @@ impl Fleet {
         store: Arc<dyn Store>,
         authority: Authority,
         settings: Settings,
+        certs: Arc<crate::identity::ManagerCerts>,
     ) -> Result<Arc<Self>, FleetError> {
         let records = list_json::<NodeRecord>(&*store, NODES).await?;
         // Nodes that were online get the grace period from now on to reconnect.
@@ -151,6 +161,7 @@ impl Fleet {
             counters: Arc::default(),
             profiles: RwLock::new(profiles),
             rollouts,
+            certs,
         }))
     }
 
@@ -164,6 +175,11 @@ impl Fleet {
 
     pub fn authority(&self) -> &Authority {
         &self.authority
+    }
+
+    /// The manager's server certificate and CAs.
+    pub fn manager_certs(&self) -> &crate::identity::ManagerCerts {
+        &self.certs
     }
 
     pub fn store(&self) -> &dyn Store {

@@ -70,6 +70,7 @@ impl Fleet {
             record.serials = vec![issued.serial.clone(), cert.serial.clone()];
             record.serials.truncate(KEPT_SERIALS);
             record.cert_not_after = issued.not_after;
+            record.rotation_requested = None;
             Ok(())
         })
         .await?;
@@ -284,7 +285,7 @@ impl Fleet {
         })
     }
 
-    fn node_record(&self, name: &str) -> Result<(NodeRecord, u64), FleetError> {
+    pub(super) fn node_record(&self, name: &str) -> Result<(NodeRecord, u64), FleetError> {
         let nodes = self.nodes.read().expect("fleet lock poisoned");
         let entry = nodes
             .get(name)
@@ -292,7 +293,7 @@ impl Fleet {
         Ok((entry.record.clone(), entry.revision))
     }
 
-    async fn reload_node(&self, name: &str) -> Result<(), FleetError> {
+    pub(super) async fn reload_node(&self, name: &str) -> Result<(), FleetError> {
         match crate::store::get_json::<NodeRecord>(self.store(), &node_key(name)).await? {
             Some(current) => self.replace_record(current.value, current.mod_revision),
             None => {

@@ -64,6 +64,11 @@ impl Fleet {
                     serial,
                 });
             }
+            // A session with the newest certificate supersedes the previous one, which stays
+            // accepted only until then (in case the renewal's answer was lost).
+            if record.serials.first() == Some(&cert.serial) {
+                record.serials.truncate(1);
+            }
             record.facts = hello.facts.clone();
             record.boot_id = hello.boot_id.clone();
             record.last_seen = Some(now);

@@ -91,6 +91,9 @@ impl RefusalReason {
             | FleetError::UnknownNode { .. }
             | FleetError::NodeRevoked { .. }
             | FleetError::StaleCertificate { .. }
+            | FleetError::ExpiredPastWindow { .. }
+            | FleetError::ReenrollNotAllowed { .. }
+            | FleetError::RotateSelection(_)
             | FleetError::NoClientCertificate
             | FleetError::CertificateRefused(_)
             | FleetError::WrongIdentity { .. }

@@ -53,6 +53,7 @@ impl Agent for AgentService {
             .await?;
         let _ = outbound.send(Ok(welcome(&self.fleet, &session))).await;
         self.fleet.send_desired(&session.node).await;
+        self.fleet.ask_pending_rotation(&session.node);
 
         let span = info_span!("session", node = %session.node, session = session.id);
         let fleet = self.fleet.clone();
@@ -65,7 +66,7 @@ impl Agent for AgentService {
         &self,
         request: Request<RenewRequest>,
     ) -> Result<Response<RenewResponse>, Status> {
-        let caller = peer::node(&request, &self.fleet)?;
+        let caller = peer::renewing_node(&request, &self.fleet)?;
         let csr = request.into_inner().csr_der;
         let chain = self.fleet.renew(&caller.cert, &csr, &caller.remote).await?;
         Ok(Response::new(RenewResponse {

@@ -27,6 +27,7 @@ impl Enrollment for EnrollmentService {
             token: body.token,
             csr_der: body.csr_der,
             name: body.name,
+            reenroll: body.reenroll,
             facts: facts_from_proto(body.facts.unwrap_or_default()),
             remote,
         };

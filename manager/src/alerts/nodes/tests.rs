@@ -44,6 +44,8 @@ fn online(name: &str, pool: &str) -> NodeView {
                 ..Supervision::default()
             },
             config: Default::default(),
+            rotation_requested: None,
+            reenroll: None,
         },
         online: true,
         last_seen: Some(NOW),
