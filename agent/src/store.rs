@@ -233,6 +233,13 @@ pub fn commit_reenrollment(
     Ok(())
 }
 
+/// Replaces the trust bundle, crash-safely: written beside it, then renamed over it.
+pub fn store_bundle(paths: &StatePaths, bundle_pem: &str) -> Result<(), StoreError> {
+    let next = paths.dir.join(format!("{}.next", crate::paths::CA_BUNDLE));
+    files::write_public(&next, bundle_pem.as_bytes()).map_err(StoreError::WriteFile)?;
+    rename(&next, &paths.ca_bundle())
+}
+
 /// Replaces the node's key and certificate with renewed ones, crash-safely.
 pub fn store_renewed(
     paths: &StatePaths,

@@ -32,6 +32,9 @@ pub enum Command {
     /// Manage operator bundles.
     #[command(subcommand)]
     Operator(cmd::operator::OperatorCommand),
+    /// Roll the fleet over to a new root and issuing CA without downtime.
+    #[command(subcommand)]
+    Ca(cmd::ca::CaCommand),
     /// Run a manager and a small local fleet of real agents, until Ctrl-C.
     Demo(cmd::demo::DemoArgs),
 }

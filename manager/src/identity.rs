@@ -57,8 +57,8 @@ pub struct ManagerCerts {
     replica: String,
     serving: Arc<ServingCert>,
     server: RwLock<CertFacts>,
-    issuing: CertFacts,
-    root: CertFacts,
+    issuing: RwLock<CertFacts>,
+    root: RwLock<CertFacts>,
     server_ttl: Duration,
     ca_warning: Duration,
 }
@@ -78,8 +78,8 @@ impl ManagerCerts {
         };
         Ok(Self {
             server: RwLock::new(read(dir.server_chain(), "server certificate")?),
-            issuing: read(dir.issuing_ca_cert(), "issuing CA")?,
-            root: read(dir.trust_bundle(), "trust bundle")?,
+            issuing: RwLock::new(read(dir.issuing_ca_cert(), "issuing CA")?),
+            root: RwLock::new(read_root(dir)?),
             dir: dir.clone(),
             replica: replica.to_string(),
             serving,
@@ -95,6 +95,8 @@ impl ManagerCerts {
             .read()
             .expect("server facts lock poisoned")
             .clone();
+        let issuing = self.issuing.read().expect("CA facts lock poisoned").clone();
+        let root = self.root.read().expect("CA facts lock poisoned").clone();
         let near = |facts: &CertFacts, threshold: Duration| facts.not_after - now < threshold;
         vec![
             Expiry {
@@ -105,15 +107,15 @@ impl ManagerCerts {
             },
             Expiry {
                 what: "issuing-ca",
-                warning: near(&self.issuing, self.ca_warning),
-                subject: self.issuing.subject.clone(),
-                not_after: self.issuing.not_after,
+                warning: near(&issuing, self.ca_warning),
+                subject: issuing.subject,
+                not_after: issuing.not_after,
             },
             Expiry {
                 what: "root-ca",
-                warning: near(&self.root, self.ca_warning),
-                subject: self.root.subject.clone(),
-                not_after: self.root.not_after,
+                warning: near(&root, self.ca_warning),
+                subject: root.subject,
+                not_after: root.not_after,
             },
         ]
     }
@@ -133,6 +135,17 @@ impl ManagerCerts {
         if !current.past(SERVER_RENEW_LEFT, now) {
             return Ok(false);
         }
+        self.renew_server(issuer)?;
+        Ok(true)
+    }
+
+    /// Renews the server certificate now, from `issuer`.
+    pub fn renew_server(&self, issuer: &Issuer) -> Result<(), CertsError> {
+        let current = self
+            .server
+            .read()
+            .expect("server facts lock poisoned")
+            .clone();
         let (issued, key) = issuer
             .issue_server(&self.replica, &current.host_names, self.server_ttl)
             .map_err(CertsError::Issue)?;
@@ -153,7 +166,29 @@ impl ManagerCerts {
             })?;
         *self.server.write().expect("server facts lock poisoned") = facts;
         info!(serial = %issued.serial, not_after = %crate::records::rfc3339(issued.not_after), previous_not_after = %crate::records::rfc3339(current.not_after), "server certificate renewed");
-        Ok(true)
+        Ok(())
+    }
+
+    /// The client verifier of the manager's port.
+    pub fn client_auth(&self) -> &Arc<opi_pki::tls::ClientAuth> {
+        self.serving.client_auth()
+    }
+
+    /// Serves the server certificate followed by the roots now trusted.
+    pub fn refresh_roots(&self) -> Result<(), TlsError> {
+        self.serving.refresh_roots()
+    }
+
+    /// Reads the issuing and root CAs again, after a rollover switched them.
+    pub fn reload_cas(&self, dir: &DataDir) -> Result<(), CertsError> {
+        let pem = std::fs::read_to_string(dir.issuing_ca_cert()).unwrap_or_default();
+        let issuing = CertFacts::of_pem(&pem, "issuing CA").map_err(|source| CertsError::Read {
+            what: "issuing CA",
+            source,
+        })?;
+        *self.issuing.write().expect("CA facts lock poisoned") = issuing;
+        *self.root.write().expect("CA facts lock poisoned") = read_root(dir)?;
+        Ok(())
     }
 
     /// How often to check: a tenth of the server certificate's life, at most a minute.
@@ -166,7 +201,19 @@ impl ManagerCerts {
     }
 }
 
-/// Renews the server certificate when due and warns about expiring CAs, until aborted.
+/// The root that signs the issuing CA: `root-ca.pem`, else the bundle's first root.
+fn read_root(dir: &DataDir) -> Result<CertFacts, CertsError> {
+    let pem = std::fs::read_to_string(dir.root_ca_cert())
+        .or_else(|_| std::fs::read_to_string(dir.trust_bundle()))
+        .unwrap_or_default();
+    CertFacts::of_pem(&pem, "root CA").map_err(|source| CertsError::Read {
+        what: "root CA",
+        source,
+    })
+}
+
+/// Renews the server certificate when due, follows CA rollovers and warns about expiring
+/// CAs, until aborted.
 pub async fn watch(fleet: Arc<crate::fleet::Fleet>) {
     let span = info_span!("manager_certificates");
     async move {
@@ -174,18 +221,26 @@ pub async fn watch(fleet: Arc<crate::fleet::Fleet>) {
         let mut last_ca_warning: Option<std::time::Instant> = None;
         loop {
             let now = OffsetDateTime::now_utc();
-            if let Err(failure) = certs.renew_server_if_due(&fleet.authority().issuer, now) {
+            if let Err(failure) = certs.renew_server_if_due(&fleet.trust().issuer, now) {
                 let error = anyhow::Error::from(failure);
                 error!(
                     error = format!("{error:#}"),
                     "cannot renew the server certificate; it is retried at the next check"
                 );
             }
+            if let Err(failure) = crate::rollover::follow(&fleet, &certs.dir).await {
+                let error = anyhow::Error::from(failure);
+                error!(
+                    error = format!("{error:#}"),
+                    "cannot follow the CA rollover; retried at the next check"
+                );
+            }
             let due = last_ca_warning.is_none_or(|at| at.elapsed() >= CA_WARN_EVERY);
             if due && warn_expiring_cas(&certs.expiries(now)) {
                 last_ca_warning = Some(std::time::Instant::now());
             }
-            tokio::time::sleep(certs.check_every()).await;
+            let pause = certs.check_every().min(crate::rollover::RELOAD_EVERY);
+            tokio::time::sleep(pause).await;
         }
     }
     .instrument(span)
@@ -196,7 +251,7 @@ pub async fn watch(fleet: Arc<crate::fleet::Fleet>) {
 fn warn_expiring_cas(expiries: &[Expiry]) -> bool {
     let mut warned = false;
     for expiry in expiries.iter().filter(|e| e.warning && e.what != "server") {
-        warn!(ca = expiry.what, subject = %expiry.subject, not_after = %crate::records::rfc3339(expiry.not_after), "a fleet CA expires soon; plan its replacement before then");
+        warn!(ca = expiry.what, subject = %expiry.subject, not_after = %crate::records::rfc3339(expiry.not_after), "a fleet CA expires soon; roll it over before then (docs/ca-rollover.md)");
         warned = true;
     }
     warned

@@ -25,6 +25,7 @@ pub mod identity;
 pub mod metrics;
 pub mod records;
 pub mod rollout;
+pub mod rollover;
 pub mod server;
 pub mod signals;
 pub mod store;

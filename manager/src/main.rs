@@ -34,6 +34,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Init(args) => cmd::init::run(args).await,
         Command::Serve(args) => cmd::serve::run(args).await,
         Command::Operator(command) => cmd::operator::run(command).await,
+        Command::Ca(command) => cmd::ca::run(command).await,
         Command::Demo(args) => cmd::demo::run(args).await,
     }
 }

@@ -135,6 +135,9 @@ pub struct NodeRecord {
     /// An operator allowed the node to re-enroll under its name (`opictl node allow-reenroll`).
     #[serde(default)]
     pub reenroll: Option<ReenrollGrant>,
+    /// Digest of the trust bundle the node's agent stored, as it last said.
+    #[serde(default)]
+    pub trust_bundle_digest: String,
 }
 
 /// A one-shot permission to re-enroll a node under its name, keeping its pool and history.

@@ -54,6 +54,13 @@ impl std::fmt::Debug for SecretPem {
     }
 }
 
+/// `sha256:` and the hex digest of a trust bundle's PEM text: how manager and agents name
+/// the bundle an agent stored.
+pub fn bundle_digest(pem: &str) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", ca::hex(&sha2::Sha256::digest(pem.as_bytes())))
+}
+
 /// The process-wide crypto provider: ring, as everywhere in the fleet.
 pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     std::sync::Arc::new(rustls::crypto::ring::default_provider())

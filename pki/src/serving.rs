@@ -63,11 +63,20 @@ impl CertFacts {
 }
 
 /// The server certificate rustls presents, swapped in place when the manager renews it.
+///
+/// The fleet's roots are appended to every chain, so that an enrolling agent finds the root it
+/// pinned; they follow the `ClientAuth` the server verifies clients with.
 #[derive(Debug)]
 pub struct ServingCert {
-    current: RwLock<Arc<CertifiedKey>>,
-    /// Appended to every chain, so that an enrolling agent finds the root it pinned.
-    roots_der: Vec<rustls::pki_types::CertificateDer<'static>>,
+    current: RwLock<Serving>,
+    client_auth: Arc<ClientAuth>,
+}
+
+#[derive(Debug)]
+struct Serving {
+    chain_pem: String,
+    key: SecretPem,
+    certified: Arc<CertifiedKey>,
 }
 
 impl ServingCert {
@@ -75,17 +84,44 @@ impl ServingCert {
     pub fn new(
         chain_pem: &str,
         key: &SecretPem,
-        client_auth: &ClientAuth,
+        client_auth: Arc<ClientAuth>,
     ) -> Result<Arc<Self>, TlsError> {
-        let roots_der = client_auth.roots_der().to_vec();
-        let current = RwLock::new(certified(chain_pem, key, &roots_der)?);
-        Ok(Arc::new(Self { current, roots_der }))
+        let certified = certified(chain_pem, key, &client_auth.roots_der())?;
+        let current = RwLock::new(Serving {
+            chain_pem: chain_pem.to_string(),
+            key: key.clone(),
+            certified,
+        });
+        Ok(Arc::new(Self {
+            current,
+            client_auth,
+        }))
     }
 
     /// Serves `chain_pem` with `key` from the next handshake on.
     pub fn replace(&self, chain_pem: &str, key: &SecretPem) -> Result<(), TlsError> {
-        let next = certified(chain_pem, key, &self.roots_der)?;
-        *self.current.write().expect("serving cert lock poisoned") = next;
+        let certified = certified(chain_pem, key, &self.client_auth.roots_der())?;
+        *self.current.write().expect("serving cert lock poisoned") = Serving {
+            chain_pem: chain_pem.to_string(),
+            key: key.clone(),
+            certified,
+        };
+        Ok(())
+    }
+
+    /// The client verifier whose roots follow every chain served.
+    pub fn client_auth(&self) -> &Arc<ClientAuth> {
+        &self.client_auth
+    }
+
+    /// Serves the same certificate followed by the roots now trusted.
+    pub fn refresh_roots(&self) -> Result<(), TlsError> {
+        let mut current = self.current.write().expect("serving cert lock poisoned");
+        current.certified = certified(
+            &current.chain_pem,
+            &current.key,
+            &self.client_auth.roots_der(),
+        )?;
         Ok(())
     }
 }
@@ -96,6 +132,7 @@ impl ResolvesServerCert for ServingCert {
             self.current
                 .read()
                 .expect("serving cert lock poisoned")
+                .certified
                 .clone(),
         )
     }

@@ -152,8 +152,8 @@ pub async fn renew(
         }
     })?;
 
-    // The trust bundle in the answer is not stored: rotating the fleet's root CA is not
-    // supported yet, and `ca.pem` stays as it was at enrollment.
+    // The trust bundle in the answer is not stored: the manager sends a changed bundle over
+    // the session (a CA rollover), and the agent acknowledges what it stored.
     let key = SecretPem::new(key.serialize_pem());
     store::store_renewed(paths, &key, &response.cert_chain_pem)
         .map_err(RenewError::StoreRenewed)?;

@@ -75,7 +75,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let running = serve::start(&serve_args(&data_dir, args.listen)).await?;
     let endpoint = running.endpoints[0].clone();
-    let pin = running.fleet.authority().pin.to_string();
+    let pin = running.fleet.trust().pin.to_string();
     let workers = token_file(&running, &data_dir, WORKER_POOL.0, args.nodes).await?;
     let control_plane = token_file(&running, &data_dir, CONTROL_PLANE_POOL.0, 1).await?;
 

@@ -151,7 +151,7 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
     let serving = ServingCert::new(
         &authority.server_chain_pem,
         &authority.server_key,
-        &client_auth,
+        client_auth.clone(),
     )?;
     let tls = swappable_server_config(serving.clone(), client_auth.clone())?;
     let certs = ManagerCerts::load(

@@ -114,11 +114,10 @@ impl Fleet {
 
         // Signed once, outside the compare-and-swap loop, so that the loop's window between
         // reading the token and committing its new use count stays short.
-        let issued = self.authority.issuer.issue_node(
-            &name,
-            &csr.public_key,
-            self.settings.node_cert_ttl,
-        )?;
+        let issued =
+            self.trust()
+                .issuer
+                .issue_node(&name, &csr.public_key, self.settings.node_cert_ttl)?;
         let answer = TokenEnrollment {
             spki_sha256,
             node: name.clone(),
@@ -333,6 +332,7 @@ fn new_node_record(
         config: ConfigRecord::default(),
         rotation_requested: None,
         reenroll: None,
+        trust_bundle_digest: String::new(),
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use opi_pki::tls::PeerCert;
 use opi_proto::v1::manager_message::Body as ManagerBody;
-use opi_proto::v1::{ManagerMessage, RenewNow};
+use opi_proto::v1::{ManagerMessage, RenewNow, TrustBundle};
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
@@ -125,6 +125,58 @@ impl Fleet {
             .is_ok_and(|view| view.record.rotation_requested.is_some());
         if pending && self.ask_renewal(name, "a rotation was asked while this node was offline") {
             info!(node = %name, "pending certificate rotation asked");
+        }
+    }
+
+    /// Sends the trust bundle in force to a node whose agent stored another one.
+    pub fn send_trust_bundle_if_stale(&self, name: &str) {
+        let trust = self.trust();
+        let stale = self
+            .node(name)
+            .is_ok_and(|view| view.record.trust_bundle_digest != trust.bundle_digest);
+        if stale {
+            let message = ManagerMessage {
+                body: Some(ManagerBody::TrustBundle(TrustBundle {
+                    pem: trust.bundle_pem.clone(),
+                    digest: trust.bundle_digest.clone(),
+                })),
+            };
+            if self.send(name, message) {
+                info!(node = %name, digest = %trust.bundle_digest, "trust bundle sent");
+            }
+        }
+    }
+
+    /// Records that a node's agent stored the trust bundle of `digest`.
+    pub async fn trust_bundle_stored(
+        &self,
+        session: &super::Session,
+        digest: String,
+    ) -> Result<(), FleetError> {
+        self.update_node(&session.node, None, |record, _| {
+            record.trust_bundle_digest = digest.clone();
+            Ok(())
+        })
+        .await?;
+        info!(node = %session.node, digest = %digest, "node stored the trust bundle");
+        Ok(())
+    }
+
+    /// The active nodes whose agent has not stored the trust bundle in force.
+    pub fn nodes_without_trust_bundle(&self) -> Vec<String> {
+        let digest = self.trust().bundle_digest.clone();
+        self.nodes(None)
+            .into_iter()
+            .filter(|view| view.record.state == NodeState::Active)
+            .filter(|view| view.record.trust_bundle_digest != digest)
+            .map(|view| view.record.name)
+            .collect()
+    }
+
+    /// Sends the trust bundle in force to every connected node that lacks it.
+    pub fn distribute_trust_bundle(&self) {
+        for name in self.nodes_without_trust_bundle() {
+            self.send_trust_bundle_if_stale(&name);
         }
     }
 

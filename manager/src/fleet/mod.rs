@@ -85,6 +85,19 @@ pub struct Fleet {
     rollouts: rollouts::RolloutCache,
     /// The manager's server certificate and CAs.
     certs: Arc<crate::identity::ManagerCerts>,
+    /// The issuing CA and trust bundle in force; replaced during a CA rollover.
+    trust: RwLock<Arc<Trust>>,
+}
+
+/// What the manager issues with and hands out, replaced as a whole during a CA rollover.
+pub struct Trust {
+    pub issuer: Arc<opi_pki::Issuer>,
+    /// The fleet's trust bundle (roots), PEM.
+    pub bundle_pem: String,
+    /// [`opi_pki::bundle_digest`] of `bundle_pem`.
+    pub bundle_digest: String,
+    /// Pin of the root that signs `issuer`, printed in enrollment lines.
+    pub pin: opi_pki::CaPin,
 }
 
 /// A node record with its store revision and, when connected, its live session.
@@ -148,6 +161,12 @@ impl Fleet {
         let events = EventLog::open(store.clone(), settings.event_retention).await?;
         let profiles = profiles::ProfileCache::load(&*store).await?;
         let rollouts = rollouts::RolloutCache::load(&*store).await?;
+        let trust = Trust {
+            issuer: authority.issuer.clone(),
+            bundle_digest: opi_pki::bundle_digest(&authority.trust_bundle_pem),
+            bundle_pem: authority.trust_bundle_pem.clone(),
+            pin: authority.pin,
+        };
         Ok(Arc::new(Self {
             store,
             authority,
@@ -162,6 +181,7 @@ impl Fleet {
             profiles: RwLock::new(profiles),
             rollouts,
             certs,
+            trust: RwLock::new(Arc::new(trust)),
         }))
     }
 
@@ -175,6 +195,16 @@ impl Fleet {
 
     pub fn authority(&self) -> &Authority {
         &self.authority
+    }
+
+    /// The issuing CA and trust bundle in force now.
+    pub fn trust(&self) -> Arc<Trust> {
+        self.trust.read().expect("trust lock poisoned").clone()
+    }
+
+    /// Issues and hands out `trust` from now on.
+    pub fn set_trust(&self, trust: Trust) {
+        *self.trust.write().expect("trust lock poisoned") = Arc::new(trust);
     }
 
     /// The manager's server certificate and CAs.

@@ -47,11 +47,10 @@ impl Fleet {
     ) -> Result<String, FleetError> {
         let name = cert.identity.name.clone();
         let csr = check_node_csr(csr_der, self.fleet_name(), &name)?;
-        let issued = self.authority.issuer.issue_node(
-            &name,
-            &csr.public_key,
-            self.settings.node_cert_ttl,
-        )?;
+        let issued =
+            self.trust()
+                .issuer
+                .issue_node(&name, &csr.public_key, self.settings.node_cert_ttl)?;
         let actor = cert.identity.uri();
         let detail = format!(
             "serial {} replaces {}, until {}",

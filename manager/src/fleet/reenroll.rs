@@ -33,7 +33,7 @@ impl Fleet {
         let (record, _) = self.node_record(name)?;
         check_grant(&record, name)?;
         let issued =
-            self.authority
+            self.trust()
                 .issuer
                 .issue_node(name, &csr.public_key, self.settings.node_cert_ttl)?;
         let answer = TokenEnrollment {

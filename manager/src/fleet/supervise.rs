@@ -276,6 +276,7 @@ mod tests {
             config: Default::default(),
             rotation_requested: None,
             reenroll: None,
+            trust_bundle_digest: String::new(),
         }
     }
 

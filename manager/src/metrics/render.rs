@@ -354,6 +354,7 @@ mod tests {
                 config: Default::default(),
                 rotation_requested: None,
                 reenroll: None,
+                trust_bundle_digest: String::new(),
             },
             online: connectivity == Connectivity::Online,
             last_seen: Some(now),

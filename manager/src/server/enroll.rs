@@ -39,7 +39,7 @@ impl Enrollment for EnrollmentService {
             pool: output.pool,
             fleet: authority.fleet.clone(),
             cert_chain_pem: output.cert_chain_pem,
-            ca_bundle_pem: authority.trust_bundle_pem.clone(),
+            ca_bundle_pem: self.fleet.trust().bundle_pem.clone(),
             manager_endpoints: settings.endpoints.clone(),
             heartbeat_interval_secs: settings.heartbeat.as_secs() as u32,
         }))

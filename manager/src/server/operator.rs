@@ -206,7 +206,7 @@ impl Operator for OperatorService {
             token: Some(token_to_proto(&created.record)),
             secret: created.token.expose(),
             manager_endpoints: self.fleet.settings().endpoints.clone(),
-            ca_pin: self.fleet.authority().pin.to_string(),
+            ca_pin: self.fleet.trust().pin.to_string(),
         }))
     }
 

@@ -46,6 +46,7 @@ fn online(name: &str, pool: &str) -> NodeView {
             config: Default::default(),
             rotation_requested: None,
             reenroll: None,
+            trust_bundle_digest: String::new(),
         },
         online: true,
         last_seen: Some(NOW),
