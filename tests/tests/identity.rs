@@ -457,3 +457,83 @@ fn the_manager_renews_its_server_certificate_without_a_restart_and_warns_of_ca_e
         "{page}"
     );
 }
+
+#[test]
+fn a_rotation_asked_while_a_node_is_offline_happens_at_its_next_session() {
+    let (dir, manager) = manager(&["--heartbeat", "1s"]);
+    let mut agent = enrolled(&dir, &manager, "away", 1).remove(0);
+    let first = agent.leaf();
+    let rotated = manager.opictl().json(&["node", "rotate", "away-0"]);
+    assert_eq!(
+        rotated["pending"],
+        serde_json::json!(["away-0"]),
+        "{rotated}"
+    );
+    assert_eq!(rotated["asked"], serde_json::json!([]));
+
+    // Its 24 h certificate would otherwise renew in 14 h at the earliest.
+    agent.start();
+    let took = wait_until(WAIT, "the agent to renew at its first session", || {
+        agent.leaf().serial != first.serial
+    });
+    println!("renewed {took:?} after starting");
+    let log = manager.log_text();
+    assert!(log.contains("pending certificate rotation asked"), "{log}");
+}
+
+#[test]
+fn viewers_may_neither_rotate_nor_allow_reenrollment() {
+    let (dir, manager) = manager(&[]);
+    enrolled(&dir, &manager, "ro", 1);
+    let viewer = manager.operator(dir.path(), "vera", "viewer");
+    for args in [
+        &["node", "rotate", "--all"][..],
+        &["node", "allow-reenroll", "ro-0"][..],
+    ] {
+        let refused = fails(viewer.run(args));
+        assert!(
+            refused.contains("role viewer may not"),
+            "{args:?}: {refused}"
+        );
+    }
+}
+
+#[test]
+fn a_revoked_node_neither_renews_its_expired_certificate_nor_may_reenroll() {
+    let (dir, manager) = manager(&["--node-cert-ttl", "10s"]);
+    let agent = enrolled(&dir, &manager, "bad", 1).remove(0);
+    let opictl = manager.opictl();
+    ok(opictl.run(&["node", "revoke", "bad-0", "--reason", "compromised"]));
+    let refused = fails(opictl.run(&["node", "allow-reenroll", "bad-0"]));
+    assert!(
+        refused.contains("node bad-0 was revoked (compromised)"),
+        "{refused}"
+    );
+
+    let leaf = agent.leaf();
+    wait_until(Duration::from_secs(20), "the certificate to expire", || {
+        OffsetDateTime::now_utc() > leaf.not_after + time::Duration::seconds(1)
+    });
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let refused = runtime.block_on(async {
+        let mut client = grpc::agent(
+            &manager.endpoint(),
+            &manager.data_dir,
+            "e2e",
+            &agent.state_dir(),
+        )
+        .await
+        .unwrap();
+        let key = opi_pki::ca::generate_key().unwrap();
+        let csr_der = opi_pki::csr::make_node_csr(&key, "bad-0").unwrap();
+        client
+            .renew(opi_proto::v1::RenewRequest { csr_der })
+            .await
+            .expect_err("a revoked node does not renew")
+    });
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+    assert!(
+        refused.message().contains("revoked (compromised)"),
+        "{refused}"
+    );
+}
