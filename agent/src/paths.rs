@@ -27,6 +27,8 @@ pub const CONDITIONS_FILE: &str = "conditions.json";
 pub const PROFILE_FILE: &str = "profile.json";
 /// Suffix of a key made for an enrollment that has not completed yet.
 pub const PENDING_SUFFIX: &str = ".pending";
+/// The profile signer keys pinned at enrollment.
+pub const PROFILE_SIGNERS: &str = "profile-signers.txt";
 /// Why the manager refused to renew the expired certificate, while it does (for `status`).
 pub const RENEWAL_REFUSED: &str = "renewal-refused.txt";
 /// Suffix of a renewed key or certificate not yet moved in place.
@@ -119,6 +121,11 @@ impl StatePaths {
     /// `node.key.next`.
     pub fn next_key(&self) -> PathBuf {
         self.dir.join(format!("{NODE_KEY}{NEXT_SUFFIX}"))
+    }
+
+    /// `profile-signers.txt`: the signer keys pinned at enrollment, one hex DER per line.
+    pub fn profile_signers(&self) -> PathBuf {
+        self.dir.join(PROFILE_SIGNERS)
     }
 
     /// `renewal-refused.txt`.

@@ -233,6 +233,24 @@ pub fn commit_reenrollment(
     Ok(())
 }
 
+/// Pins the profile signer keys the manager named at enrollment (hex DER, one per line).
+pub fn store_signers(paths: &StatePaths, keys: &[Vec<u8>]) -> Result<(), StoreError> {
+    let text: String = keys
+        .iter()
+        .map(|key| format!("{}\n", opi_pki::ca::hex(key)))
+        .collect();
+    files::write_public(&paths.profile_signers(), text.as_bytes()).map_err(StoreError::WriteFile)
+}
+
+/// The profile signer keys pinned at enrollment; none when the node pinned none.
+pub fn load_signers(paths: &StatePaths) -> Vec<Vec<u8>> {
+    let text = std::fs::read_to_string(paths.profile_signers()).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| data_encoding::HEXLOWER.decode(line.trim().as_bytes()).ok())
+        .filter(|key| !key.is_empty())
+        .collect()
+}
+
 /// Replaces the trust bundle, crash-safely: written beside it, then renamed over it.
 pub fn store_bundle(paths: &StatePaths, bundle_pem: &str) -> Result<(), StoreError> {
     let next = paths.dir.join(format!("{}.next", crate::paths::CA_BUNDLE));

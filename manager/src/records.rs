@@ -337,6 +337,18 @@ pub struct ProfileRecord {
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     pub created_by: String,
+    /// Signatures of `yaml` by operators' signer keys, passed on to the agents.
+    #[serde(default)]
+    pub signatures: Vec<SignatureRecord>,
+}
+
+/// A signature of a profile document: the signer's public key and the signature, both hex.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignatureRecord {
+    /// DER SubjectPublicKeyInfo, hex.
+    pub public_key: String,
+    /// ECDSA P-256 SHA-256, ASN.1 DER, hex.
+    pub signature: String,
 }
 
 /// A profile generation as nodes compare them: epoch first, then generation.

@@ -235,6 +235,10 @@ pub enum ProfileCommand {
         /// Profile document (YAML), or `-` for standard input
         #[arg(short = 'f', long, value_name = "FILE")]
         file: PathBuf,
+        /// Sign the document with this signer key (PKCS#8 PEM, ECDSA P-256; repeatable): nodes
+        /// that pinned signer keys apply only signed profiles, signed twice to lower hardening
+        #[arg(long, value_name = "KEY")]
+        sign_key: Vec<PathBuf>,
         /// How the new generation rolls out
         #[command(flatten)]
         strategy: StrategyArgs,

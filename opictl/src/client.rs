@@ -243,11 +243,13 @@ impl Client {
         pool: &str,
         yaml: String,
         strategy: RolloutStrategy,
+        signatures: Vec<opi_proto::v1::ProfileSignature>,
     ) -> Result<ProfileInfo, Error> {
         let message = SetProfileRequest {
             pool: pool.into(),
             yaml,
             strategy: Some(strategy),
+            signatures,
         };
         let answer = self.inner.set_profile(request(message)).await;
         self.answer(format!("to set the profile of pool `{pool}`"), answer)

@@ -11,6 +11,7 @@
 //! - [`ca`]: creating CAs and issuing certificates (pure: no I/O);
 //! - [`pin`]: `sha256:` CA pins;
 //! - [`tls`]: rustls server and client configurations, with the identity checks;
+//! - [`profile_sig`]: signatures of profiles by operators' signer keys, apart from the CA;
 //! - [`serving`]: the manager's server certificate, replaced while serving;
 //! - [`bundle`]: the operator bundle that `opictl --config` reads;
 //! - [`channel`]: gRPC channels to the manager over those configs;
@@ -24,6 +25,7 @@ pub mod csr;
 pub mod files;
 pub mod identity;
 pub mod pin;
+pub mod profile_sig;
 pub mod serving;
 pub mod signature;
 pub mod tls;

@@ -239,6 +239,18 @@ pub async fn run(args: EnrollArgs) -> Result<(), EnrollError> {
         })?;
     let config = settings(&answered, &args.managers);
     let response = &answered.response;
+    if !response.profile_signers.is_empty() {
+        store::store_signers(&paths, &response.profile_signers).map_err(|source| {
+            EnrollError::StoreEnrollment {
+                state_dir: paths.dir.clone(),
+                source: Box::new(source),
+            }
+        })?;
+        info!(
+            keys = response.profile_signers.len(),
+            "profile signer keys pinned"
+        );
+    }
     store::commit_enrollment(
         &paths,
         &response.cert_chain_pem,

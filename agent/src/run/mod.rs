@@ -34,6 +34,7 @@ pub mod profile_state;
 pub mod readiness;
 pub mod renewal;
 mod session;
+pub mod signatures;
 
 use applier::Applier;
 use evaluation::Checks;

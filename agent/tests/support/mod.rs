@@ -217,6 +217,7 @@ impl Enrollment for Service {
             ca_bundle_pem: self.root_pem.clone(),
             manager_endpoints: vec![self.endpoint.clone()],
             heartbeat_interval_secs: 10,
+            profile_signers: Vec::new(),
         }))
     }
 }

@@ -101,7 +101,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     for (pool, profile) in [WORKER_POOL, CONTROL_PLANE_POOL] {
         running
             .fleet
-            .set_profile(pool, profile, demo_strategy(), "local:demo", "local")
+            .set_profile(
+                pool,
+                profile,
+                demo_strategy(),
+                "local:demo",
+                "local",
+                Vec::new(),
+            )
             .await
             .with_context(|| format!("cannot set the profile of pool {pool}"))?;
     }
@@ -246,6 +253,7 @@ fn serve_args(data_dir: &Path, listen: SocketAddr) -> ServeArgs {
         report_freshness: Duration::from_secs(60),
         event_retention: crate::events::DEFAULT_RETENTION,
         expired_renewal_window: crate::fleet::DEFAULT_EXPIRED_RENEWAL_WINDOW,
+        profile_signer: Vec::new(),
         server_cert_ttl: opi_pki::ca::SERVER_CERT_TTL,
         ca_expiry_warning: crate::identity::DEFAULT_CA_EXPIRY_WARNING,
         metrics_listen: None,

@@ -63,6 +63,11 @@ pub struct ServeArgs {
     /// re-enrolls (`opictl node allow-reenroll`).
     #[arg(long, default_value = "7days", value_parser = humantime::parse_duration)]
     pub expired_renewal_window: Duration,
+    /// Public key (PEM) of an operator signer key (repeatable): agents enrolled from now on pin
+    /// these keys and apply only profiles signed by one of them, two when a profile lowers
+    /// the hardening level; `opictl profile set --sign-key` signs.
+    #[arg(long, value_name = "FILE")]
+    pub profile_signer: Vec<PathBuf>,
     /// Lifetime of the server certificates this manager issues itself: it renews its own
     /// when a third of its life is left, without a restart.
     #[arg(long, default_value = "365days", value_parser = humantime::parse_duration)]
@@ -193,6 +198,7 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
         freshness: args.report_freshness,
         event_retention: args.event_retention,
         expired_renewal_window: args.expired_renewal_window,
+        profile_signers: read_signers(&args.profile_signer)?,
         node_cert_ttl: args.node_cert_ttl,
         heartbeat: args.heartbeat,
         endpoints: endpoints.clone(),
@@ -310,6 +316,19 @@ fn check_args(args: &ServeArgs) -> anyhow::Result<()> {
         bail!("invalid serve arguments: {}", problems.join("; "));
     }
     Ok(())
+}
+
+/// The signer public keys of `--profile-signer`, DER.
+fn read_signers(paths: &[PathBuf]) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut keys = Vec::new();
+    for path in paths {
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("--profile-signer: cannot read {}", path.display()))?;
+        let key = opi_pki::profile_sig::public_key_der(&pem, &path.display().to_string())?;
+        info!(path = %path.display(), key = %opi_pki::profile_sig::key_pin(&key), "profile signer key");
+        keys.push(key);
+    }
+    Ok(keys)
 }
 
 /// Records the bound address, for scripts and tests that listen on port 0.

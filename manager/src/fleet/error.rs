@@ -51,6 +51,8 @@ pub enum FleetError {
     },
     #[error("{0}")]
     RotateSelection(String),
+    #[error("profile for pool {pool} refused, nothing stored: no signer key this fleet's agents pinned signed it; sign it with `opictl profile set {pool} -f FILE --sign-key KEY`")]
+    UnsignedProfile { pool: String },
     #[error("this call needs a client certificate: an operator bundle (`opictl --config`) or an enrolled node's certificate")]
     NoClientCertificate,
     #[error("{0}")]

@@ -63,6 +63,9 @@ pub struct Settings {
     pub event_retention: usize,
     /// A node certificate that expired less than this long ago may still renew itself.
     pub expired_renewal_window: Duration,
+    /// Public keys (DER SubjectPublicKeyInfo) agents pin at enrollment and require profile
+    /// signatures from; empty means unsigned profiles.
+    pub profile_signers: Vec<Vec<u8>>,
 }
 
 /// The manager's view of its fleet.

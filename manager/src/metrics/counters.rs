@@ -94,6 +94,7 @@ impl RefusalReason {
             | FleetError::ExpiredPastWindow { .. }
             | FleetError::ReenrollNotAllowed { .. }
             | FleetError::RotateSelection(_)
+            | FleetError::UnsignedProfile { .. }
             | FleetError::NoClientCertificate
             | FleetError::CertificateRefused(_)
             | FleetError::WrongIdentity { .. }

@@ -42,6 +42,7 @@ impl Enrollment for EnrollmentService {
             ca_bundle_pem: self.fleet.trust().bundle_pem.clone(),
             manager_endpoints: settings.endpoints.clone(),
             heartbeat_interval_secs: settings.heartbeat.as_secs() as u32,
+            profile_signers: settings.profile_signers.clone(),
         }))
     }
 }

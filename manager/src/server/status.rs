@@ -23,6 +23,7 @@ impl From<FleetError> for Status {
             FleetError::ExpiredPastWindow { .. } => Code::PermissionDenied,
             FleetError::ReenrollNotAllowed { .. } => Code::PermissionDenied,
             FleetError::RotateSelection(_) => Code::InvalidArgument,
+            FleetError::UnsignedProfile { .. } => Code::FailedPrecondition,
             FleetError::NoClientCertificate => Code::Unauthenticated,
             FleetError::CertificateRefused(_) => Code::Unauthenticated,
             FleetError::WrongIdentity { .. } => Code::PermissionDenied,
