@@ -27,6 +27,10 @@ pub const CONDITIONS_FILE: &str = "conditions.json";
 pub const PROFILE_FILE: &str = "profile.json";
 /// Suffix of a key made for an enrollment that has not completed yet.
 pub const PENDING_SUFFIX: &str = ".pending";
+/// The profile signer keys pinned at enrollment.
+pub const PROFILE_SIGNERS: &str = "profile-signers.txt";
+/// Why the manager refused to renew the expired certificate, while it does (for `status`).
+pub const RENEWAL_REFUSED: &str = "renewal-refused.txt";
 /// Suffix of a renewed key or certificate not yet moved in place.
 pub const NEXT_SUFFIX: &str = ".next";
 
@@ -117,6 +121,21 @@ impl StatePaths {
     /// `node.key.next`.
     pub fn next_key(&self) -> PathBuf {
         self.dir.join(format!("{NODE_KEY}{NEXT_SUFFIX}"))
+    }
+
+    /// `profile-signers.txt`: the signer keys pinned at enrollment, one hex DER per line.
+    pub fn profile_signers(&self) -> PathBuf {
+        self.dir.join(PROFILE_SIGNERS)
+    }
+
+    /// `renewal-refused.txt`.
+    pub fn renewal_refused(&self) -> PathBuf {
+        self.dir.join(RENEWAL_REFUSED)
+    }
+
+    /// The key of a re-enrollment in progress.
+    pub fn reenroll_key(&self) -> PathBuf {
+        self.dir.join(format!("{NODE_KEY}.reenroll"))
     }
 
     /// `node.pem.next`.

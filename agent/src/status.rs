@@ -62,6 +62,8 @@ pub struct StatusView {
     pub not_after: String,
     /// Whether the certificate has expired.
     pub expired: bool,
+    /// Why the manager refused to renew the expired certificate, if it did.
+    pub renewal_refused: Option<String>,
     /// When `opi-agent run` renews the certificate, RFC 3339.
     pub renewal_planned_at: String,
     /// When the node enrolled, RFC 3339.
@@ -99,6 +101,7 @@ pub fn run(args: StatusArgs) -> Result<(), StatusError> {
         not_before: timestamp(leaf.not_before),
         not_after: timestamp(leaf.not_after),
         expired: leaf.expired_at(now),
+        renewal_refused: std::fs::read_to_string(paths.renewal_refused()).ok(),
         renewal_planned_at: timestamp(renewal::planned_at(&leaf, now)),
         enrolled_at: timestamp(config.enrolled_at),
         state_dir: paths.dir.display().to_string(),
@@ -116,9 +119,16 @@ fn print(view: &StatusView, format: OutputFormat) -> io::Result<()> {
 
 impl StatusView {
     fn rows(&self) -> Vec<(&'static str, String)> {
-        let validity = match self.expired {
-            true => format!("{} (EXPIRED: re-enroll this node)", self.not_after),
-            false => self.not_after.clone(),
+        let validity = match (self.expired, &self.renewal_refused) {
+            (true, Some(why)) => format!(
+                "{} (EXPIRED, renewal refused: {why}; re-enroll with `opi-agent enroll --reenroll --token-file FILE` once an operator ran `opictl node allow-reenroll {}`)",
+                self.not_after, self.node
+            ),
+            (true, None) => format!(
+                "{} (EXPIRED: `opi-agent run` renews it if the manager still allows, within 7 days of expiry by default)",
+                self.not_after
+            ),
+            (false, _) => self.not_after.clone(),
         };
         vec![
             ("node", self.node.clone()),

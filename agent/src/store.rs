@@ -197,6 +197,67 @@ pub fn commit_enrollment(
         .map_err(StoreError::StoreConfig)
 }
 
+/// The key of a re-enrollment: the one an interrupted attempt left, so that a retry sends the
+/// same key and the manager answers it again, else a fresh one written 0600 first.
+pub fn reenroll_key(paths: &StatePaths) -> Result<(KeyPair, bool), StoreError> {
+    let path = paths.reenroll_key();
+    if path.exists() {
+        let pem = files::read_secret(&path).map_err(StoreError::ReadFile)?;
+        return Ok((parse_key(&path, &SecretPem::new(pem))?, true));
+    }
+    let key = opi_pki::ca::generate_key().map_err(StoreError::GenerateKey)?;
+    files::write_secret(&path, key.serialize_pem().as_bytes()).map_err(StoreError::WriteFile)?;
+    Ok((key, false))
+}
+
+/// Stores a re-enrollment's outcome like a renewal (crash-safe key and certificate swap), then
+/// the trust bundle and the settings, and forgets the re-enrollment key and past refusals.
+pub fn commit_reenrollment(
+    paths: &StatePaths,
+    key: &SecretPem,
+    chain_pem: &str,
+    ca_bundle_pem: &str,
+    config: &AgentConfig,
+) -> Result<(), StoreError> {
+    store_renewed(paths, key, chain_pem)?;
+    files::write_public(&paths.ca_bundle(), ca_bundle_pem.as_bytes())
+        .map_err(StoreError::WriteFile)?;
+    config
+        .store(&paths.config())
+        .map_err(StoreError::StoreConfig)?;
+    for leftover in [paths.reenroll_key(), paths.renewal_refused()] {
+        if leftover.exists() {
+            remove(&leftover)?;
+        }
+    }
+    Ok(())
+}
+
+/// Pins the profile signer keys the manager named at enrollment (hex DER, one per line).
+pub fn store_signers(paths: &StatePaths, keys: &[Vec<u8>]) -> Result<(), StoreError> {
+    let text: String = keys
+        .iter()
+        .map(|key| format!("{}\n", opi_pki::ca::hex(key)))
+        .collect();
+    files::write_public(&paths.profile_signers(), text.as_bytes()).map_err(StoreError::WriteFile)
+}
+
+/// The profile signer keys pinned at enrollment; none when the node pinned none.
+pub fn load_signers(paths: &StatePaths) -> Vec<Vec<u8>> {
+    let text = std::fs::read_to_string(paths.profile_signers()).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| data_encoding::HEXLOWER.decode(line.trim().as_bytes()).ok())
+        .filter(|key| !key.is_empty())
+        .collect()
+}
+
+/// Replaces the trust bundle, crash-safely: written beside it, then renamed over it.
+pub fn store_bundle(paths: &StatePaths, bundle_pem: &str) -> Result<(), StoreError> {
+    let next = paths.dir.join(format!("{}.next", crate::paths::CA_BUNDLE));
+    files::write_public(&next, bundle_pem.as_bytes()).map_err(StoreError::WriteFile)?;
+    rename(&next, &paths.ca_bundle())
+}
+
 /// Replaces the node's key and certificate with renewed ones, crash-safely.
 pub fn store_renewed(
     paths: &StatePaths,

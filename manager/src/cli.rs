@@ -40,6 +40,9 @@ pub enum Command {
     /// Work on fleet stores: migrate one into another.
     #[command(subcommand)]
     Store(cmd::store::StoreCommand),
+    /// Roll the fleet over to a new root and issuing CA without downtime.
+    #[command(subcommand)]
+    Ca(cmd::ca::CaCommand),
     /// Run a manager and a small local fleet of real agents, until Ctrl-C.
     Demo(cmd::demo::DemoArgs),
 }

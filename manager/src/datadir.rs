@@ -9,6 +9,8 @@
 //! DIR/pki/server.pem        server certificate + issuing CA
 //! DIR/pki/server.key        0600
 //! DIR/pki/trust-bundle.pem  roots the fleet trusts
+//! DIR/pki/next/             the next root and issuing CA while a CA rollover distributes them
+//! DIR/pki/retired/          CAs a rollover replaced
 //! DIR/fleet.db              embedded SQLite store (default)
 //! DIR/opictl-admin.toml     admin operator bundle written by init, 0600
 //! DIR/run/listen-addr       address actually bound by `serve` (useful with port 0)
@@ -89,7 +91,7 @@ pub struct DataDir {
 pub struct Authority {
     pub fleet: String,
     pub replica: String,
-    pub issuer: Issuer,
+    pub issuer: std::sync::Arc<Issuer>,
     pub trust_bundle_pem: String,
     pub pin: CaPin,
     pub server_chain_pem: String,
@@ -128,6 +130,14 @@ impl DataDir {
     }
     pub fn trust_bundle(&self) -> PathBuf {
         self.pki().join("trust-bundle.pem")
+    }
+    /// The next root and issuing CA of a rollover in progress (`opi-manager ca rotate`).
+    pub fn next_pki(&self) -> PathBuf {
+        self.pki().join("next")
+    }
+    /// CAs a rollover replaced, kept for the record.
+    pub fn retired_pki(&self) -> PathBuf {
+        self.pki().join("retired")
     }
     pub fn admin_bundle(&self) -> PathBuf {
         self.root.join("opictl-admin.toml")
@@ -174,11 +184,16 @@ impl DataDir {
             source,
         })?;
         let trust_bundle_pem = self.read_existing(&self.trust_bundle())?;
-        let pin = root_pin(&trust_bundle_pem, &self.trust_bundle())?;
+        // The root that signs the issuing CA, which may be the second root of the bundle
+        // during a CA rollover.
+        let pin = match std::fs::read_to_string(self.root_ca_cert()) {
+            Ok(root) => root_pin(&root, &self.root_ca_cert())?,
+            Err(_) => root_pin(&trust_bundle_pem, &self.trust_bundle())?,
+        };
         Ok(Authority {
             fleet: config.fleet.clone(),
             replica: config.replica.clone(),
-            issuer,
+            issuer: std::sync::Arc::new(issuer),
             trust_bundle_pem,
             pin,
             server_chain_pem: self.read_existing(&self.server_chain())?,

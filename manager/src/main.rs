@@ -37,6 +37,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Store(command) => cmd::store::run(command).await,
         Command::Backup(args) => cmd::backup::run_backup(args).await,
         Command::Restore(args) => cmd::backup::run_restore(args).await,
+        Command::Ca(command) => cmd::ca::run(command).await,
         Command::Demo(args) => cmd::demo::run(args).await,
     }
 }

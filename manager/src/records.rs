@@ -129,6 +129,24 @@ pub struct NodeRecord {
     /// The profile generation the node should run and what it reported of it.
     #[serde(default)]
     pub config: ConfigRecord,
+    /// An operator asked the node to renew now (`opictl node rotate`); cleared by its renewal.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub rotation_requested: Option<OffsetDateTime>,
+    /// An operator allowed the node to re-enroll under its name (`opictl node allow-reenroll`).
+    #[serde(default)]
+    pub reenroll: Option<ReenrollGrant>,
+    /// Digest of the trust bundle the node's agent stored, as it last said.
+    #[serde(default)]
+    pub trust_bundle_digest: String,
+}
+
+/// A one-shot permission to re-enroll a node under its name, keeping its pool and history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReenrollGrant {
+    /// The operator who allowed it.
+    pub by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub until: OffsetDateTime,
 }
 
 /// Connectivity of a node, after the grace period.
@@ -319,6 +337,18 @@ pub struct ProfileRecord {
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     pub created_by: String,
+    /// Signatures of `yaml` by operators' signer keys, passed on to the agents.
+    #[serde(default)]
+    pub signatures: Vec<SignatureRecord>,
+}
+
+/// A signature of a profile document: the signer's public key and the signature, both hex.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignatureRecord {
+    /// DER SubjectPublicKeyInfo, hex.
+    pub public_key: String,
+    /// ECDSA P-256 SHA-256, ASN.1 DER, hex.
+    pub signature: String,
 }
 
 /// A profile generation as nodes compare them: epoch first, then generation.

@@ -183,6 +183,32 @@ pub enum NodeCommand {
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
+    /// Make nodes renew their certificate now, with a fresh key; the previous certificate is
+    /// refused once the node's session runs on the new one
+    ///
+    /// Offline nodes are asked when they next connect. Name nodes, or give --pool or --all.
+    Rotate {
+        /// Node names
+        names: Vec<String>,
+        /// Every node of this pool
+        #[arg(long, value_name = "POOL", conflicts_with_all = ["names", "all"])]
+        pool: Option<String>,
+        /// Every node of the fleet
+        #[arg(long, conflicts_with = "names")]
+        all: bool,
+        /// Why, kept in the audit log
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Let a node whose certificate expired past the renewal window re-enroll under its name
+    /// (`opi-agent enroll --reenroll`), keeping its pool and history; once, within --ttl
+    AllowReenroll {
+        /// Node name
+        name: String,
+        /// How long the permission lasts (at most 7 days)
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
     /// Move a node to another pool
     Move {
         /// Node name
@@ -209,6 +235,10 @@ pub enum ProfileCommand {
         /// Profile document (YAML), or `-` for standard input
         #[arg(short = 'f', long, value_name = "FILE")]
         file: PathBuf,
+        /// Sign the document with this signer key (PKCS#8 PEM, ECDSA P-256; repeatable): nodes
+        /// that pinned signer keys apply only signed profiles, signed twice to lower hardening
+        #[arg(long, value_name = "KEY")]
+        sign_key: Vec<PathBuf>,
         /// How the new generation rolls out
         #[command(flatten)]
         strategy: StrategyArgs,

@@ -8,6 +8,7 @@ use opi_pki::bundle::OperatorBundle;
 use opi_pki::channel::{self, ChannelError};
 use opi_pki::tls::{self, ManagerVerifier};
 use opi_proto::v1::operator_client::OperatorClient;
+use opi_proto::v1::{AllowReenrollRequest, RotateNodesRequest, RotateNodesResponse};
 use opi_proto::v1::{
     AuditEntry, CreateTokenRequest, CreateTokenResponse, DeleteNodeRequest, DiffProfileRequest,
     DiffProfileResponse, Event, GetNodeRequest, GetProfileRequest, ListAuditRequest,
@@ -111,6 +112,25 @@ impl Client {
         };
         let answer = self.inner.revoke_node(request(message)).await;
         self.answer(format!("to revoke node `{name}`"), answer)
+    }
+
+    /// Asks nodes to renew their certificate now.
+    pub async fn rotate_nodes(
+        &mut self,
+        message: RotateNodesRequest,
+    ) -> Result<RotateNodesResponse, Error> {
+        let answer = self.inner.rotate_nodes(request(message)).await;
+        self.answer("to rotate node certificates", answer)
+    }
+
+    /// Lets a node re-enroll under its name, once, for `ttl_secs`.
+    pub async fn allow_reenroll(&mut self, name: &str, ttl_secs: u64) -> Result<Node, Error> {
+        let message = AllowReenrollRequest {
+            name: name.into(),
+            ttl_secs,
+        };
+        let answer = self.inner.allow_reenroll(request(message)).await;
+        self.answer(format!("to allow node `{name}` to re-enroll"), answer)
     }
 
     /// Forgets a node.
@@ -223,11 +243,13 @@ impl Client {
         pool: &str,
         yaml: String,
         strategy: RolloutStrategy,
+        signatures: Vec<opi_proto::v1::ProfileSignature>,
     ) -> Result<ProfileInfo, Error> {
         let message = SetProfileRequest {
             pool: pool.into(),
             yaml,
             strategy: Some(strategy),
+            signatures,
         };
         let answer = self.inner.set_profile(request(message)).await;
         self.answer(format!("to set the profile of pool `{pool}`"), answer)

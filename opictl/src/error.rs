@@ -137,6 +137,14 @@ pub enum Error {
         /// The largest document accepted, in bytes.
         limit: u64,
     },
+    /// A signer key given with `--sign-key` cannot be read or used.
+    #[error("cannot sign with {path}: {reason}")]
+    SignerKey {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// Writing the result to stdout failed.
     #[error("cannot write the result to stdout")]
     Output(#[source] std::io::Error),
@@ -190,6 +198,7 @@ impl Error {
             | Error::Usage(_)
             | Error::ReadProfile { .. }
             | Error::ProfileTooLarge { .. }
+            | Error::SignerKey { .. }
             | Error::ReadReport { .. }
             | Error::BadReport(_) => EXIT_USAGE,
             Error::Connect { .. }

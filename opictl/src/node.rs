@@ -1,4 +1,4 @@
-//! `opictl node show|revoke|remove|delete|maintenance|move NAME`: one node, in full, and the
+//! `opictl node show|revoke|remove|delete|maintenance|move|rotate|allow-reenroll NAME`: one node, in full, and the
 //! changes an operator makes to it.
 
 pub mod lifecycle;
@@ -52,6 +52,23 @@ pub async fn run(context: &Context, command: NodeCommand) -> Result<(), Error> {
             name,
             reason,
         } => lifecycle::maintenance(&mut client, format, switch, &name, reason).await,
+        NodeCommand::Rotate {
+            names,
+            pool,
+            all,
+            reason,
+        } => {
+            let message = opi_proto::v1::RotateNodesRequest {
+                names,
+                pool: pool.unwrap_or_default(),
+                all,
+                reason: reason.unwrap_or_default(),
+            };
+            lifecycle::rotate(&mut client, format, message).await
+        }
+        NodeCommand::AllowReenroll { name, ttl } => {
+            lifecycle::allow_reenroll(&mut client, format, &name, ttl).await
+        }
         NodeCommand::Move { name, pool } => {
             lifecycle::move_to(&mut client, format, &name, &pool).await
         }

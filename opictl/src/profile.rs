@@ -55,12 +55,16 @@ pub async fn run(context: &Context, command: ProfileCommand) -> Result<(), Error
         ProfileCommand::Set {
             pool,
             file,
+            sign_key,
             strategy,
         } => {
             let yaml = read_document(&file)?;
+            let signatures = sign(&yaml, &sign_key)?;
             let strategy = strategy_message(&strategy);
             let mut client = context.connect().await?;
-            let info = client.set_profile(&pool, yaml, strategy).await?;
+            let info = client
+                .set_profile(&pool, yaml, strategy, signatures)
+                .await?;
             let view = ProfileView::from(info);
             match context.format {
                 Format::Json => output::print_json(&view),
@@ -135,6 +139,27 @@ fn strategy_message(args: &StrategyArgs) -> RolloutStrategy {
 }
 
 /// Reads a profile document from `path`, or standard input for `-`.
+/// Signs the document with each key file; the signature covers its bytes exactly as sent.
+fn sign(yaml: &str, keys: &[PathBuf]) -> Result<Vec<opi_proto::v1::ProfileSignature>, Error> {
+    let mut signatures = Vec::new();
+    for path in keys {
+        let unusable = |reason: String| Error::SignerKey {
+            path: path.clone(),
+            reason,
+        };
+        let pem = opi_pki::files::read_secret(path).map_err(|e| unusable(e.to_string()))?;
+        let what = path.display().to_string();
+        let signed =
+            opi_pki::profile_sig::sign(&opi_pki::SecretPem::new(pem), &what, yaml.as_bytes())
+                .map_err(|e| unusable(e.to_string()))?;
+        signatures.push(opi_proto::v1::ProfileSignature {
+            public_key: signed.public_key,
+            signature: signed.signature,
+        });
+    }
+    Ok(signatures)
+}
+
 fn read_document(path: &Path) -> Result<String, Error> {
     let failed = |source| Error::ReadProfile {
         path: path.to_path_buf(),

@@ -37,6 +37,22 @@ pub struct StatusView {
     pub agent_versions: Vec<AgentVersionView>,
     /// Counts per pool.
     pub pools: Vec<PoolView>,
+    /// The manager's server certificate and CAs.
+    pub certificates: Vec<CertificateView>,
+}
+
+/// When one of the manager's certificates expires.
+#[derive(Debug, Serialize)]
+pub struct CertificateView {
+    /// `server`, `issuing-ca` or `root-ca`.
+    pub certificate: String,
+    /// Its subject's common name.
+    pub subject: String,
+    /// End of validity, RFC 3339.
+    pub not_after: Option<String>,
+    /// It expires within the manager's warning threshold (a CA), or is past its renewal
+    /// point (the server's).
+    pub warning: bool,
 }
 
 /// How many nodes run one agent version, and how far it is from the manager's.
@@ -105,6 +121,16 @@ impl From<StatusResponse> for StatusView {
                 .map(AgentVersionView::from)
                 .collect(),
             pools: status.pools.into_iter().map(PoolView::from).collect(),
+            certificates: status
+                .certificates
+                .into_iter()
+                .map(|c| CertificateView {
+                    certificate: c.what,
+                    subject: c.subject,
+                    not_after: output::timestamp(c.not_after.as_ref()),
+                    warning: c.warning,
+                })
+                .collect(),
         }
     }
 }
@@ -152,6 +178,17 @@ fn render(view: &StatusView) -> String {
         ("revision", view.store_revision.to_string()),
         ("event revision", view.event_revision.to_string()),
     ]);
+    for cert in &view.certificates {
+        let until = cert.not_after.clone().unwrap_or_else(|| "-".into());
+        let line = match cert.warning {
+            true => format!(
+                "{}: expires {until} (WARNING: expires soon)",
+                cert.certificate
+            ),
+            false => format!("{}: expires {until}", cert.certificate),
+        };
+        text.push_str(&fields(&[("certificate", line)]));
+    }
     if view.pools.is_empty() {
         text.push_str("\nno pools yet: enroll a node with `opictl token create --pool POOL`\n");
         return text;
@@ -243,7 +280,25 @@ mod tests {
                     skew: "one minor behind".into(),
                 },
             ],
+            certificates: vec![opi_proto::v1::CertificateExpiry {
+                what: "issuing-ca".into(),
+                subject: "OPI Fleet issuing CA prod/manager".into(),
+                not_after: Some(prost_types::Timestamp {
+                    seconds: 1_900_000_000,
+                    nanos: 0,
+                }),
+                warning: true,
+            }],
         }
+    }
+
+    #[test]
+    fn status_shows_when_a_manager_ca_expires_soon() {
+        let text = render(&StatusView::from(status()));
+        assert!(
+            text.contains("issuing-ca: expires 2030-03-17T17:46:40Z (WARNING: expires soon)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! - [`ca`]: creating CAs and issuing certificates (pure: no I/O);
 //! - [`pin`]: `sha256:` CA pins;
 //! - [`tls`]: rustls server and client configurations, with the identity checks;
+//! - [`profile_sig`]: signatures of profiles by operators' signer keys, apart from the CA;
+//! - [`serving`]: the manager's server certificate, replaced while serving;
 //! - [`bundle`]: the operator bundle that `opictl --config` reads;
 //! - [`channel`]: gRPC channels to the manager over those configs;
 //! - [`signature`]: detached signatures of documents, verifiable offline with the root CA;
@@ -23,6 +25,8 @@ pub mod csr;
 pub mod files;
 pub mod identity;
 pub mod pin;
+pub mod profile_sig;
+pub mod serving;
 pub mod signature;
 pub mod tls;
 
@@ -50,6 +54,13 @@ impl std::fmt::Debug for SecretPem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SecretPem(<redacted>)")
     }
+}
+
+/// `sha256:` and the hex digest of a trust bundle's PEM text: how manager and agents name
+/// the bundle an agent stored.
+pub fn bundle_digest(pem: &str) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", ca::hex(&sha2::Sha256::digest(pem.as_bytes())))
 }
 
 /// The process-wide crypto provider: ring, as everywhere in the fleet.

@@ -6,7 +6,7 @@
 //!   a trusted root (or, when enrolling, the root whose key matches the CA pin) and the leaf
 //!   must carry a manager identity of the expected fleet.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -136,7 +136,7 @@ pub fn server_config(
     client_auth: Arc<ClientAuth>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let mut chain = parse_certs(chain_pem, "server certificate")?;
-    chain.extend(client_auth.roots_der.iter().cloned());
+    chain.extend(client_auth.roots_der());
     let build = |source| TlsError::Build {
         what: "server",
         source,
@@ -158,31 +158,86 @@ pub fn server_config(
 /// caller can be told precisely why it is refused ("expired at…", "not signed by this fleet")
 /// instead of seeing a closed connection. The chain is then checked by [`ClientAuth::verdict`],
 /// and only an `Ok` verdict ever yields an identity.
+///
+/// The trusted roots can be replaced while serving (CA rollover): each verdict uses the roots
+/// in force when it is made.
 #[derive(Debug)]
 pub struct ClientAuth {
+    trusted: RwLock<Trusted>,
+}
+
+/// The roots a [`ClientAuth`] verifies against, and their verifier.
+#[derive(Debug, Clone)]
+struct Trusted {
     inner: Arc<dyn ClientCertVerifier>,
     roots_der: Vec<CertificateDer<'static>>,
 }
 
-impl ClientAuth {
-    /// Trusts the roots of `trust_bundle_pem`.
-    pub fn new(trust_bundle_pem: &str) -> Result<Arc<Self>, TlsError> {
+impl Trusted {
+    fn of(trust_bundle_pem: &str) -> Result<Self, TlsError> {
         let roots_der = parse_certs(trust_bundle_pem, "trust bundle")?;
         let roots = Arc::new(root_store(trust_bundle_pem)?);
         let inner = WebPkiClientVerifier::builder_with_provider(roots, provider())
             .allow_unauthenticated()
             .build()
             .map_err(TlsError::ClientVerifier)?;
-        Ok(Arc::new(Self { inner, roots_der }))
+        Ok(Self { inner, roots_der })
+    }
+}
+
+impl ClientAuth {
+    /// Trusts the roots of `trust_bundle_pem`.
+    pub fn new(trust_bundle_pem: &str) -> Result<Arc<Self>, TlsError> {
+        let trusted = RwLock::new(Trusted::of(trust_bundle_pem)?);
+        Ok(Arc::new(Self { trusted }))
+    }
+
+    /// Trusts the roots of `trust_bundle_pem` from now on, instead of the previous ones.
+    pub fn set_roots(&self, trust_bundle_pem: &str) -> Result<(), TlsError> {
+        let trusted = Trusted::of(trust_bundle_pem)?;
+        *self.trusted.write().expect("client auth lock poisoned") = trusted;
+        Ok(())
+    }
+
+    /// The trusted roots, DER.
+    pub fn roots_der(&self) -> Vec<CertificateDer<'static>> {
+        self.trusted().roots_der
+    }
+
+    fn trusted(&self) -> Trusted {
+        self.trusted
+            .read()
+            .expect("client auth lock poisoned")
+            .clone()
     }
 
     /// Verifies a presented chain (leaf first) and reads its identity, or says why not.
     pub fn verdict(&self, chain: &[CertificateDer<'_>]) -> Result<PeerCert, String> {
         let (leaf, intermediates) = chain.split_first().ok_or("empty certificate chain")?;
-        self.inner
+        self.trusted()
+            .inner
             .verify_client_cert(leaf, intermediates, UnixTime::now())
             .map_err(|e| describe_refusal(&e))?;
         PeerCert::from_der(leaf).map_err(|e| format!("client certificate refused: {e}"))
+    }
+
+    /// Verifies an expired chain as of the leaf's last second of validity: the proof that a
+    /// node whose certificate expired while it was offline still holds a key this fleet
+    /// certified. `None` when the leaf has not expired or the chain did not verify then.
+    /// Only the renewal call may accept what this returns.
+    pub fn expired_verdict(&self, chain: &[CertificateDer<'_>]) -> Option<PeerCert> {
+        let (leaf, intermediates) = chain.split_first()?;
+        let cert = PeerCert::from_der(leaf).ok()?;
+        if cert.not_after >= OffsetDateTime::now_utc() {
+            return None;
+        }
+        let last_second = u64::try_from(cert.not_after.unix_timestamp() - 1).ok()?;
+        let then = UnixTime::since_unix_epoch(std::time::Duration::from_secs(last_second));
+        self.trusted()
+            .inner
+            .verify_client_cert(leaf, intermediates, then)
+            .ok()?;
+        Some(cert)
     }
 }
 
@@ -196,7 +251,9 @@ impl ClientCertVerifier for ClientAuth {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        // No hints: the roots may change while serving, and fleet clients present their one
+        // certificate whatever the hints say.
+        &[]
     }
 
     fn verify_client_cert(
@@ -215,7 +272,9 @@ impl ClientCertVerifier for ClientAuth {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.trusted()
+            .inner
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -224,11 +283,13 @@ impl ClientCertVerifier for ClientAuth {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.trusted()
+            .inner
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.trusted().inner.supported_verify_schemes()
     }
 }
 
@@ -239,7 +300,10 @@ fn describe_refusal(error: &rustls::Error) -> String {
         | rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
             "it has expired; a node renews before expiry or re-enrolls, an operator asks for a new bundle"
         }
-        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+        // A CA with the name of a trusted one but another key (a retired CA after a rollover,
+        // or a forgery) fails on its signature.
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+        | rustls::Error::InvalidCertificate(CertificateError::BadSignature) => {
             "it is not signed by this fleet's CA"
         }
         rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose)

@@ -460,6 +460,20 @@ impl Agent {
         output
     }
 
+    /// Runs `opi-agent enroll --reenroll` with the token passed through a 0600 file; the
+    /// manager, name and trust come from the node's stored enrollment.
+    pub fn reenroll(&self, token: &str) -> Output {
+        let token_file = self.root.join("token");
+        opi_pki::files::write_secret(&token_file, token.as_bytes()).expect("token file");
+        let output = run(Command::new(bin("opi-agent"))
+            .args(["enroll", "--reenroll", "--token-file"])
+            .arg(&token_file)
+            .arg("--root")
+            .arg(&self.root));
+        self.append_log(&output.stderr);
+        output
+    }
+
     /// Starts `opi-agent run` in a private mount namespace of its own, with a tmpfs of
     /// `size` mounted at `ROOT/MOUNT` first; the host's mounts are not touched.
     pub fn start_with_tmpfs(&mut self, mount: &str, size: &str) {

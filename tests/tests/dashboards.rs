@@ -80,7 +80,7 @@ fn prometheus_rules_are_valid_and_fire_when_they_should() {
 }
 
 /// The alerts the manager pushes itself (`manager/src/alerts/model.rs`).
-const PUSHED_ALERTS: [&str; 8] = [
+const PUSHED_ALERTS: [&str; 9] = [
     "OpiNodeOffline",
     "OpiPoolNodesOffline",
     "OpiManagerLostMostAgents",
@@ -88,6 +88,7 @@ const PUSHED_ALERTS: [&str; 8] = [
     "OpiNodeCertificateExpiring",
     "OpiRolloutHalted",
     "OpiManagerStoreErrors",
+    "OpiManagerCertificateExpiring",
     "OpiManagerHeartbeat",
 ];
 

@@ -90,6 +90,7 @@ fn request(token: &str, i: usize) -> EnrollRequest {
 fn request_named(token: &str, name: &str) -> EnrollRequest {
     let key = opi_pki::ca::generate_key().expect("key");
     EnrollRequest {
+        reenroll: false,
         token: token.to_string(),
         csr_der: opi_pki::csr::make_node_csr(&key, name).expect("CSR"),
         name: name.to_string(),

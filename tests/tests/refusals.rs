@@ -52,6 +52,7 @@ impl Fleet {
                 .await
                 .unwrap();
             let request = EnrollRequest {
+                reenroll: false,
                 token: token.into(),
                 csr_der,
                 name: name.into(),
@@ -248,6 +249,7 @@ fn rejects_oversized_messages() {
             ..Default::default()
         };
         let request = EnrollRequest {
+            reenroll: false,
             token,
             csr_der: vec![],
             name: "big".into(),
@@ -278,6 +280,7 @@ fn retried_enrollment_with_same_key_gets_same_answer_without_second_use() {
             .await
             .unwrap();
         let request = EnrollRequest {
+            reenroll: false,
             token: token.clone(),
             csr_der: der.clone(),
             name: "retry".into(),
@@ -434,18 +437,21 @@ fn rate_limits_failed_enrollment_attempts_per_address() {
         let mut failures = Vec::new();
         for _ in 0..10 {
             let request = EnrollRequest {
+                reenroll: false,
                 token: forged.clone(),
                 ..Default::default()
             };
             failures.push(client.enroll(request).await.unwrap_err().code());
         }
         let request = EnrollRequest {
+            reenroll: false,
             token: forged.clone(),
             ..Default::default()
         };
         let limited = client.enroll(request).await.unwrap_err();
         let csr = opi_pki::csr::make_node_csr(&p256(), "n1").unwrap();
         let request = EnrollRequest {
+            reenroll: false,
             token,
             csr_der: csr,
             name: "n1".into(),

@@ -39,6 +39,7 @@ async fn enroll(
             agent_version: version.into(),
             ..Default::default()
         }),
+        reenroll: false,
     };
     let answer = client.enroll(request).await?.into_inner();
     Ok((answer.cert_chain_pem, key.serialize_pem()))

@@ -76,6 +76,7 @@ mod tests {
             ca_bundle_pem: fleet.root.cert_pem.clone(),
             manager_endpoints: vec!["https://m1:7443".into()],
             heartbeat_interval_secs: 10,
+            profile_signers: Vec::new(),
         }
     }
 

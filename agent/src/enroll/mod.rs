@@ -23,6 +23,7 @@ use crate::token::{Token, TokenArg, TokenError, TokenSource};
 use crate::{facts, EXIT_RUNTIME, EXIT_USAGE};
 
 pub mod answer;
+mod reenroll;
 pub mod request;
 
 use answer::AnswerError;
@@ -33,13 +34,20 @@ use request::EndpointFailure;
 #[command(group(ArgGroup::new("token_source").required(true).args(["token", "token_file"])))]
 pub struct EnrollArgs {
     /// Manager endpoint, https://HOST:PORT (port 7443 if omitted); repeat it for each replica,
-    /// tried in order
-    #[arg(long = "manager", value_name = "URL", required = true, value_parser = parse_endpoint)]
+    /// tried in order [default with --reenroll: the enrolled node's]
+    #[arg(long = "manager", value_name = "URL", required_unless_present = "reenroll", value_parser = parse_endpoint)]
     pub managers: Vec<String>,
 
-    /// Pin of the fleet's root CA, as printed by `opictl token create`
-    #[arg(long, value_name = "sha256:HEX")]
-    pub ca_pin: CaPin,
+    /// Pin of the fleet's root CA, as printed by `opictl token create` [default with
+    /// --reenroll: the enrolled node's trust bundle]
+    #[arg(long, value_name = "sha256:HEX", required_unless_present = "reenroll")]
+    pub ca_pin: Option<CaPin>,
+
+    /// Re-enroll this already enrolled node under its name, keeping its pool and history,
+    /// after its certificate expired past the manager's renewal window; an operator must
+    /// first allow it with `opictl node allow-reenroll NAME`
+    #[arg(long)]
+    pub reenroll: bool,
 
     /// Bootstrap token, or `-` to read it from standard input. A token given here shows in
     /// process lists and shell history: prefer `--token -` or --token-file
@@ -140,6 +148,31 @@ pub enum EnrollError {
         #[source]
         source: AnswerError,
     },
+    /// `--reenroll` on a node that is not enrolled.
+    #[error("--reenroll needs an enrolled node, but {state_dir} holds none; enroll it without --reenroll")]
+    NotEnrolled {
+        /// The state directory.
+        state_dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<StoreError>,
+    },
+    /// The stored trust bundle yields no pin.
+    #[error("the stored trust bundle {path} is unusable ({reason}); pass --ca-pin")]
+    StoredBundle {
+        /// The bundle file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// `--reenroll --name` names another node.
+    #[error("--reenroll takes back this node's name {node}; --name {asked} names another node")]
+    ReenrollOtherName {
+        /// The enrolled node.
+        node: String,
+        /// The name asked for.
+        asked: String,
+    },
     /// The enrollment could not be stored.
     #[error("cannot store the enrollment in {state_dir}")]
     StoreEnrollment {
@@ -156,6 +189,9 @@ impl EnrollError {
     pub fn exit_code(&self) -> u8 {
         match self {
             EnrollError::ReadToken(_)
+            | EnrollError::NotEnrolled { .. }
+            | EnrollError::ReenrollOtherName { .. }
+            | EnrollError::StoredBundle { .. }
             | EnrollError::AlreadyEnrolled { .. }
             | EnrollError::AlreadyEnrolledUnreadable { .. } => EXIT_USAGE,
             EnrollError::PrepareKey(_)
@@ -175,7 +211,13 @@ impl EnrollError {
 pub async fn run(args: EnrollArgs) -> Result<(), EnrollError> {
     let token = read_token(&args)?;
     let paths = args.location.resolve();
+    if args.reenroll {
+        return reenroll::run(&args, &token, &paths).await;
+    }
     refuse_if_enrolled(&paths)?;
+    let pin = args
+        .ca_pin
+        .expect("clap requires --ca-pin without --reenroll");
 
     let (key, reused) =
         store::pending_key(&paths).map_err(|e| EnrollError::PrepareKey(Box::new(e)))?;
@@ -187,15 +229,28 @@ pub async fn run(args: EnrollArgs) -> Result<(), EnrollError> {
     }
     let request = build_request(&token, &key, args.name.as_deref(), &paths)?;
 
-    let answered = request::send(&args.managers, args.ca_pin, &request).await?;
-    let leaf = answer::check(&answered.response, &answered.fleet, &key, &args.ca_pin).map_err(
-        |source| EnrollError::CheckAnswer {
-            endpoint: answered.endpoint.clone(),
-            source,
-        },
-    )?;
+    let answered = request::send(&args.managers, pin, &request).await?;
+    let leaf =
+        answer::check(&answered.response, &answered.fleet, &key, &pin).map_err(|source| {
+            EnrollError::CheckAnswer {
+                endpoint: answered.endpoint.clone(),
+                source,
+            }
+        })?;
     let config = settings(&answered, &args.managers);
     let response = &answered.response;
+    if !response.profile_signers.is_empty() {
+        store::store_signers(&paths, &response.profile_signers).map_err(|source| {
+            EnrollError::StoreEnrollment {
+                state_dir: paths.dir.clone(),
+                source: Box::new(source),
+            }
+        })?;
+        info!(
+            keys = response.profile_signers.len(),
+            "profile signer keys pinned"
+        );
+    }
     store::commit_enrollment(
         &paths,
         &response.cert_chain_pem,
@@ -232,7 +287,7 @@ fn read_token(args: &EnrollArgs) -> Result<Token, EnrollError> {
 }
 
 /// The request sent to every endpoint and every round: same token, same key.
-fn build_request(
+pub(super) fn build_request(
     token: &Token,
     key: &KeyPair,
     name: Option<&str>,
@@ -246,6 +301,7 @@ fn build_request(
         csr_der,
         name: name.unwrap_or_default().to_string(),
         facts: Some(facts),
+        reenroll: false,
     })
 }
 

@@ -86,6 +86,7 @@ impl Applier {
             manager,
             drift_reported: None,
             drift_remediated: None,
+            signers: crate::store::load_signers(paths),
         };
         tokio::spawn(
             task.run(wanted, conditions)
@@ -106,6 +107,8 @@ struct Task {
     drift_reported: Option<Vec<String>>,
     /// The drifted items last re-applied for.
     drift_remediated: Option<Vec<String>>,
+    /// The profile signer keys pinned at enrollment; none means unsigned profiles are taken.
+    signers: Vec<Vec<u8>>,
 }
 
 /// What one apply of a document led to.
@@ -197,6 +200,11 @@ impl Task {
                 "{id} does not match its digest {}; the document was damaged on the way",
                 profile.digest
             ));
+        }
+        if let Some(reason) =
+            super::signatures::refusal(&self.signers, profile, self.state.applied.as_ref())
+        {
+            return Some(format!("{id}: {reason}"));
         }
         let applied = self.state.applied.as_ref()?;
         if id < applied.id {

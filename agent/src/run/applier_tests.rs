@@ -32,6 +32,7 @@ fn task(root: &Path) -> (Task, watch::Receiver<Reports>) {
         manager: Arc::new(Reachable),
         drift_reported: None,
         drift_remediated: None,
+        signers: Vec::new(),
     };
     (task, reports)
 }
@@ -43,6 +44,7 @@ fn desired(generation: u64, yaml: &str) -> DesiredProfile {
         epoch: 1,
         yaml: yaml.into(),
         digest: digest(yaml),
+        signatures: Vec::new(),
     }
 }
 

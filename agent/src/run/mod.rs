@@ -34,6 +34,7 @@ pub mod profile_state;
 pub mod readiness;
 pub mod renewal;
 mod session;
+pub mod signatures;
 
 use applier::Applier;
 use evaluation::Checks;
@@ -198,6 +199,7 @@ impl Agent {
         loop {
             let endpoint = self.endpoint();
             self.session_opened = None;
+            let mut until_renewal = Duration::ZERO;
             let why = match self.connect_and_serve(&endpoint).await {
                 Ok(SessionEnd::Renewed) => continue,
                 Ok(SessionEnd::Closed) => {
@@ -206,6 +208,12 @@ impl Agent {
                 }
                 Err(failure) => {
                     log_failure(&endpoint, &failure);
+                    if matches!(failure, SessionError::CertificateExpired { .. }) {
+                        // Nothing to do before the next renewal attempt.
+                        until_renewal = (self.renew_at - OffsetDateTime::now_utc())
+                            .try_into()
+                            .unwrap_or_default();
+                    }
                     ErrorChain(&failure).to_string()
                 }
             };
@@ -217,7 +225,7 @@ impl Agent {
                 self.reconnect.reset();
             }
             self.next_endpoint = self.next_endpoint.wrapping_add(1);
-            let delay = self.reconnect.next_delay();
+            let delay = self.reconnect.next_delay().max(until_renewal);
             self.readiness.session_lost(&endpoint, &why, delay);
             self.readiness.sleep(delay).await;
         }
@@ -228,6 +236,13 @@ impl Agent {
         if OffsetDateTime::now_utc() >= self.renew_at && self.renew(endpoint, channel.clone()).await
         {
             return Ok(SessionEnd::Renewed);
+        }
+        // Only the renewal call accepts an expired certificate: a session would be refused.
+        if self.state.leaf.expired_at(OffsetDateTime::now_utc()) {
+            return Err(SessionError::CertificateExpired {
+                expired_at: timestamp(self.state.leaf.not_after),
+                retry_at: timestamp(self.renew_at),
+            });
         }
         self.session(endpoint, channel).await
     }
@@ -274,6 +289,7 @@ impl Agent {
         );
         match renewal::renew(channel, endpoint, &self.paths, &identity).await {
             Ok(renewed) => {
+                let _ = std::fs::remove_file(self.paths.renewal_refused());
                 self.state.key = renewed.key;
                 self.state.chain_pem = renewed.chain_pem;
                 self.state.leaf = renewed.leaf;
@@ -286,6 +302,9 @@ impl Agent {
             Err(failure) => {
                 let delay = self.renew_retry.next_delay();
                 self.renew_at = OffsetDateTime::now_utc() + delay;
+                if self.state.leaf.expired_at(OffsetDateTime::now_utc()) && failure.is_refusal() {
+                    self.record_expired_refusal(&failure);
+                }
                 warn!(
                     endpoint = %endpoint,
                     error = %ErrorChain(&failure),
@@ -302,9 +321,12 @@ impl Agent {
         let leaf = &self.state.leaf;
         self.renew_at = renewal::planned_at(leaf, OffsetDateTime::now_utc());
         if leaf.expired_at(OffsetDateTime::now_utc()) {
-            error!(
+            // The manager renews an expired certificate within a window after its expiry (7
+            // days by default), on proof of the old key: try at once.
+            self.renew_at = OffsetDateTime::now_utc();
+            warn!(
                 expired_at = %timestamp(leaf.not_after),
-                "the node certificate has expired and the manager will refuse it; re-enroll the node: stop the agent, remove the state directory and run `opi-agent enroll`"
+                "the node certificate has expired; renewing it now with proof of its key (the manager allows this for a while after expiry; past that, the node must re-enroll with `opi-agent enroll --reenroll`)"
             );
             return;
         }
@@ -314,6 +336,23 @@ impl Agent {
             renew_at = %timestamp(self.renew_at),
             "certificate renewal planned",
         );
+    }
+}
+
+impl Agent {
+    /// Says loudly, and for `opi-agent status`, that the manager refuses to renew the expired
+    /// certificate; the agent keeps retrying, at most every [`renewal::RETRY_CAP`].
+    fn record_expired_refusal(&self, failure: &renewal::RenewError) {
+        let why = ErrorChain(failure).to_string();
+        error!(
+            expired_at = %timestamp(self.state.leaf.not_after),
+            error = %why,
+            "the manager refuses to renew the expired node certificate; an operator must allow a re-enrollment (`opictl node allow-reenroll NODE`), then run `opi-agent enroll --reenroll --token-file FILE` on this node",
+        );
+        let path = self.paths.renewal_refused();
+        if let Err(failure) = opi_pki::files::write_public(&path, why.as_bytes()) {
+            warn!(path = %path.display(), error = %failure, "cannot record the renewal refusal for `opi-agent status`");
+        }
     }
 }
 

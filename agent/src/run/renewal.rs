@@ -77,6 +77,19 @@ pub enum RenewError {
     StoreRenewed(#[source] StoreError),
 }
 
+impl RenewError {
+    /// Whether the manager refused the renewal itself (revoked, past the window).
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            RenewError::CallRenew { source, .. } => source.is_refusal(),
+            RenewError::GenerateKey(_)
+            | RenewError::BuildCsr(_)
+            | RenewError::CheckCertificate { .. }
+            | RenewError::StoreRenewed(_) => false,
+        }
+    }
+}
+
 /// Longest pause forced between a certificate's issue and its renewal.
 const MAX_RENEWAL_GAP: time::Duration = time::Duration::minutes(1);
 
@@ -139,8 +152,8 @@ pub async fn renew(
         }
     })?;
 
-    // The trust bundle in the answer is not stored: rotating the fleet's root CA is not
-    // supported yet, and `ca.pem` stays as it was at enrollment.
+    // The trust bundle in the answer is not stored: the manager sends a changed bundle over
+    // the session (a CA rollover), and the agent acknowledges what it stored.
     let key = SecretPem::new(key.serialize_pem());
     store::store_renewed(paths, &key, &response.cert_chain_pem)
         .map_err(RenewError::StoreRenewed)?;

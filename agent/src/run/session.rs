@@ -10,7 +10,9 @@ use opi_pki::tls::{ManagerRefused, TlsError};
 use opi_proto::v1::agent_client::AgentClient;
 use opi_proto::v1::agent_message::Body as AgentBody;
 use opi_proto::v1::manager_message::Body as ManagerBody;
-use opi_proto::v1::{AgentMessage, Heartbeat, Hello, ManagerMessage, Welcome};
+use opi_proto::v1::{
+    AgentMessage, Heartbeat, Hello, ManagerMessage, TrustBundle, TrustBundleStored, Welcome,
+};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{interval_at, Interval, MissedTickBehavior};
@@ -66,6 +68,14 @@ pub enum SessionError {
         #[source]
         source: RpcError,
     },
+    /// The certificate expired and could not be renewed: no session can open with it.
+    #[error("the node certificate expired at {expired_at} and is not renewed yet; next renewal attempt at {retry_at}")]
+    CertificateExpired {
+        /// When it expired, RFC 3339.
+        expired_at: String,
+        /// When renewal is tried again, RFC 3339.
+        retry_at: String,
+    },
     /// The stream broke.
     #[error("the session with {endpoint} broke")]
     ReceiveMessage {
@@ -83,6 +93,7 @@ impl SessionError {
         match self {
             SessionError::OpenSession { source, .. }
             | SessionError::ReceiveMessage { source, .. } => source.is_refusal(),
+            SessionError::CertificateExpired { .. } => true,
             SessionError::BuildTls(_)
             | SessionError::RefuseManager { .. }
             | SessionError::Connect(_) => false,
@@ -152,7 +163,7 @@ impl Agent {
                     let Some(message) = received else {
                         return Ok(SessionEnd::Closed);
                     };
-                    if self.on_message(endpoint, &channel, message, &mut heartbeat).await {
+                    if self.on_message(endpoint, &channel, &outbox, message, &mut heartbeat).await {
                         return Ok(SessionEnd::Renewed);
                     }
                 }
@@ -196,6 +207,7 @@ impl Agent {
                 summary: Some(self.health.summary()),
                 report: Some(self.checks.latest.borrow().report()),
                 applied_epoch: applied.map_or(0, |id| id.epoch),
+                trust_bundle_digest: opi_pki::bundle_digest(&self.state.ca_bundle_pem),
             })),
         }
     }
@@ -226,6 +238,7 @@ impl Agent {
         &mut self,
         endpoint: &str,
         channel: &Channel,
+        outbox: &mpsc::Sender<AgentMessage>,
         message: ManagerMessage,
         heartbeat: &mut Interval,
     ) -> bool {
@@ -248,10 +261,50 @@ impl Agent {
                 self.applier.desired.send_replace(Some(profile));
                 false
             }
+            Some(ManagerBody::TrustBundle(bundle)) => {
+                self.on_trust_bundle(endpoint, outbox, bundle);
+                false
+            }
             None => {
                 debug!(endpoint = %endpoint, "ignoring an empty or unknown manager message");
                 false
             }
+        }
+    }
+
+    /// Stores the fleet's trust bundle the manager sent, trusted from the next connection on,
+    /// and says so; a bundle that does not parse or match its digest is refused.
+    fn on_trust_bundle(
+        &mut self,
+        endpoint: &str,
+        outbox: &mpsc::Sender<AgentMessage>,
+        bundle: TrustBundle,
+    ) {
+        if opi_pki::bundle_digest(&bundle.pem) != bundle.digest {
+            warn!(endpoint = %endpoint, digest = %bundle.digest, "ignoring a trust bundle that does not match its digest");
+            return;
+        }
+        if let Err(failure) = opi_pki::tls::root_store(&bundle.pem) {
+            warn!(endpoint = %endpoint, error = %ErrorChain(&failure), "ignoring an unusable trust bundle");
+            return;
+        }
+        if !keeps_a_root(&self.state.ca_bundle_pem, &bundle.pem) {
+            warn!(endpoint = %endpoint, digest = %bundle.digest, "ignoring a trust bundle that keeps none of the roots this node trusts: a rollover adds a root, then drops the old one");
+            return;
+        }
+        if let Err(failure) = crate::store::store_bundle(&self.paths, &bundle.pem) {
+            warn!(endpoint = %endpoint, error = %ErrorChain(&failure), "cannot store the trust bundle; the manager sends it again at the next session");
+            return;
+        }
+        self.state.ca_bundle_pem = bundle.pem;
+        info!(endpoint = %endpoint, digest = %bundle.digest, "trust bundle stored");
+        let stored = AgentMessage {
+            body: Some(AgentBody::BundleStored(TrustBundleStored {
+                digest: bundle.digest,
+            })),
+        };
+        if outbox.try_send(stored).is_err() {
+            debug!("trust bundle acknowledgement skipped: the stream is not draining; the next hello says it");
         }
     }
 
@@ -305,6 +358,14 @@ impl Agent {
     }
 }
 
+/// Whether `next` keeps at least one root of `current`: a bundle may add roots or drop some,
+/// never replace them all at once.
+fn keeps_a_root(current: &str, next: &str) -> bool {
+    let parse = |pem| opi_pki::tls::parse_certs(pem, "trust bundle").unwrap_or_default();
+    let current = parse(current);
+    parse(next).iter().any(|root| current.contains(root))
+}
+
 /// A heartbeat timer whose first tick is one period from now.
 fn heartbeat_timer(period: Duration) -> Interval {
     let mut timer = interval_at(tokio::time::Instant::now() + period, period);
@@ -318,4 +379,23 @@ fn sleep_until(at: OffsetDateTime) -> tokio::time::Sleep {
         .try_into()
         .unwrap_or(Duration::ZERO);
     tokio::time::sleep(remaining)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trust_bundle_may_add_or_drop_roots_but_not_replace_them_all() {
+        let root = |fleet| opi_pki::ca::create_root_ca(fleet).unwrap().cert_pem;
+        let (old, new, evil) = (root("prod"), root("prod"), root("prod"));
+        let both = format!("{old}{new}");
+        assert!(keeps_a_root(&old, &both), "a rollover adds the new root");
+        assert!(keeps_a_root(&both, &new), "retirement drops the old one");
+        assert!(
+            !keeps_a_root(&old, &evil),
+            "a wholesale replacement is refused"
+        );
+        assert!(!keeps_a_root(&old, "not a bundle"));
+    }
 }

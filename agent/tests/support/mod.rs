@@ -217,6 +217,7 @@ impl Enrollment for Service {
             ca_bundle_pem: self.root_pem.clone(),
             manager_endpoints: vec![self.endpoint.clone()],
             heartbeat_interval_secs: 10,
+            profile_signers: Vec::new(),
         }))
     }
 }
@@ -280,9 +281,13 @@ async fn relay(
                 });
                 continue;
             }
-            // Apply reports come with the profile delivery, and compliance evidence with an
-            // applied baseline; this fake scripts neither.
-            Some(AgentBody::Apply(_)) | Some(AgentBody::Compliance(_)) | None => continue,
+            // Apply reports come with the profile delivery, compliance evidence with an
+            // applied baseline and bundle acknowledgements with a bundle; this fake scripts
+            // none of them.
+            Some(AgentBody::Apply(_))
+            | Some(AgentBody::Compliance(_))
+            | Some(AgentBody::BundleStored(_))
+            | None => continue,
         };
         let report = hello.report.unwrap_or_default();
         let _ = service.events.send(conditions("hello", &report));

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::model::{Alert, MANAGER_HEARTBEAT, MANAGER_STORE_ERRORS};
+use super::model::{Alert, MANAGER_CERTIFICATE_EXPIRING, MANAGER_HEARTBEAT, MANAGER_STORE_ERRORS};
+use crate::identity::Expiry;
 use crate::records::rfc3339;
 
 /// `OpiManagerStoreErrors` keeps firing this long after the last store error.
@@ -24,6 +25,29 @@ pub fn heartbeat(fleet: &str, started_at: OffsetDateTime) -> Alert {
         format!("the OPI manager of fleet {fleet} is alive"),
         description,
     )
+}
+
+/// One alert per manager certificate or CA within its warning threshold: a CA months before
+/// its expiry, the server certificate once it is past its renewal point (renewal failing).
+pub fn certificates(fleet: &str, expiries: &[Expiry]) -> Vec<Alert> {
+    expiries
+        .iter()
+        .filter(|expiry| expiry.warning)
+        .map(|expiry| {
+            let severity = if expiry.what == "server" { "critical" } else { "warning" };
+            let until = rfc3339(expiry.not_after);
+            let description = match expiry.what {
+                "server" => format!("the manager's server certificate ({}) is past its renewal point and expires at {until}; agents and operators cannot connect after that; see the manager's log for why renewal fails", expiry.subject),
+                _ => format!("{} ({}) expires at {until}; every certificate it signs stops working then: replace it before", expiry.what, expiry.subject),
+            };
+            Alert::new(MANAGER_CERTIFICATE_EXPIRING, fleet, severity, expiry.not_after)
+                .label("certificate", expiry.what)
+                .describe(
+                    format!("the {} of fleet {fleet} expires at {until}", expiry.what),
+                    description,
+                )
+        })
+        .collect()
 }
 
 /// Follows the store error counter: an episode starts at the first increase and ends
@@ -113,5 +137,33 @@ mod tests {
         assert_eq!(alert.labels["severity"], "none");
         assert_eq!(alert.starts_at, NOW);
         assert!(!alert.labels.contains_key("node"));
+    }
+
+    #[test]
+    fn an_expiring_ca_raises_a_warning_and_a_server_past_renewal_a_critical_alert() {
+        let expiry = |what, warning| Expiry {
+            what,
+            subject: format!("{what} of prod"),
+            not_after: NOW + time::Duration::days(90),
+            warning,
+        };
+        let expiries = [
+            expiry("server", true),
+            expiry("issuing-ca", true),
+            expiry("root-ca", false),
+        ];
+        let alerts = certificates("prod", &expiries);
+        let labels: Vec<(&str, &str)> = alerts
+            .iter()
+            .map(|a| {
+                (
+                    a.labels["certificate"].as_str(),
+                    a.labels["severity"].as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(labels, [("server", "critical"), ("issuing-ca", "warning")]);
+        assert_eq!(alerts[1].labels["alertname"], MANAGER_CERTIFICATE_EXPIRING);
+        assert!(alerts[1].annotations["description"].contains("issuing-ca of prod"));
     }
 }

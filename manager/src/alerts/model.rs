@@ -23,6 +23,8 @@ pub const MANAGER_LOST_MOST_AGENTS: &str = "OpiManagerLostMostAgents";
 pub const ROLLOUT_HALTED: &str = "OpiRolloutHalted";
 /// Fleet store calls are failing.
 pub const MANAGER_STORE_ERRORS: &str = "OpiManagerStoreErrors";
+/// The manager's server certificate failed to renew, or a fleet CA nears its expiry.
+pub const MANAGER_CERTIFICATE_EXPIRING: &str = "OpiManagerCertificateExpiring";
 /// Always firing while the manager runs: the dead-man's switch.
 pub const MANAGER_HEARTBEAT: &str = "OpiManagerHeartbeat";
 

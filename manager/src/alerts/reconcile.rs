@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, watch};
 
-use super::manager::{heartbeat, StoreErrorWatch};
+use super::manager::{certificates, heartbeat, StoreErrorWatch};
 use super::nodes::{self, RuleSettings};
 use super::rollouts;
 use super::{AlertMetrics, Snapshot};
@@ -67,6 +67,8 @@ impl Reconciler {
             &self.rules.fleet,
         ));
         firing.extend(self.store_errors.alert(&self.rules.fleet));
+        let expiries = self.fleet.manager_certs().expiries(now);
+        firing.extend(certificates(&self.rules.fleet, &expiries));
         self.metrics.set_active(firing.len());
         firing.push(heartbeat(&self.rules.fleet, self.started_at));
         for alert in &mut firing {

@@ -75,7 +75,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let running = serve::start(&serve_args(&data_dir, args.listen)).await?;
     let endpoint = running.endpoints[0].clone();
-    let pin = running.fleet.authority().pin.to_string();
+    let pin = running.fleet.trust().pin.to_string();
     let workers = token_file(&running, &data_dir, WORKER_POOL.0, args.nodes).await?;
     let control_plane = token_file(&running, &data_dir, CONTROL_PLANE_POOL.0, 1).await?;
 
@@ -101,7 +101,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     for (pool, profile) in [WORKER_POOL, CONTROL_PLANE_POOL] {
         running
             .fleet
-            .set_profile(pool, profile, demo_strategy(), "local:demo", "local")
+            .set_profile(
+                pool,
+                profile,
+                demo_strategy(),
+                "local:demo",
+                "local",
+                Vec::new(),
+            )
             .await
             .with_context(|| format!("cannot set the profile of pool {pool}"))?;
     }
@@ -229,6 +236,7 @@ fn init_args(data_dir: &Path, listen: SocketAddr) -> InitArgs {
         sans: Vec::new(),
         listen,
         advertise: Vec::new(),
+        server_cert_ttl: opi_pki::ca::SERVER_CERT_TTL,
         admin_ttl: Duration::from_secs(24 * 3600),
         store: None,
     }
@@ -245,6 +253,10 @@ fn serve_args(data_dir: &Path, listen: SocketAddr) -> ServeArgs {
         offline_after: Duration::from_secs(40),
         report_freshness: Duration::from_secs(60),
         event_retention: crate::events::DEFAULT_RETENTION,
+        expired_renewal_window: crate::fleet::DEFAULT_EXPIRED_RENEWAL_WINDOW,
+        profile_signer: Vec::new(),
+        server_cert_ttl: opi_pki::ca::SERVER_CERT_TTL,
+        ca_expiry_warning: crate::identity::DEFAULT_CA_EXPIRY_WARNING,
         metrics_listen: None,
         metrics_per_node: false,
         alertmanager: Vec::new(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use opi_pki::ca::{self, CertifiedKey, SERVER_CERT_TTL};
+use opi_pki::ca::{self, CertifiedKey};
 use opi_pki::files::{self, write_public, write_secret};
 use opi_pki::{CaPin, Issuer, Role};
 
@@ -40,6 +40,9 @@ pub struct InitArgs {
     /// URL agents and operators use to reach this manager (repeatable).
     #[arg(long)]
     pub advertise: Vec<String>,
+    /// Lifetime of the server certificate (`serve` renews it when a third is left).
+    #[arg(long, default_value = "365days", value_parser = humantime::parse_duration)]
+    pub server_cert_ttl: Duration,
     /// Lifetime of the admin operator certificate.
     #[arg(long, default_value = "8h", value_parser = humantime::parse_duration)]
     pub admin_ttl: Duration,
@@ -71,7 +74,7 @@ pub async fn run(args: InitArgs) -> anyhow::Result<()> {
     }
 
     files::create_dir(dir.root(), 0o750)?;
-    let pin = write_pki(&dir, &config, &args.sans)?;
+    let pin = write_pki(&dir, &config, &args.sans, args.server_cert_ttl)?;
     write_config(&dir, &config)?;
     let endpoint = datadir::endpoints(&config.advertise, args.listen).remove(0);
     let url = args
@@ -109,7 +112,12 @@ pub fn local_actor() -> String {
 }
 
 /// Creates root CA, issuing CA and server certificate in a staging dir, then moves it in.
-fn write_pki(dir: &DataDir, config: &ManagerConfig, sans: &[String]) -> anyhow::Result<CaPin> {
+fn write_pki(
+    dir: &DataDir,
+    config: &ManagerConfig,
+    sans: &[String],
+    server_ttl: Duration,
+) -> anyhow::Result<CaPin> {
     let staging = dir
         .root()
         .join(format!(".pki.staging{}", std::process::id()));
@@ -119,7 +127,7 @@ fn write_pki(dir: &DataDir, config: &ManagerConfig, sans: &[String]) -> anyhow::
     let issuing = ca::create_issuing_ca(&config.fleet, &config.replica, &root)?;
     let issuer = Issuer::new(&config.fleet, &issuing)?;
     let (server, server_key) =
-        issuer.issue_server(&config.replica, &server_names(sans), SERVER_CERT_TTL)?;
+        issuer.issue_server(&config.replica, &server_names(sans), server_ttl)?;
 
     write_pair(&staging, "root-ca", &root)?;
     write_pair(&staging, "issuing-ca", &issuing)?;

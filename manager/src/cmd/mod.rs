@@ -1,6 +1,7 @@
 //! One module per `opi-manager` subcommand.
 
 pub mod backup;
+pub mod ca;
 pub mod demo;
 pub mod init;
 pub mod operator;

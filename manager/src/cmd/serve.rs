@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use opi_pki::files;
-use opi_pki::tls::{server_config, ClientAuth};
+use opi_pki::serving::{swappable_server_config, ServingCert};
+use opi_pki::tls::ClientAuth;
+use opi_pki::{ca, files};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::info;
@@ -16,6 +17,7 @@ use tracing::info;
 use crate::alerts::{AlertSettings, Alerting, AlertmanagerUrl, RuleSettings};
 use crate::datadir::{self, DataDir};
 use crate::fleet::{Fleet, Settings};
+use crate::identity::ManagerCerts;
 use crate::metrics::{Exporter, MetricsServer, Registry};
 use crate::server::{self, ServeError};
 use crate::store::{MeasuredStore, Store};
@@ -23,6 +25,8 @@ use opi_systemd::Notifier;
 
 /// Shortest node certificate lifetime accepted (renewal happens at 60–80 % of it).
 pub const MIN_NODE_CERT_TTL: Duration = Duration::from_secs(10);
+/// Shortest server certificate lifetime accepted (it renews when a third is left).
+pub const MIN_SERVER_CERT_TTL: Duration = Duration::from_secs(3);
 /// Interval of the supervisor's pass over the fleet.
 const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
 /// How long a stopping manager waits for its connections to close before it drops them; every
@@ -56,6 +60,24 @@ pub struct ServeArgs {
     /// Lifetime of node certificates.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     pub node_cert_ttl: Duration,
+    /// A node whose certificate expired (offline during a manager outage, say) may still renew
+    /// it, proving possession of its key, for this long after expiry; past it, the node
+    /// re-enrolls (`opictl node allow-reenroll`).
+    #[arg(long, default_value = "7days", value_parser = humantime::parse_duration)]
+    pub expired_renewal_window: Duration,
+    /// Public key (PEM) of an operator signer key (repeatable): agents enrolled from now on pin
+    /// these keys and apply only profiles signed by one of them, two when a profile lowers
+    /// the hardening level; `opictl profile set --sign-key` signs.
+    #[arg(long, value_name = "FILE")]
+    pub profile_signer: Vec<PathBuf>,
+    /// Lifetime of the server certificates this manager issues itself: it renews its own
+    /// when a third of its life is left, without a restart.
+    #[arg(long, default_value = "365days", value_parser = humantime::parse_duration)]
+    pub server_cert_ttl: Duration,
+    /// Warn (log, `opictl status`, metric, alert) when the issuing or root CA expires within
+    /// this long.
+    #[arg(long, default_value = "180days", value_parser = humantime::parse_duration)]
+    pub ca_expiry_warning: Duration,
     /// Interval between agent heartbeats.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
@@ -101,6 +123,7 @@ pub struct Running {
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<Result<(), ServeError>>,
     supervisor: JoinHandle<()>,
+    certificates: JoinHandle<()>,
     metrics: Option<MetricsServer>,
     alerting: Option<Alerting>,
 }
@@ -132,10 +155,18 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
     let config = dir.load_config()?;
     let authority = dir.load_authority(&config)?;
     let client_auth = ClientAuth::new(&authority.trust_bundle_pem)?;
-    let tls = server_config(
+    let serving = ServingCert::new(
         &authority.server_chain_pem,
         &authority.server_key,
         client_auth.clone(),
+    )?;
+    let tls = swappable_server_config(serving.clone(), client_auth.clone())?;
+    let certs = ManagerCerts::load(
+        &dir,
+        &config.replica,
+        serving,
+        args.server_cert_ttl,
+        args.ca_expiry_warning,
     )?;
     let store_url = args
         .store
@@ -168,15 +199,18 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
         offline_after: args.offline_after,
         freshness: args.report_freshness,
         event_retention: args.event_retention,
+        expired_renewal_window: args.expired_renewal_window,
+        profile_signers: read_signers(&args.profile_signer)?,
         node_cert_ttl: args.node_cert_ttl,
         heartbeat: args.heartbeat,
         endpoints: endpoints.clone(),
     };
-    let fleet = Fleet::load(store, authority, settings).await?;
+    let fleet = Fleet::load(store, authority, settings, Arc::new(certs)).await?;
     let metrics = start_metrics(args, &dir, &fleet, &registry).await?;
     let alerting = start_alerting(args, &fleet, &registry);
     let (shutdown, stopped) = oneshot::channel::<()>();
     let supervisor = tokio::spawn(supervise(fleet.clone(), notifier));
+    let certificates = tokio::spawn(crate::identity::watch(fleet.clone()));
     let task = tokio::spawn(server::serve(
         fleet.clone(),
         listener,
@@ -196,6 +230,7 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
         shutdown,
         task,
         supervisor,
+        certificates,
         metrics,
         alerting,
     })
@@ -211,6 +246,7 @@ impl Running {
             metrics.stop().await;
         }
         self.supervisor.abort();
+        self.certificates.abort();
         self.fleet.shut_down();
         let _ = self.shutdown.send(());
         match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.task).await {
@@ -258,6 +294,9 @@ fn check_args(args: &ServeArgs) -> anyhow::Result<()> {
     if args.report_freshness <= args.heartbeat {
         problems.push("--report-freshness must be longer than --heartbeat".to_string());
     }
+    if args.server_cert_ttl < MIN_SERVER_CERT_TTL || args.server_cert_ttl > ca::ISSUING_CA_TTL {
+        problems.push("--server-cert-ttl must be between 3s and 5years".to_string());
+    }
     if args.event_retention == 0 {
         problems.push("--event-retention must be at least 1".to_string());
     }
@@ -279,6 +318,19 @@ fn check_args(args: &ServeArgs) -> anyhow::Result<()> {
         bail!("invalid serve arguments: {}", problems.join("; "));
     }
     Ok(())
+}
+
+/// The signer public keys of `--profile-signer`, DER.
+fn read_signers(paths: &[PathBuf]) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut keys = Vec::new();
+    for path in paths {
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("--profile-signer: cannot read {}", path.display()))?;
+        let key = opi_pki::profile_sig::public_key_der(&pem, &path.display().to_string())?;
+        info!(path = %path.display(), key = %opi_pki::profile_sig::key_pin(&key), "profile signer key");
+        keys.push(key);
+    }
+    Ok(keys)
 }
 
 /// Records the bound address, for scripts and tests that listen on port 0.

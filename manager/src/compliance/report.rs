@@ -112,7 +112,8 @@ pub async fn signed(
     let document = build(fleet, &request.pool, depth, requested_by).await?;
     let bytes = serde_json::to_vec_pretty(&document).expect("a report always serialises");
     let authority = fleet.authority();
-    let (signer, key) = authority
+    let (signer, key) = fleet
+        .trust()
         .issuer
         .issue_signer(&authority.replica, SIGNER_CERT_TTL)?;
     let signature = signature::sign(&key, &bytes)?;

@@ -230,6 +230,9 @@ mod tests {
             remote_addr: String::new(),
             supervision: Supervision::default(),
             config: Default::default(),
+            rotation_requested: None,
+            reenroll: None,
+            trust_bundle_digest: String::new(),
         }
     }
 

@@ -32,6 +32,8 @@ pub struct EnrollInput {
     pub csr_der: Vec<u8>,
     /// Requested name; empty means the node's host name.
     pub name: String,
+    /// The node asks to take back its name (`opi-agent enroll --reenroll`).
+    pub reenroll: bool,
     pub facts: Facts,
     pub remote: SocketAddr,
 }
@@ -108,15 +110,17 @@ impl Fleet {
             return self.answer_retry(&first, &previous, input).await;
         }
         check_token_usable(&first)?;
+        if input.reenroll {
+            return self.reenroll(&token, &name, &csr, spki_sha256, input).await;
+        }
         self.check_name_free(&name)?;
 
         // Signed once, outside the compare-and-swap loop, so that the loop's window between
         // reading the token and committing its new use count stays short.
-        let issued = self.authority.issuer.issue_node(
-            &name,
-            &csr.public_key,
-            self.settings.node_cert_ttl,
-        )?;
+        let issued =
+            self.trust()
+                .issuer
+                .issue_node(&name, &csr.public_key, self.settings.node_cert_ttl)?;
         let answer = TokenEnrollment {
             spki_sha256,
             node: name.clone(),
@@ -172,7 +176,7 @@ impl Fleet {
     }
 
     /// The answer already given with `token` to the key `spki_sha256`, if any.
-    async fn previous_answer(
+    pub(super) async fn previous_answer(
         &self,
         token: &TokenRecord,
         spki_sha256: &str,
@@ -252,7 +256,7 @@ impl Fleet {
     }
 
     /// Answers a retried enrollment (same token, same key) with the certificate already issued.
-    async fn answer_retry(
+    pub(super) async fn answer_retry(
         &self,
         token: &TokenRecord,
         previous: &TokenEnrollment,
@@ -374,6 +378,9 @@ fn new_node_record(
             ..Supervision::default()
         },
         config: ConfigRecord::default(),
+        rotation_requested: None,
+        reenroll: None,
+        trust_bundle_digest: String::new(),
     }
 }
 
@@ -387,7 +394,7 @@ fn requested_name(input: &EnrollInput) -> String {
 }
 
 /// Audit actor of an enrollment: the token id, never its secret.
-fn token_actor(token: &str) -> String {
+pub(super) fn token_actor(token: &str) -> String {
     match token.parse::<BootstrapToken>() {
         Ok(token) => format!("token:{}", token.id()),
         Err(_) => "token:malformed".into(),

@@ -37,6 +37,22 @@ pub enum FleetError {
     NodeRevoked { name: String, reason: String },
     #[error("certificate {serial} is not a current certificate of node {name} (renewed, or the node was removed); re-enroll the node")]
     StaleCertificate { name: String, serial: String },
+    #[error("the certificate of node {name} expired at {} and the manager renews expired certificates only within {} of their expiry; an operator must run `opictl node allow-reenroll {name}`, then re-enroll the node with `opi-agent enroll --reenroll --token-file FILE` and a new token", crate::records::rfc3339(*expired_at), humantime::format_duration(*window))]
+    ExpiredPastWindow {
+        name: String,
+        expired_at: OffsetDateTime,
+        window: std::time::Duration,
+    },
+    #[error("node {name} is already enrolled and no operator allowed it to re-enroll; an operator must run `opictl node allow-reenroll {name}` first{}", reenroll_hint(expired_at))]
+    ReenrollNotAllowed {
+        name: String,
+        /// Until when an earlier permission lasted, if one ran out.
+        expired_at: Option<OffsetDateTime>,
+    },
+    #[error("{0}")]
+    RotateSelection(String),
+    #[error("profile for pool {pool} refused, nothing stored: no signer key this fleet's agents pinned signed it; sign it with `opictl profile set {pool} -f FILE --sign-key KEY`")]
+    UnsignedProfile { pool: String },
     #[error("this call needs a client certificate: an operator bundle (`opictl --config`) or an enrolled node's certificate")]
     NoClientCertificate,
     #[error("{0}")]
@@ -94,6 +110,17 @@ impl FleetError {
                 | FleetError::TokenExpired { .. }
                 | FleetError::TokenUsedUp { .. }
         )
+    }
+}
+
+/// Says when an earlier re-enrollment permission ran out, if one did.
+fn reenroll_hint(expired_at: &Option<OffsetDateTime>) -> String {
+    match expired_at {
+        Some(at) => format!(
+            " (the last permission ran out at {})",
+            crate::records::rfc3339(*at)
+        ),
+        None => String::new(),
     }
 }
 

@@ -6,9 +6,11 @@ pub mod config_axis;
 mod enroll;
 mod error;
 mod lanes;
+mod identity;
 mod limiter;
 mod nodes;
 pub mod profiles;
+mod reenroll;
 pub mod rollouts;
 mod sessions;
 pub mod supervise;
@@ -33,6 +35,7 @@ use crate::store::{list_json, Revision, Store};
 
 pub use enroll::{EnrollInput, EnrollOutput};
 pub use error::FleetError;
+pub use identity::{RotateSelection, Rotation};
 pub use limiter::FailureLimiter;
 pub use profiles::SetOutcome;
 pub use sessions::{Session, SessionHello};
@@ -43,6 +46,8 @@ const CAS_ATTEMPTS: usize = 8;
 
 /// Default interval between agent heartbeats.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+/// Default time after its expiry during which a node certificate may still renew itself.
+pub const DEFAULT_EXPIRED_RENEWAL_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Settings the fleet runs with.
 #[derive(Clone, Debug)]
@@ -57,6 +62,11 @@ pub struct Settings {
     pub endpoints: Vec<String>,
     /// Events kept in the store.
     pub event_retention: usize,
+    /// A node certificate that expired less than this long ago may still renew itself.
+    pub expired_renewal_window: Duration,
+    /// Public keys (DER SubjectPublicKeyInfo) agents pin at enrollment and require profile
+    /// signatures from; empty means unsigned profiles.
+    pub profile_signers: Vec<Vec<u8>>,
 }
 
 /// The manager's view of its fleet.
@@ -79,6 +89,21 @@ pub struct Fleet {
     rollouts: rollouts::RolloutCache,
     /// Enrollments waiting to be committed, by token.
     lanes: lanes::Lanes,
+    /// The manager's server certificate and CAs.
+    certs: Arc<crate::identity::ManagerCerts>,
+    /// The issuing CA and trust bundle in force; replaced during a CA rollover.
+    trust: RwLock<Arc<Trust>>,
+}
+
+/// What the manager issues with and hands out, replaced as a whole during a CA rollover.
+pub struct Trust {
+    pub issuer: Arc<opi_pki::Issuer>,
+    /// The fleet's trust bundle (roots), PEM.
+    pub bundle_pem: String,
+    /// [`opi_pki::bundle_digest`] of `bundle_pem`.
+    pub bundle_digest: String,
+    /// Pin of the root that signs `issuer`, printed in enrollment lines.
+    pub pin: opi_pki::CaPin,
 }
 
 /// A node record with its store revision and, when connected, its live session.
@@ -122,6 +147,7 @@ impl Fleet {
         store: Arc<dyn Store>,
         authority: Authority,
         settings: Settings,
+        certs: Arc<crate::identity::ManagerCerts>,
     ) -> Result<Arc<Self>, FleetError> {
         let records = list_json::<NodeRecord>(&*store, NODES).await?;
         // Nodes that were online get the grace period from now on to reconnect.
@@ -141,6 +167,12 @@ impl Fleet {
         let events = EventLog::open(store.clone(), settings.event_retention).await?;
         let profiles = profiles::ProfileCache::load(&*store).await?;
         let rollouts = rollouts::RolloutCache::load(&*store).await?;
+        let trust = Trust {
+            issuer: authority.issuer.clone(),
+            bundle_digest: opi_pki::bundle_digest(&authority.trust_bundle_pem),
+            bundle_pem: authority.trust_bundle_pem.clone(),
+            pin: authority.pin,
+        };
         Ok(Arc::new(Self {
             store,
             authority,
@@ -155,6 +187,8 @@ impl Fleet {
             profiles: RwLock::new(profiles),
             rollouts,
             lanes: lanes::Lanes::default(),
+            certs,
+            trust: RwLock::new(Arc::new(trust)),
         }))
     }
 
@@ -168,6 +202,21 @@ impl Fleet {
 
     pub fn authority(&self) -> &Authority {
         &self.authority
+    }
+
+    /// The issuing CA and trust bundle in force now.
+    pub fn trust(&self) -> Arc<Trust> {
+        self.trust.read().expect("trust lock poisoned").clone()
+    }
+
+    /// Issues and hands out `trust` from now on.
+    pub fn set_trust(&self, trust: Trust) {
+        *self.trust.write().expect("trust lock poisoned") = Arc::new(trust);
+    }
+
+    /// The manager's server certificate and CAs.
+    pub fn manager_certs(&self) -> &crate::identity::ManagerCerts {
+        &self.certs
     }
 
     pub fn store(&self) -> &dyn Store {

@@ -47,11 +47,10 @@ impl Fleet {
     ) -> Result<String, FleetError> {
         let name = cert.identity.name.clone();
         let csr = check_node_csr(csr_der, self.fleet_name(), &name)?;
-        let issued = self.authority.issuer.issue_node(
-            &name,
-            &csr.public_key,
-            self.settings.node_cert_ttl,
-        )?;
+        let issued =
+            self.trust()
+                .issuer
+                .issue_node(&name, &csr.public_key, self.settings.node_cert_ttl)?;
         let actor = cert.identity.uri();
         let detail = format!(
             "serial {} replaces {}, until {}",
@@ -70,6 +69,7 @@ impl Fleet {
             record.serials = vec![issued.serial.clone(), cert.serial.clone()];
             record.serials.truncate(KEPT_SERIALS);
             record.cert_not_after = issued.not_after;
+            record.rotation_requested = None;
             Ok(())
         })
         .await?;
@@ -284,7 +284,7 @@ impl Fleet {
         })
     }
 
-    fn node_record(&self, name: &str) -> Result<(NodeRecord, u64), FleetError> {
+    pub(super) fn node_record(&self, name: &str) -> Result<(NodeRecord, u64), FleetError> {
         let nodes = self.nodes.read().expect("fleet lock poisoned");
         let entry = nodes
             .get(name)
@@ -292,7 +292,7 @@ impl Fleet {
         Ok((entry.record.clone(), entry.revision))
     }
 
-    async fn reload_node(&self, name: &str) -> Result<(), FleetError> {
+    pub(super) async fn reload_node(&self, name: &str) -> Result<(), FleetError> {
         match crate::store::get_json::<NodeRecord>(self.store(), &node_key(name)).await? {
             Some(current) => self.replace_record(current.value, current.mod_revision),
             None => {

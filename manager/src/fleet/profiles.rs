@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use opi_profile::Profile;
 use opi_proto::v1::manager_message::Body as ManagerBody;
-use opi_proto::v1::{DesiredProfile, ManagerMessage};
+use opi_proto::v1::{DesiredProfile, ManagerMessage, ProfileSignature};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tracing::{info, warn};
@@ -43,6 +43,8 @@ pub(super) struct NewGeneration<'a> {
     pub reverts_to: Option<u64>,
     /// Another audit entry committed with the generation (the undo that made it).
     pub extra_audit: Option<audit::Entry>,
+    /// Signatures of `yaml` by operators' signer keys.
+    pub signatures: Vec<crate::records::SignatureRecord>,
 }
 
 /// What `set_profile` did.
@@ -126,6 +128,7 @@ impl Fleet {
         strategy: Strategy,
         actor: &str,
         from: &str,
+        signatures: Vec<crate::records::SignatureRecord>,
     ) -> Result<SetOutcome, FleetError> {
         let new = NewGeneration {
             pool,
@@ -135,6 +138,7 @@ impl Fleet {
             from,
             reverts_to: None,
             extra_audit: None,
+            signatures,
         };
         self.store_new_generation(new).await
     }
@@ -148,6 +152,7 @@ impl Fleet {
         let parsed = self
             .check_profile(new.pool, new.yaml, new.actor, new.from)
             .await?;
+        self.check_signatures(&new).await?;
         self.check_strategy(&new).await?;
         let _writers = self.rollouts.write_lock().await;
         if let Some(latest) = self.latest_profile(new.pool) {
@@ -171,6 +176,41 @@ impl Fleet {
             profile,
             changed: true,
         })
+    }
+
+    /// Refuses a document no configured signer key signed, when signer keys are configured:
+    /// the agents enrolled with them would refuse it anyway.
+    async fn check_signatures(&self, new: &NewGeneration<'_>) -> Result<(), FleetError> {
+        let signers = &self.settings.profile_signers;
+        if signers.is_empty() {
+            return Ok(());
+        }
+        let hex = |text: &str| {
+            data_encoding::HEXLOWER
+                .decode(text.as_bytes())
+                .unwrap_or_default()
+        };
+        let signed = new.signatures.iter().any(|s| {
+            let key = hex(&s.public_key);
+            signers.contains(&key)
+                && opi_pki::profile_sig::verifies(&key, new.yaml.as_bytes(), &hex(&s.signature))
+        });
+        if signed {
+            return Ok(());
+        }
+        let error = FleetError::UnsignedProfile {
+            pool: new.pool.into(),
+        };
+        audit::Entry::refused(
+            new.actor,
+            "profile.set",
+            new.pool,
+            new.from,
+            &error.to_string(),
+        )
+        .write(self.store())
+        .await;
+        Err(error)
     }
 
     /// Refuses a strategy with problems, auditing the refusal.
@@ -249,6 +289,7 @@ impl Fleet {
                 digest: digest(new.yaml),
                 created_at: OffsetDateTime::now_utc(),
                 created_by: new.actor.into(),
+                signatures: new.signatures.clone(),
             };
             let started = self.start_rollout(new, generation_id(&profile));
             let key = rollout_key(pool);
@@ -316,6 +357,11 @@ impl Fleet {
                 epoch: profile.epoch,
                 yaml: profile.yaml.clone(),
                 digest: profile.digest.clone(),
+                signatures: profile
+                    .signatures
+                    .iter()
+                    .filter_map(signature_to_proto)
+                    .collect(),
             })),
         };
         if self.send(name, message) {
@@ -375,5 +421,15 @@ async fn load_epoch(store: &dyn Store) -> Result<u64, FleetError> {
     }
     Err(FleetError::Conflict {
         what: "the store epoch".into(),
+    })
+}
+
+/// A stored signature as the agent receives it; `None` for one that is not hex (never
+/// written so).
+fn signature_to_proto(record: &crate::records::SignatureRecord) -> Option<ProfileSignature> {
+    let hex = |text: &str| data_encoding::HEXLOWER.decode(text.as_bytes()).ok();
+    Some(ProfileSignature {
+        public_key: hex(&record.public_key)?,
+        signature: hex(&record.signature)?,
     })
 }

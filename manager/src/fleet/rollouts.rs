@@ -268,6 +268,8 @@ impl Fleet {
             from,
             reverts_to: Some(previous.generation),
             extra_audit: Some(audit::Entry::ok(actor, audit_action, pool, from)),
+            // The same document: its signatures still hold.
+            signatures: old.signatures.clone(),
         };
         let outcome = self.store_new_generation(new).await?;
         if !outcome.changed {

@@ -30,6 +30,8 @@ pub struct SessionHello {
     pub report: Option<Vec<ConditionRecord>>,
     /// The profile generation the node runs, if any.
     pub applied: Option<GenerationId>,
+    /// Digest of the trust bundle the agent stored; empty from agents that keep none.
+    pub trust_bundle_digest: String,
 }
 
 /// A registered session; dropped sessions must be detached.
@@ -64,7 +66,13 @@ impl Fleet {
                     serial,
                 });
             }
+            // A session with the newest certificate supersedes the previous one, which stays
+            // accepted only until then (in case the renewal's answer was lost).
+            if record.serials.first() == Some(&cert.serial) {
+                record.serials.truncate(1);
+            }
             record.facts = hello.facts.clone();
+            record.trust_bundle_digest = hello.trust_bundle_digest.clone();
             record.boot_id = hello.boot_id.clone();
             record.last_seen = Some(now);
             record.remote_addr = remote.to_string();

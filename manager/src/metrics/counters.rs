@@ -91,6 +91,10 @@ impl RefusalReason {
             | FleetError::UnknownNode { .. }
             | FleetError::NodeRevoked { .. }
             | FleetError::StaleCertificate { .. }
+            | FleetError::ExpiredPastWindow { .. }
+            | FleetError::ReenrollNotAllowed { .. }
+            | FleetError::RotateSelection(_)
+            | FleetError::UnsignedProfile { .. }
             | FleetError::NoClientCertificate
             | FleetError::CertificateRefused(_)
             | FleetError::WrongIdentity { .. }

@@ -81,6 +81,11 @@ impl Exporter {
         render::write_store(&mut page, &self.registry.store);
         render::write_alerts(&mut page, &self.registry.alerts);
         render::write_manager(&mut page, self.fleet.fleet_name(), &self.registry);
+        let expiries = self
+            .fleet
+            .manager_certs()
+            .expiries(time::OffsetDateTime::now_utc());
+        render::write_certificates(&mut page, &expiries);
         page.finish()
     }
 }

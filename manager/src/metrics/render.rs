@@ -251,6 +251,37 @@ pub fn write_manager(page: &mut Page, fleet: &str, registry: &Registry) {
     page.sample("process_start_time_seconds", &[], started.as_secs_f64());
 }
 
+/// Writes when the manager's server certificate and CAs expire, and whether that is near.
+pub fn write_certificates(page: &mut Page, expiries: &[crate::identity::Expiry]) {
+    page.family(
+        "opi_manager_certificate_expiry_timestamp_seconds",
+        Kind::Gauge,
+        "When the manager's server certificate, issuing CA and root CA expire, in seconds since the Unix epoch.",
+    );
+    for expiry in expiries {
+        let labels = [("certificate", expiry.what)];
+        let at = unix_seconds(expiry.not_after);
+        page.sample(
+            "opi_manager_certificate_expiry_timestamp_seconds",
+            &labels,
+            at,
+        );
+    }
+    page.family(
+        "opi_manager_certificate_expiring",
+        Kind::Gauge,
+        "1 when the certificate expires within its warning threshold (a CA), or is past its renewal point (the server's).",
+    );
+    for expiry in expiries {
+        let labels = [("certificate", expiry.what)];
+        page.sample(
+            "opi_manager_certificate_expiring",
+            &labels,
+            flag(expiry.warning),
+        );
+    }
+}
+
 fn count_pools(nodes: &[NodeView]) -> BTreeMap<String, PoolCounts> {
     let mut pools: BTreeMap<String, PoolCounts> = BTreeMap::new();
     for node in nodes {
@@ -321,6 +352,9 @@ mod tests {
                     ..Supervision::default()
                 },
                 config: Default::default(),
+                rotation_requested: None,
+                reenroll: None,
+                trust_bundle_digest: String::new(),
             },
             online: connectivity == Connectivity::Online,
             last_seen: Some(now),

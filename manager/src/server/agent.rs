@@ -53,6 +53,8 @@ impl Agent for AgentService {
             .await?;
         let _ = outbound.send(Ok(welcome(&self.fleet, &session))).await;
         self.fleet.send_desired(&session.node).await;
+        self.fleet.ask_pending_rotation(&session.node);
+        self.fleet.send_trust_bundle_if_stale(&session.node);
 
         let span = info_span!("session", node = %session.node, session = session.id);
         let fleet = self.fleet.clone();
@@ -65,12 +67,12 @@ impl Agent for AgentService {
         &self,
         request: Request<RenewRequest>,
     ) -> Result<Response<RenewResponse>, Status> {
-        let caller = peer::node(&request, &self.fleet)?;
+        let caller = peer::renewing_node(&request, &self.fleet)?;
         let csr = request.into_inner().csr_der;
         let chain = self.fleet.renew(&caller.cert, &csr, &caller.remote).await?;
         Ok(Response::new(RenewResponse {
             cert_chain_pem: chain,
-            ca_bundle_pem: self.fleet.authority().trust_bundle_pem.clone(),
+            ca_bundle_pem: self.fleet.trust().bundle_pem.clone(),
         }))
     }
 }
@@ -91,6 +93,7 @@ async fn read_hello(
         Some(AgentBody::Hello(hello)) => Ok(SessionHello {
             facts: accepted_facts(name, &hello.agent_version, hello.facts.clone())?,
             boot_id: hello.boot_id,
+            trust_bundle_digest: hello.trust_bundle_digest,
             summary: hello.summary,
             applied: (hello.applied_generation > 0).then_some(GenerationId {
                 epoch: hello.applied_epoch,
@@ -189,6 +192,11 @@ async fn serve_session(
                             }
                         }
                         Err(why) => warn!(reason = %why, "invalid apply report ignored"),
+                    }
+                }
+                Ok(Some(AgentMessage { body: Some(AgentBody::BundleStored(stored)) })) => {
+                    if let Err(error) = fleet.trust_bundle_stored(&session, stored.digest).await {
+                        warn!(error = %error, "cannot record the trust bundle the node stored");
                     }
                 }
                 Ok(Some(AgentMessage { body: Some(AgentBody::Compliance(report)) })) => {

@@ -26,12 +26,14 @@ pub enum Action {
     RolloutAction,
     ShowCompliance,
     ComplianceReport,
+    RotateNode,
+    AllowReenroll,
     WhoAmI,
 }
 
 impl Action {
     /// Every action, in table order.
-    pub const ALL: [Action; 20] = [
+    pub const ALL: [Action; 22] = [
         Action::Status,
         Action::ListNodes,
         Action::ShowNode,
@@ -51,6 +53,8 @@ impl Action {
         Action::RolloutAction,
         Action::ShowCompliance,
         Action::ComplianceReport,
+        Action::RotateNode,
+        Action::AllowReenroll,
         Action::WhoAmI,
     ];
 
@@ -72,6 +76,7 @@ impl Action {
             Action::RolloutAction => &[Admin, Operator],
             Action::ShowCompliance => &[Admin, Operator, Viewer],
             Action::ComplianceReport => &[Admin, Operator],
+            Action::RotateNode | Action::AllowReenroll => &[Admin, Operator],
             Action::WhoAmI => &[Admin, Operator, Viewer, Alerting],
         }
     }
@@ -98,6 +103,8 @@ impl Action {
             Action::RolloutAction => "pause, resume, abort or undo rollouts",
             Action::ShowCompliance => "read compliance evidence",
             Action::ComplianceReport => "sign compliance reports",
+            Action::RotateNode => "rotate node certificates",
+            Action::AllowReenroll => "allow nodes to re-enroll",
             Action::WhoAmI => "ask who it is",
         }
     }

@@ -29,6 +29,9 @@ pub struct PeerInfo {
     /// The client certificate, if one was presented: its verified identity, or why it was
     /// refused. Only an `Ok` here ever identifies a caller.
     pub cert: Option<Arc<Result<PeerCert, String>>>,
+    /// When `cert` was refused because it expired: the certificate, if its chain verified as
+    /// of its last valid second. Only the renewal call may accept it, within a window.
+    pub expired: Option<Arc<PeerCert>>,
 }
 
 /// A TLS connection with its peer information.
@@ -100,16 +103,28 @@ async fn handshake(
             return None;
         }
     };
+    let mut expired = None;
     let cert = stream.get_ref().1.peer_certificates().map(|chain| {
         let verdict = client_auth.verdict(chain);
-        if let Err(why) = &verdict {
-            warn!(%remote, reason = %why, "TLS client certificate refused");
+        if verdict.is_err() {
+            expired = client_auth.expired_verdict(chain).map(Arc::new);
+        }
+        match (&verdict, &expired) {
+            (Err(_), Some(cert)) => {
+                debug!(%remote, identity = %cert.identity.uri(), not_after = %cert.not_after, "expired client certificate: only renewal may accept it");
+            }
+            (Err(why), None) => warn!(%remote, reason = %why, "TLS client certificate refused"),
+            (Ok(_), _) => {}
         }
         Arc::new(verdict)
     });
     Some(TlsConn {
         stream,
-        peer: PeerInfo { remote, cert },
+        peer: PeerInfo {
+            remote,
+            cert,
+            expired,
+        },
     })
 }
 

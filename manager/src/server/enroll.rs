@@ -27,6 +27,7 @@ impl Enrollment for EnrollmentService {
             token: body.token,
             csr_der: body.csr_der,
             name: body.name,
+            reenroll: body.reenroll,
             facts: facts_from_proto(body.facts.unwrap_or_default()),
             remote,
         };
@@ -38,9 +39,10 @@ impl Enrollment for EnrollmentService {
             pool: output.pool,
             fleet: authority.fleet.clone(),
             cert_chain_pem: output.cert_chain_pem,
-            ca_bundle_pem: authority.trust_bundle_pem.clone(),
+            ca_bundle_pem: self.fleet.trust().bundle_pem.clone(),
             manager_endpoints: settings.endpoints.clone(),
             heartbeat_interval_secs: settings.heartbeat.as_secs() as u32,
+            profile_signers: settings.profile_signers.clone(),
         }))
     }
 }

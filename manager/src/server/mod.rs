@@ -6,6 +6,7 @@ pub mod authz;
 mod conn;
 mod convert;
 mod enroll;
+mod identity;
 mod operator;
 mod peer;
 mod profiles;

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::authz::Action;
 use super::convert::{audit_to_proto, event_to_proto, node_to_proto, timestamp, token_to_proto};
 use super::peer;
-use super::{profiles, query, rollouts, watch};
+use super::{identity, profiles, query, rollouts, watch};
 use crate::fleet::{Fleet, FleetError, TokenSpec};
 use crate::records::{AuditRecord, AUDIT};
 use crate::store::decode;
@@ -123,6 +123,7 @@ impl Operator for OperatorService {
             pools,
             manager_version: crate::versions::MANAGER_VERSION.into(),
             agent_versions: crate::versions::counts(&self.fleet.nodes(None)),
+            certificates: identity::expiries(&self.fleet),
             store_revision: self
                 .fleet
                 .store()
@@ -205,7 +206,7 @@ impl Operator for OperatorService {
             token: Some(token_to_proto(&created.record)),
             secret: created.token.expose(),
             manager_endpoints: self.fleet.settings().endpoints.clone(),
-            ca_pin: self.fleet.authority().pin.to_string(),
+            ca_pin: self.fleet.trust().pin.to_string(),
         }))
     }
 
@@ -336,6 +337,22 @@ impl Operator for OperatorService {
             .write(self.fleet.store())
             .await;
         Ok(Response::new(signed))
+    }
+
+    async fn rotate_nodes(
+        &self,
+        request: Request<pb::RotateNodesRequest>,
+    ) -> Result<Response<pb::RotateNodesResponse>, Status> {
+        let (caller, _) = peer::operator(&request, &self.fleet, Action::RotateNode)?;
+        identity::rotate(&self.fleet, &caller, request.into_inner()).await
+    }
+
+    async fn allow_reenroll(
+        &self,
+        request: Request<pb::AllowReenrollRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let (caller, _) = peer::operator(&request, &self.fleet, Action::AllowReenroll)?;
+        identity::allow_reenroll(&self.fleet, &caller, request.into_inner()).await
     }
 
     async fn who_am_i(

@@ -32,6 +32,28 @@ pub fn node<T>(request: &Request<T>, fleet: &Fleet) -> Result<Caller, FleetError
     Ok(caller)
 }
 
+/// The calling node for the renewal call only: a current certificate, or one that expired
+/// less than the fleet's renewal window ago (its chain verified as of its expiry), so that a
+/// node offline past its certificate's end proves possession of its key and renews.
+pub fn renewing_node<T>(request: &Request<T>, fleet: &Fleet) -> Result<Caller, FleetError> {
+    let info = peer_info(request);
+    let expired = match (info.cert.as_deref(), info.expired.as_deref()) {
+        (Some(Err(_)), Some(expired)) => expired.clone(),
+        _ => return node(request, fleet),
+    };
+    if expired.identity.kind != IdentityKind::Node || expired.identity.fleet != fleet.fleet_name() {
+        return Err(FleetError::WrongIdentity {
+            expected: kind_name(IdentityKind::Node),
+            got: expired.identity.uri(),
+        });
+    }
+    fleet.check_expired_node_cert(&expired)?;
+    Ok(Caller {
+        cert: expired,
+        remote: info.remote.to_string(),
+    })
+}
+
 /// The calling operator, if its role allows `action`.
 pub fn operator<T>(
     request: &Request<T>,

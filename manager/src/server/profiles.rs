@@ -18,8 +18,24 @@ pub async fn set(
     from: &str,
 ) -> Result<pb::ProfileInfo, FleetError> {
     let strategy = strategy_from_proto(&request.pool, request.strategy)?;
+    let hex = |bytes: &[u8]| data_encoding::HEXLOWER.encode(bytes);
+    let signatures = request
+        .signatures
+        .iter()
+        .map(|s| crate::records::SignatureRecord {
+            public_key: hex(&s.public_key),
+            signature: hex(&s.signature),
+        })
+        .collect();
     let outcome = fleet
-        .set_profile(&request.pool, &request.yaml, strategy, actor, from)
+        .set_profile(
+            &request.pool,
+            &request.yaml,
+            strategy,
+            actor,
+            from,
+            signatures,
+        )
         .await?;
     Ok(info(&outcome.profile, outcome.changed))
 }

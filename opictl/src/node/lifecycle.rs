@@ -1,4 +1,4 @@
-//! `opictl node revoke|remove|delete|maintenance|move`: changes to one node. Each prints what
+//! `opictl node revoke|remove|delete|maintenance|move|rotate|allow-reenroll`: changes to one node. Each prints what
 //! it did: a sentence for people, the node (or a small object once it is gone) in JSON.
 
 use std::time::SystemTime;
@@ -85,6 +85,46 @@ pub async fn maintenance(
     print_changed(format, node, maintenance_message)
 }
 
+/// The JSON answer of `opictl node rotate`.
+#[derive(Debug, Serialize)]
+pub struct RotatedView {
+    /// Nodes asked over their session to renew now.
+    pub asked: Vec<String>,
+    /// Offline nodes, asked when they next connect.
+    pub pending: Vec<String>,
+}
+
+/// Asks nodes to renew their certificate now.
+pub async fn rotate(
+    client: &mut Client,
+    format: Format,
+    message: opi_proto::v1::RotateNodesRequest,
+) -> Result<(), Error> {
+    let answer = client.rotate_nodes(message).await?;
+    let view = RotatedView {
+        asked: answer.asked,
+        pending: answer.pending,
+    };
+    print(format, &view, || rotated_message(&view))
+}
+
+/// Lets a node re-enroll under its name, once, within `ttl`.
+pub async fn allow_reenroll(
+    client: &mut Client,
+    format: Format,
+    name: &str,
+    ttl: std::time::Duration,
+) -> Result<(), Error> {
+    let node = client.allow_reenroll(name, ttl.as_secs().max(1)).await?;
+    let until = humantime::format_duration(ttl);
+    print_changed(format, node, |view, _| {
+        format!(
+            "node `{}` may re-enroll once within {until}: on the node, run `opi-agent enroll --reenroll --token-file FILE` with a new token for pool `{}`\n",
+            view.name, view.pool
+        )
+    })
+}
+
 /// Moves a node to another pool.
 pub async fn move_to(
     client: &mut Client,
@@ -116,6 +156,22 @@ fn print<T: Serialize>(
         Format::Json => output::print_json(view),
         Format::Table => output::print(&message()),
     }
+}
+
+fn rotated_message(view: &RotatedView) -> String {
+    let mut text = format!(
+        "{} node(s) asked to renew their certificate now",
+        view.asked.len()
+    );
+    if !view.pending.is_empty() {
+        text.push_str(&format!(
+            "; {} offline, asked when they reconnect: {}",
+            view.pending.len(),
+            view.pending.join(", ")
+        ));
+    }
+    text.push('\n');
+    text
 }
 
 fn removed_message(name: &str) -> String {

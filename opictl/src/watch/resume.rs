@@ -106,6 +106,7 @@ pub fn verdict(error: &Error) -> Verdict {
         | Error::EventsGone { .. }
         | Error::ReadProfile { .. }
         | Error::ProfileTooLarge { .. }
+        | Error::SignerKey { .. }
         | Error::Output(_)
         | Error::WriteReport { .. }
         | Error::ReadReport { .. }

@@ -158,6 +158,7 @@ pub async fn enroll_named(
     let channel = opi_pki::channel::connect_from(endpoint, tls, source).await?;
     let mut client = EnrollmentClient::new(channel);
     let request = EnrollRequest {
+        reenroll: false,
         token: token.to_string(),
         csr_der,
         name: name.clone(),

@@ -44,6 +44,9 @@ fn online(name: &str, pool: &str) -> NodeView {
                 ..Supervision::default()
             },
             config: Default::default(),
+            rotation_requested: None,
+            reenroll: None,
+            trust_bundle_digest: String::new(),
         },
         online: true,
         last_seen: Some(NOW),
