@@ -5,8 +5,8 @@
 pub mod config_axis;
 mod enroll;
 mod error;
-mod lanes;
 mod identity;
+mod lanes;
 mod limiter;
 mod nodes;
 pub mod profiles;
@@ -256,6 +256,16 @@ impl Fleet {
     /// What the fleet counts for the metrics page.
     pub fn counters(&self) -> &Arc<FleetCounters> {
         &self.counters
+    }
+
+    /// Runs `visit` over every node record, in no order, under the fleet's read lock: for
+    /// counts over a large fleet without copying it. Keep `visit` short.
+    pub fn with_records<R>(
+        &self,
+        visit: impl FnOnce(&mut dyn Iterator<Item = &NodeRecord>) -> R,
+    ) -> R {
+        let nodes = self.nodes.read().expect("fleet lock poisoned");
+        visit(&mut nodes.values().map(|entry| &entry.record))
     }
 
     /// Every node, sorted by name, optionally only those of `pool`.

@@ -70,11 +70,19 @@ impl Exporter {
 
     /// The metrics page as of now.
     pub fn render(&self) -> String {
-        let nodes = self.fleet.nodes(None);
         let mut page = text::Page::new();
-        render::write_nodes(&mut page, &nodes);
+        // Only the per-node series need a copy of every node; the counts are taken in place,
+        // so that a scrape of a large fleet stays cheap.
         if self.per_node {
+            let nodes = self.fleet.nodes(None);
+            let pools = render::count_pools(nodes.iter().map(|n| &n.record));
+            render::write_nodes(&mut page, &pools);
             render::write_per_node(&mut page, &nodes);
+        } else {
+            let pools = self
+                .fleet
+                .with_records(|records| render::count_pools(records));
+            render::write_nodes(&mut page, &pools);
         }
         let revision = self.fleet.events().last_revision();
         render::write_fleet(&mut page, self.fleet.counters(), revision);

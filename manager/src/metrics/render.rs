@@ -13,7 +13,7 @@ use super::Registry;
 use crate::alerts::AlertMetrics;
 use crate::fleet::supervise::{health_name, name_of};
 use crate::fleet::NodeView;
-use crate::records::{Connectivity, Health, NodeState};
+use crate::records::{Connectivity, Health, NodeRecord, NodeState};
 use crate::store::{Operation, StoreMetrics};
 
 /// Connectivities, in the order series are written.
@@ -23,7 +23,7 @@ const HEALTHS: [Health; 3] = [Health::Healthy, Health::Degraded, Health::Unknown
 
 /// Node counts of one pool.
 #[derive(Debug, Default)]
-struct PoolCounts {
+pub struct PoolCounts {
     /// Active nodes, indexed like [`CONNECTIVITIES`] then [`HEALTHS`].
     active: [[u64; HEALTHS.len()]; CONNECTIVITIES.len()],
     revoked: u64,
@@ -32,15 +32,13 @@ struct PoolCounts {
 
 /// Writes `opi_nodes`, `opi_nodes_revoked` and `opi_nodes_in_maintenance`, every combination
 /// of states for every pool that has nodes, zeros included.
-pub fn write_nodes(page: &mut Page, nodes: &[NodeView]) {
-    let pools = count_pools(nodes);
-
+pub fn write_nodes(page: &mut Page, pools: &BTreeMap<String, PoolCounts>) {
     page.family(
         "opi_nodes",
         Kind::Gauge,
         "Active (not revoked) nodes by pool, connectivity and health.",
     );
-    for (pool, counts) in &pools {
+    for (pool, counts) in pools {
         for (c, connectivity) in CONNECTIVITIES.iter().enumerate() {
             for (h, health) in HEALTHS.iter().enumerate() {
                 let labels = [
@@ -54,7 +52,7 @@ pub fn write_nodes(page: &mut Page, nodes: &[NodeView]) {
     }
 
     page.family("opi_nodes_revoked", Kind::Gauge, "Revoked nodes by pool.");
-    for (pool, counts) in &pools {
+    for (pool, counts) in pools {
         page.sample(
             "opi_nodes_revoked",
             &[("pool", pool)],
@@ -67,7 +65,7 @@ pub fn write_nodes(page: &mut Page, nodes: &[NodeView]) {
         Kind::Gauge,
         "Active nodes in maintenance (their alerts silenced) by pool.",
     );
-    for (pool, counts) in &pools {
+    for (pool, counts) in pools {
         let value = counts.maintenance as f64;
         page.sample("opi_nodes_in_maintenance", &[("pool", pool)], value);
     }
@@ -282,15 +280,21 @@ pub fn write_certificates(page: &mut Page, expiries: &[crate::identity::Expiry])
     }
 }
 
-fn count_pools(nodes: &[NodeView]) -> BTreeMap<String, PoolCounts> {
+/// The node counts of each pool, from every node's record.
+pub fn count_pools<'a>(
+    records: impl Iterator<Item = &'a NodeRecord>,
+) -> BTreeMap<String, PoolCounts> {
     let mut pools: BTreeMap<String, PoolCounts> = BTreeMap::new();
-    for node in nodes {
-        let counts = pools.entry(node.record.pool.clone()).or_default();
-        if node.record.state == NodeState::Revoked {
+    for record in records {
+        let counts = match pools.get_mut(&record.pool) {
+            Some(counts) => counts,
+            None => pools.entry(record.pool.clone()).or_default(),
+        };
+        if record.state == NodeState::Revoked {
             counts.revoked += 1;
             continue;
         }
-        let sup = &node.record.supervision;
+        let sup = &record.supervision;
         let c = CONNECTIVITIES
             .iter()
             .position(|c| *c == sup.connectivity)
@@ -390,7 +394,7 @@ mod tests {
         ];
 
         let mut page = Page::new();
-        write_nodes(&mut page, &nodes);
+        write_nodes(&mut page, &count_pools(nodes.iter().map(|n| &n.record)));
         let text = page.finish();
 
         let a_online = r#"opi_nodes{pool="a",connectivity="online",health="healthy"}"#;
