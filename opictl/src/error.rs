@@ -164,6 +164,44 @@ pub enum Error {
     /// A compliance report's signature does not verify.
     #[error("the compliance report does not verify")]
     Unverified(#[source] opi_pki::signature::VerifyError),
+    /// A file cannot be read.
+    #[error("cannot read {path}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file cannot be written.
+    #[error("cannot write {path}")]
+    WriteFile {
+        /// The file.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A checkpoint file or answer is not a checkpoint, or its signature does not verify.
+    #[error("audit checkpoint {what} is not valid: {why}")]
+    BadCheckpoint {
+        /// The file, or `from the manager`.
+        what: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The audit log does not hold together.
+    #[error("the audit log was tampered with:\n  {}", .problems.join("\n  "))]
+    AuditTampered {
+        /// Every problem found, each naming its entry.
+        problems: Vec<String>,
+    },
+    /// A login code is not even well formed.
+    #[error("malformed login code: expected ID.SECRET as `opictl operator invite` prints it")]
+    BadLoginCode,
+    /// The new operator key or its CSR cannot be made.
+    #[error("cannot make the operator key and its CSR: {0}")]
+    MakeKey(String),
 }
 
 /// A command line that parses but cannot be acted on.
@@ -191,6 +229,8 @@ impl Error {
             | Error::ReadProfile { .. }
             | Error::ProfileTooLarge { .. }
             | Error::ReadReport { .. }
+            | Error::ReadFile { .. }
+            | Error::BadLoginCode
             | Error::BadReport(_) => EXIT_USAGE,
             Error::Connect { .. }
             | Error::ServerRefused { .. }
@@ -199,7 +239,11 @@ impl Error {
             | Error::EventsGone { .. }
             | Error::Output(_)
             | Error::WriteReport { .. }
-            | Error::Unverified(_) => EXIT_FAILURE,
+            | Error::Unverified(_)
+            | Error::WriteFile { .. }
+            | Error::BadCheckpoint { .. }
+            | Error::AuditTampered { .. }
+            | Error::MakeKey(_) => EXIT_FAILURE,
         }
     }
 

@@ -16,6 +16,8 @@ pub enum Action {
     ListTokens,
     RevokeToken,
     ListAudit,
+    AuditCheckpoint,
+    InviteOperator,
     Watch,
     ListEvents,
     Maintenance,
@@ -31,7 +33,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, in table order.
-    pub const ALL: [Action; 20] = [
+    pub const ALL: [Action; 22] = [
         Action::Status,
         Action::ListNodes,
         Action::ShowNode,
@@ -41,6 +43,8 @@ impl Action {
         Action::ListTokens,
         Action::RevokeToken,
         Action::ListAudit,
+        Action::AuditCheckpoint,
+        Action::InviteOperator,
         Action::Watch,
         Action::ListEvents,
         Action::Maintenance,
@@ -63,6 +67,8 @@ impl Action {
             Action::RevokeNode => &[Admin, Operator],
             Action::RemoveNode => &[Admin],
             Action::ListAudit => &[Admin, Operator],
+            Action::AuditCheckpoint => &[Admin, Operator],
+            Action::InviteOperator => &[Admin],
             Action::Watch => &[Admin, Operator, Viewer, Alerting],
             Action::ListEvents => &[Admin, Operator, Viewer],
             Action::Maintenance | Action::MoveNode => &[Admin, Operator],
@@ -88,6 +94,8 @@ impl Action {
             Action::ListTokens => "list tokens",
             Action::RevokeToken => "revoke tokens",
             Action::ListAudit => "read the audit log",
+            Action::AuditCheckpoint => "sign audit checkpoints",
+            Action::InviteOperator => "invite operators",
             Action::Watch => "watch events",
             Action::ListEvents => "list node events",
             Action::Maintenance => "put nodes in maintenance",
