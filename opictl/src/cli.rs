@@ -88,8 +88,8 @@ pub enum Command {
     Whoami,
     /// Get an operator certificate with a one-time code from an admin
     ///
-    /// Makes a key on this machine (it never leaves it), sends a CSR with the code to the
-    /// manager, checked against the CA pin given with the code, and writes a bundle with the
+    /// Needs --manager URL. Makes a key on this machine (it never leaves it), sends a CSR
+    /// with the code to the manager, checked against the CA pin given with the code, and writes a bundle with the
     /// certificate (8 h unless the admin chose otherwise) for `opictl --config`.
     Login(LoginArgs),
     /// Invite operators (admins only)
@@ -100,9 +100,6 @@ pub enum Command {
 /// Arguments of `opictl login`.
 #[derive(Debug, Args)]
 pub struct LoginArgs {
-    /// The manager, https://HOST:PORT, as printed with the code
-    #[arg(long = "manager", id = "login_manager", value_name = "URL")]
-    pub manager: String,
     /// The fleet CA pin printed with the code (sha256:...)
     #[arg(long, value_name = "PIN")]
     pub ca_pin: String,

@@ -210,6 +210,9 @@ pub enum UsageError {
     /// The same label key was given twice.
     #[error("label `{0}` is given twice; give each key once")]
     DuplicateLabel(String),
+    /// `opictl login` was not told which manager to log in to.
+    #[error("opictl login needs --manager https://HOST:PORT, as printed with the login code")]
+    LoginNeedsManager,
     /// `-o csv` was asked of a command that prints no table of rows.
     #[error("-o csv is only for `opictl compliance`; use -o table or -o json here")]
     CsvOnlyForCompliance,

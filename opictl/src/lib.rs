@@ -62,6 +62,11 @@ impl Context {
         Client::connect(&bundle, &path, endpoint).await
     }
 
+    /// The manager given with `--manager`, if any.
+    pub fn manager(&self) -> Option<&str> {
+        self.manager.as_deref()
+    }
+
     /// The operator bundle and where it was read.
     pub fn bundle(&self) -> Result<(opi_pki::bundle::OperatorBundle, std::path::PathBuf), Error> {
         config::load(&self.sources)

@@ -77,6 +77,10 @@ pub async fn invite(context: &Context, args: InviteArgs) -> Result<(), Error> {
 
 /// Runs `opictl login`.
 pub async fn login(context: &Context, args: LoginArgs) -> Result<(), Error> {
+    let manager = context
+        .manager()
+        .ok_or(crate::error::UsageError::LoginNeedsManager)?
+        .to_string();
     let code = read_code(&args)?;
     let pin = args.ca_pin.parse().map_err(|_| Error::BadEndpoint(args.ca_pin.clone()))?;
     let key = opi_pki::ca::generate_key().map_err(|e| Error::MakeKey(e.to_string()))?;
@@ -88,7 +92,7 @@ pub async fn login(context: &Context, args: LoginArgs) -> Result<(), Error> {
         path: args.out.clone(),
         source,
     })?;
-    let channel = opi_pki::channel::connect(&args.manager, tls)
+    let channel = opi_pki::channel::connect(&manager, tls)
         .await
         .map_err(|error| match error {
             opi_pki::channel::ChannelError::BadEndpoint(url) => Error::BadEndpoint(url),
@@ -99,11 +103,11 @@ pub async fn login(context: &Context, args: LoginArgs) -> Result<(), Error> {
     let answer = LoginClient::new(channel)
         .login(request(LoginRequest { code, csr_der }))
         .await
-        .map_err(|status| Error::failed("to log you in", &args.manager, status))?
+        .map_err(|status| Error::failed("to log you in", &manager, status))?
         .into_inner();
 
     let bundle = OperatorBundle {
-        endpoint: args.manager.clone(),
+        endpoint: manager.clone(),
         fleet: answer.fleet,
         name: answer.name.clone(),
         role: answer.role.clone(),

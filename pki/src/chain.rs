@@ -339,7 +339,7 @@ mod tests {
         let mut edited = chain.clone();
         edited[1].2 = "f".repeat(64);
         let problems = check(&edited).problems;
-        assert!(problems[0].starts_with("entry 3 (node.revoke web-1"), "{problems:?}");
+        assert!(problems[0].starts_with("entry 2 (node.revoke web-1"), "{problems:?}");
 
         let mut rehashed = chain;
         rehashed[1].1 = "e".repeat(64);

@@ -123,12 +123,24 @@ impl Fleet {
             .lock()
             .expect("limiter lock poisoned")
             .allows(ip, Instant::now());
-        let result = match allowed {
-            true => self.try_login(code, csr_der, remote).await,
-            false => Err(FleetError::TooManyLoginFailures {
+        if !allowed {
+            let first = self
+                .limiter
+                .lock()
+                .expect("limiter lock poisoned")
+                .refuse(ip);
+            let refusal = FleetError::TooManyLoginFailures {
                 addr: ip.to_string(),
-            }),
-        };
+            };
+            if first {
+                let why = format!("{refusal} (later refusals in this minute are not audited)");
+                audit::Entry::refused(&code_actor(code), "operator.login", "", &remote.to_string(), &why)
+                    .write(self.store())
+                    .await;
+            }
+            return Err(refusal);
+        }
+        let result = self.try_login(code, csr_der, remote).await;
         if let Err(error) = &result {
             if error.is_failed_attempt() {
                 self.limiter

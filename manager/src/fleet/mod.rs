@@ -3,6 +3,7 @@
 //! audit entry in the same transaction), then to memory.
 
 pub mod config_axis;
+mod conflicts;
 mod enroll;
 mod error;
 mod limiter;
@@ -70,6 +71,8 @@ pub struct Fleet {
     limiter: Mutex<FailureLimiter>,
     events: EventLog,
     flaps: Mutex<FlapDetector>,
+    /// Live sessions replaced, to tell two peers with one certificate from a half-open one.
+    conflicts: Mutex<conflicts::ConflictTracker>,
     /// Set when the manager shuts down, so that long-lived streams end.
     stopping: tokio::sync::watch::Sender<bool>,
     /// Enrollments, heartbeats and sessions, for the metrics page.
@@ -149,6 +152,7 @@ impl Fleet {
             limiter: Mutex::new(FailureLimiter::default()),
             events,
             flaps: Mutex::new(FlapDetector::default()),
+            conflicts: Mutex::default(),
             stopping: tokio::sync::watch::channel(false).0,
             counters: Arc::default(),
             profiles: RwLock::new(profiles),
