@@ -153,6 +153,35 @@ mod tests {
         assert!(!Action::ShowCompliance.allows(Alerting));
     }
 
+    /// The README's role table: one row per action, `yes`/`no` per role in this order.
+    const README: &str = include_str!("../../../README.md");
+    const README_ROLES: [Role; 4] = [Admin, Operator, Viewer, Alerting];
+
+    #[test]
+    fn the_readme_table_is_the_code_table() {
+        let section = README
+            .split("## Who may do what")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("README has a `Who may do what` section");
+        let rows: Vec<Vec<&str>> = section
+            .lines()
+            .filter(|line| line.starts_with("| `"))
+            .map(|line| line.trim_matches('|').split('|').map(str::trim).collect())
+            .collect();
+        let named: Vec<String> = rows.iter().map(|r| r[0].trim_matches('`').to_string()).collect();
+        let actions: Vec<String> = Action::ALL.iter().map(|a| format!("{a:?}")).collect();
+        assert_eq!(named, actions, "README rows must be Action::ALL, in order");
+        for (row, action) in rows.iter().zip(Action::ALL) {
+            let cells = &row[2..];
+            for (cell, role) in cells.iter().zip(README_ROLES) {
+                let yes = *cell == "yes";
+                assert!(yes || *cell == "no", "{action:?}: `{cell}` is neither yes nor no");
+                assert_eq!(yes, action.allows(role), "README says {cell} for {action:?} and {role}");
+            }
+        }
+    }
+
     #[test]
     fn alerting_can_only_watch() {
         let allowed: Vec<_> = Action::ALL
