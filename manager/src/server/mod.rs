@@ -8,6 +8,7 @@ pub mod authz;
 mod conn;
 mod convert;
 mod enroll;
+pub mod inspect;
 mod login;
 mod operator;
 mod peer;
