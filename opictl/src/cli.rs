@@ -519,7 +519,9 @@ pub fn parse_since(text: &str) -> Result<std::time::SystemTime, String> {
             .ok_or_else(|| format!("`{text}` reaches before 1970"));
     }
     humantime::parse_rfc3339_weak(text).map_err(|_| {
-        format!("`{text}` is neither a duration (`2h`) nor an RFC 3339 time (`2026-01-31T08:00:00Z`)")
+        format!(
+            "`{text}` is neither a duration (`2h`) nor an RFC 3339 time (`2026-01-31T08:00:00Z`)"
+        )
     })
 }
 

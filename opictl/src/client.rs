@@ -9,6 +9,10 @@ use opi_pki::channel::{self, ChannelError};
 use opi_pki::tls::{self, ManagerVerifier};
 use opi_proto::v1::operator_client::OperatorClient;
 use opi_proto::v1::{
+    AuditCheckpoint, CreateAuditCheckpointRequest, CreateLoginCodeRequest, CreateLoginCodeResponse,
+    ListAuditCheckpointsRequest, ListAuditResponse,
+};
+use opi_proto::v1::{
     CreateTokenRequest, CreateTokenResponse, DeleteNodeRequest, DiffProfileRequest,
     DiffProfileResponse, Event, GetNodeRequest, GetProfileRequest, ListAuditRequest,
     ListEventsRequest, ListNodesRequest, ListTokensRequest, MoveNodeRequest, Node, ProfileInfo,
@@ -16,10 +20,6 @@ use opi_proto::v1::{
     RolloutActionRequest, RolloutStatusRequest, RolloutStrategy, SetMaintenanceRequest,
     SetProfileRequest, StatusRequest, StatusResponse, Token, WatchRequest, WhoAmIRequest,
     WhoAmIResponse,
-};
-use opi_proto::v1::{
-    AuditCheckpoint, CreateAuditCheckpointRequest, CreateLoginCodeRequest,
-    CreateLoginCodeResponse, ListAuditCheckpointsRequest, ListAuditResponse,
 };
 use opi_proto::v1::{
     GetComplianceReportRequest, GetComplianceRequest, NodeCompliance, SignedComplianceReport,
@@ -231,7 +231,9 @@ impl Client {
     pub async fn list_audit_checkpoints(&mut self) -> Result<Vec<AuditCheckpoint>, Error> {
         let message = ListAuditCheckpointsRequest {};
         let answer = self.inner.list_audit_checkpoints(request(message)).await;
-        Ok(self.answer("to list audit checkpoints", answer)?.checkpoints)
+        Ok(self
+            .answer("to list audit checkpoints", answer)?
+            .checkpoints)
     }
 
     /// A one-time login code for an operator.

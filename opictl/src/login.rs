@@ -52,8 +52,10 @@ pub async fn invite(context: &Context, args: InviteArgs) -> Result<(), Error> {
         ttl_secs: args.ttl.as_secs(),
         cert_ttl_secs: args.cert_ttl.as_secs(),
     };
-    let answer = context.connect().await?.create_login_code(message).await?;
-    let endpoint = answer.manager_endpoints.first().cloned().unwrap_or_default();
+    let mut client = context.connect().await?;
+    let answer = client.create_login_code(message).await?;
+    // Login is served where the operator API is, which may not be the agents' endpoints.
+    let endpoint = client.endpoint().to_string();
     let view = InvitedView {
         name: args.name,
         role: args.role,
@@ -82,7 +84,10 @@ pub async fn login(context: &Context, args: LoginArgs) -> Result<(), Error> {
         .ok_or(crate::error::UsageError::LoginNeedsManager)?
         .to_string();
     let code = read_code(&args)?;
-    let pin = args.ca_pin.parse().map_err(|_| Error::BadEndpoint(args.ca_pin.clone()))?;
+    let pin = args
+        .ca_pin
+        .parse()
+        .map_err(|_| Error::BadEndpoint(args.ca_pin.clone()))?;
     let key = opi_pki::ca::generate_key().map_err(|e| Error::MakeKey(e.to_string()))?;
     let csr_der =
         opi_pki::csr::make_node_csr(&key, "operator").map_err(|e| Error::MakeKey(e.to_string()))?;
@@ -125,7 +130,10 @@ pub async fn login(context: &Context, args: LoginArgs) -> Result<(), Error> {
     match context.format {
         Format::Json => output::print_json(&view),
         Format::Table => output::print(&fields(&[
-            ("logged in as", format!("{} (role {})", view.name, view.role)),
+            (
+                "logged in as",
+                format!("{} (role {})", view.name, view.role),
+            ),
             ("bundle", view.bundle),
             ("valid until", view.not_after.unwrap_or_default()),
         ])),

@@ -133,8 +133,13 @@ impl Checkpoint {
     }
 
     /// Signs it with a document signer's key.
-    pub fn sign(self, key: &SecretPem, chain_pem: &str) -> Result<SignedCheckpoint, CheckpointError> {
-        let signature = signature::sign(key, &self.signed_bytes()).map_err(CheckpointError::Sign)?;
+    pub fn sign(
+        self,
+        key: &SecretPem,
+        chain_pem: &str,
+    ) -> Result<SignedCheckpoint, CheckpointError> {
+        let signature =
+            signature::sign(key, &self.signed_bytes()).map_err(CheckpointError::Sign)?;
         Ok(SignedCheckpoint {
             checkpoint: self,
             signature: data_encoding::BASE64.encode(&signature),
@@ -197,7 +202,9 @@ pub fn verify_chain<'a>(entries: impl IntoIterator<Item = (Link<'a>, &'a str)>) 
     for (link, hash) in &chained {
         let expected = before.map_or(1, |(seq, _)| seq + 1);
         if before.is_some_and(|(seq, _)| seq == link.seq) {
-            report.problems.push(format!("{} appears twice", describe(link)));
+            report
+                .problems
+                .push(format!("{} appears twice", describe(link)));
             continue;
         }
         if link.seq > expected {
@@ -266,7 +273,10 @@ fn missing(from: u64, to: u64) -> String {
 fn describe(link: &Link<'_>) -> String {
     let at = OffsetDateTime::from_unix_timestamp_nanos(link.at_unix_nanos)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| "an invalid time".into());
     format!(
         "entry {} ({} {} by {} at {at})",
@@ -321,7 +331,11 @@ mod tests {
     }
 
     fn check(chain: &[(u64, String, String)]) -> ChainReport {
-        verify_chain(chain.iter().map(|(seq, prev, hash)| (link(*seq, prev), hash.as_str())))
+        verify_chain(
+            chain
+                .iter()
+                .map(|(seq, prev, hash)| (link(*seq, prev), hash.as_str())),
+        )
     }
 
     #[test]
@@ -334,18 +348,29 @@ mod tests {
         let mut deleted = chain.clone();
         deleted.remove(2);
         let problems = check(&deleted).problems;
-        assert!(problems.iter().any(|p| p == "entry 3 is missing (deleted)"), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p == "entry 3 is missing (deleted)"),
+            "{problems:?}"
+        );
 
         let mut edited = chain.clone();
         edited[1].2 = "f".repeat(64);
         let problems = check(&edited).problems;
-        assert!(problems[0].starts_with("entry 2 (node.revoke web-1"), "{problems:?}");
+        assert!(
+            problems[0].starts_with("entry 2 (node.revoke web-1"),
+            "{problems:?}"
+        );
 
         let mut rehashed = chain;
         rehashed[1].1 = "e".repeat(64);
         rehashed[1].2 = link(2, &rehashed[1].1).hash();
         let problems = check(&rehashed).problems;
-        assert!(problems.iter().any(|p| p.starts_with("entry 2") && p.contains("does not follow")), "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("entry 2") && p.contains("does not follow")),
+            "{problems:?}"
+        );
     }
 
     #[test]
@@ -355,9 +380,15 @@ mod tests {
         let hash_at = |seq: u64| chain.iter().find(|c| c.0 == seq).map(|c| c.2.clone());
         assert_eq!(check_against(&checkpoint, 4, hash_at), None);
         let truncated = check_against(&checkpoint, 2, hash_at).unwrap();
-        assert!(truncated.contains("entries 3 to 4 were deleted"), "{truncated}");
+        assert!(
+            truncated.contains("entries 3 to 4 were deleted"),
+            "{truncated}"
+        );
         let rewritten = check_against(&checkpoint, 4, |_| Some("0".repeat(64))).unwrap();
-        assert!(rewritten.starts_with("entry 4 does not match"), "{rewritten}");
+        assert!(
+            rewritten.starts_with("entry 4 does not match"),
+            "{rewritten}"
+        );
     }
 
     #[test]
@@ -365,7 +396,12 @@ mod tests {
         let root = create_root_ca("prod").unwrap();
         let issuer = Issuer::new("prod", &create_issuing_ca("prod", "m1", &root).unwrap()).unwrap();
         let (cert, key) = issuer.issue_signer("m1", SIGNER_CERT_TTL).unwrap();
-        let checkpoint = Checkpoint::new("prod", 7, &link(7, GENESIS).hash(), OffsetDateTime::now_utc());
+        let checkpoint = Checkpoint::new(
+            "prod",
+            7,
+            &link(7, GENESIS).hash(),
+            OffsetDateTime::now_utc(),
+        );
         let signed = checkpoint.sign(&key, &cert.chain_pem).unwrap();
 
         let signer = signed.verify(&root.cert_pem).unwrap();

@@ -57,10 +57,16 @@ fn audit_filters_by_action_actor_and_time() {
     assert_eq!(tokens.len(), 4, "{tokens:?}");
     let revoked = entries(&opictl, &["--action", "token.revoke"]);
     assert_eq!(revoked.len(), 1);
-    let by_admin = entries(&opictl, &["--actor", "operator/admin", "--action", "token.create"]);
+    let by_admin = entries(
+        &opictl,
+        &["--actor", "operator/admin", "--action", "token.create"],
+    );
     assert_eq!(by_admin.len(), 3);
     assert!(entries(&opictl, &["--actor", "nobody"]).is_empty());
-    assert_eq!(entries(&opictl, &["--since", "1h"]).len(), entries(&opictl, &[]).len());
+    assert_eq!(
+        entries(&opictl, &["--since", "1h"]).len(),
+        entries(&opictl, &[]).len()
+    );
     assert!(entries(&opictl, &["--since", "2099-01-01T00:00:00Z"]).is_empty());
     let refused = fails(opictl.run(&["audit", "--since", "yesterday-ish"]));
     assert!(refused.contains("neither a duration"), "{refused}");
@@ -83,11 +89,25 @@ fn every_entry_is_one_json_log_line_without_token_secrets() {
         .collect();
     assert_eq!(created.len(), 3, "{log}");
     let line = created[0];
-    for field in ["seq", "at", "actor", "subject", "outcome", "remote_addr", "hash"] {
-        assert!(!line["fields"][field].is_null(), "{field} missing in {line}");
+    for field in [
+        "seq",
+        "at",
+        "actor",
+        "subject",
+        "outcome",
+        "remote_addr",
+        "hash",
+    ] {
+        assert!(
+            !line["fields"][field].is_null(),
+            "{field} missing in {line}"
+        );
     }
     let token_secret = secret.split('.').nth(1).expect("secret part");
-    assert!(!log.contains(token_secret), "a token secret reached the log");
+    assert!(
+        !log.contains(token_secret),
+        "a token secret reached the log"
+    );
 }
 
 #[test]
@@ -110,7 +130,10 @@ fn an_entry_edited_in_the_store_file_is_named_by_verify() {
     let refused = fails(opictl.run(&["audit", "verify"]));
     assert!(refused.contains("tampered"), "{refused}");
     let named = format!("entry {seq} (token.create");
-    assert!(refused.contains(&named) && refused.contains("was edited"), "{refused}");
+    assert!(
+        refused.contains(&named) && refused.contains("was edited"),
+        "{refused}"
+    );
 }
 
 #[test]
@@ -134,7 +157,10 @@ fn a_deleted_entry_is_named_and_truncation_shows_against_an_exported_checkpoint(
         .expect("entry 2");
     db.execute("DELETE FROM kv WHERE key = ?1", [&key]).unwrap();
     let refused = fails(opictl.run(&["audit", "verify"]));
-    assert!(refused.contains("entry 2 is missing (deleted)"), "{refused}");
+    assert!(
+        refused.contains("entry 2 is missing (deleted)"),
+        "{refused}"
+    );
 }
 
 #[test]
@@ -166,11 +192,17 @@ fn a_cut_tail_passes_alone_but_not_against_the_exported_checkpoint() {
 #[test]
 fn the_manager_signs_checkpoints_by_itself_when_the_log_moved() {
     let dir = TempDir::new().unwrap();
-    let (_manager, opictl, _) = manager_with_history(dir.path(), &["--audit-checkpoint-every", "1s"]);
+    let (_manager, opictl, _) =
+        manager_with_history(dir.path(), &["--audit-checkpoint-every", "1s"]);
     let every = opi_tests::POLL_OPICTL;
-    opi_tests::wait_until_every(every, Duration::from_secs(10), "a periodic checkpoint", || {
-        let verified = opictl.json(&["audit", "verify"]);
-        verified["checkpoints"].as_u64() >= Some(1)
-            && verified["covered_up_to"] == verified["last"]
-    });
+    opi_tests::wait_until_every(
+        every,
+        Duration::from_secs(10),
+        "a periodic checkpoint",
+        || {
+            let verified = opictl.json(&["audit", "verify"]);
+            verified["checkpoints"].as_u64() >= Some(1)
+                && verified["covered_up_to"] == verified["last"]
+        },
+    );
 }

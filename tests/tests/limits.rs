@@ -15,18 +15,24 @@ use tonic::Code;
 #[test]
 fn a_stalled_tls_handshake_is_dropped_after_its_timeout() {
     let dir = TempDir::new().unwrap();
-    let mut manager = Manager::init(dir.path(), "limits").with_args(&["--handshake-timeout", "500ms"]);
+    let mut manager =
+        Manager::init(dir.path(), "limits").with_args(&["--handshake-timeout", "500ms"]);
     manager.start();
 
     let mut stalled = TcpStream::connect(manager.addr.unwrap()).unwrap();
-    stalled.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let start = Instant::now();
     let mut byte = [0u8; 1];
     let read = stalled.read(&mut byte);
     let waited = start.elapsed();
     println!("stalled handshake dropped after {waited:?}");
     assert!(matches!(read, Ok(0)) || read.is_err(), "{read:?}");
-    assert!(waited >= Duration::from_millis(400), "dropped too early: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(400),
+        "dropped too early: {waited:?}"
+    );
     assert!(waited < Duration::from_secs(3), "kept too long: {waited:?}");
     // The manager still serves everyone else.
     ok(manager.opictl().run(&["status"]));
@@ -72,7 +78,10 @@ fn oversized_agent_operator_and_login_messages_are_refused() {
             code: "x".into(),
             csr_der: vec![0; 100 * 1024],
         };
-        let login = pb::login_client::LoginClient::new(channel).login(request).await.map(|_| ());
+        let login = pb::login_client::LoginClient::new(channel)
+            .login(request)
+            .await
+            .map(|_| ());
         (session, profile, login)
     });
     for (what, result) in [("session", session), ("profile", profile), ("login", login)] {
@@ -92,7 +101,9 @@ fn a_rate_limited_address_is_refused_clearly_and_audited_once() {
     manager.start();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let codes = runtime.block_on(async {
-        let mut client = grpc::enrollment(&manager.endpoint(), &manager.ca_pin()).await.unwrap();
+        let mut client = grpc::enrollment(&manager.endpoint(), &manager.ca_pin())
+            .await
+            .unwrap();
         let mut codes = Vec::new();
         for _ in 0..13 {
             let request = pb::EnrollRequest {
@@ -103,19 +114,34 @@ fn a_rate_limited_address_is_refused_clearly_and_audited_once() {
         }
         codes
     });
-    assert!(codes[..10].iter().all(|c| *c == Code::Unauthenticated), "{codes:?}");
-    assert!(codes[10..].iter().all(|c| *c == Code::ResourceExhausted), "{codes:?}");
+    assert!(
+        codes[..10].iter().all(|c| *c == Code::Unauthenticated),
+        "{codes:?}"
+    );
+    assert!(
+        codes[10..].iter().all(|c| *c == Code::ResourceExhausted),
+        "{codes:?}"
+    );
 
-    let audit = manager.opictl().json(&["audit", "--action", "node.enroll", "--limit", "100"]);
+    let audit = manager
+        .opictl()
+        .json(&["audit", "--action", "node.enroll", "--limit", "100"]);
     let entries = audit.as_array().unwrap();
     let limited: Vec<_> = entries
         .iter()
         .filter(|e| e["detail"].as_str().unwrap().contains("too many failed"))
         .collect();
-    assert_eq!(entries.len(), 11, "ten failures and one rate-limit entry: {audit}");
+    assert_eq!(
+        entries.len(),
+        11,
+        "ten failures and one rate-limit entry: {audit}"
+    );
     assert_eq!(limited.len(), 1, "{audit}");
     assert_eq!(limited[0]["outcome"], "refused");
-    assert!(limited[0]["remote_addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(limited[0]["remote_addr"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
 }
 
 #[test]
@@ -143,9 +169,17 @@ fn two_agents_sharing_one_certificate_raise_a_conflict_event() {
     let events = manager.node_events("twin", "lifecycle", 0, Duration::from_secs(30), |events| {
         events.iter().any(|e| e.reason == "IdentityConflict")
     });
-    let conflict = events.iter().find(|e| e.reason == "IdentityConflict").unwrap();
-    assert!(conflict.message.contains("two places at once"), "{conflict:?}");
-    let audit = manager.opictl().json(&["audit", "--action", "node.identity-conflict"]);
+    let conflict = events
+        .iter()
+        .find(|e| e.reason == "IdentityConflict")
+        .unwrap();
+    assert!(
+        conflict.message.contains("two places at once"),
+        "{conflict:?}"
+    );
+    let audit = manager
+        .opictl()
+        .json(&["audit", "--action", "node.identity-conflict"]);
     assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
     first.stop();
     second.stop();

@@ -13,9 +13,20 @@ use tempfile::TempDir;
 
 /// `opictl operator invite NAME --role ROLE` as the admin; returns the code.
 fn invite(admin: &Opictl, name: &str, role: &str, cert_ttl: &str) -> String {
-    let invited = admin.json(&["operator", "invite", name, "--role", role, "--cert-ttl", cert_ttl]);
+    let invited = admin.json(&[
+        "operator",
+        "invite",
+        name,
+        "--role",
+        role,
+        "--cert-ttl",
+        cert_ttl,
+    ]);
     assert!(
-        invited["login_command"].as_str().unwrap().contains("--ca-pin sha256:"),
+        invited["login_command"]
+            .as_str()
+            .unwrap()
+            .contains("--ca-pin sha256:"),
         "{invited}"
     );
     invited["code"].as_str().expect("code").to_string()
@@ -26,7 +37,13 @@ fn login(manager: &Manager, dir: &Path, code: &str, out: &Path) -> std::process:
     let code_file = dir.join("code");
     fs::write(&code_file, code).unwrap();
     run(Command::new(bin("opictl"))
-        .args(["login", "--manager", &manager.endpoint(), "--ca-pin", &manager.ca_pin()])
+        .args([
+            "login",
+            "--manager",
+            &manager.endpoint(),
+            "--ca-pin",
+            &manager.ca_pin(),
+        ])
         .arg("--code-file")
         .arg(&code_file)
         .arg("--out")
@@ -63,16 +80,30 @@ fn login_with_a_one_time_code_gets_a_short_certificate_of_the_invited_role() {
     )
     .unwrap();
     let left = not_after - time::OffsetDateTime::now_utc();
-    assert!(left <= time::Duration::hours(2) && left > time::Duration::minutes(110), "{left}");
+    assert!(
+        left <= time::Duration::hours(2) && left > time::Duration::minutes(110),
+        "{left}"
+    );
 
     // The role is the invited one: a viewer reads but cannot create tokens.
     ok(alice.run(&["nodes"]));
     let refused = fails(alice.run(&["token", "create", "--pool", "p"]));
-    assert!(refused.contains("role viewer may not create tokens"), "{refused}");
+    assert!(
+        refused.contains("role viewer may not create tokens"),
+        "{refused}"
+    );
 
     // Once only, and audited both ways with where the login came from.
-    let again = fails(login(&manager, dir.path(), &code, &dir.path().join("again.toml")));
-    assert!(again.contains("unknown, used, revoked or expired"), "{again}");
+    let again = fails(login(
+        &manager,
+        dir.path(),
+        &code,
+        &dir.path().join("again.toml"),
+    ));
+    assert!(
+        again.contains("unknown, used, revoked or expired"),
+        "{again}"
+    );
     let logins = admin.json(&["audit", "--action", "operator.login"]);
     let outcomes: Vec<&str> = logins
         .as_array()
@@ -81,11 +112,16 @@ fn login_with_a_one_time_code_gets_a_short_certificate_of_the_invited_role() {
         .map(|e| e["outcome"].as_str().unwrap())
         .collect();
     assert_eq!(outcomes, ["ok", "refused"], "{logins}");
-    assert!(logins[0]["remote_addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(logins[0]["remote_addr"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
     let invites = admin.json(&["audit", "--action", "operator.invite"]);
     assert_eq!(invites.as_array().unwrap().len(), 1);
     let key = fs::read_to_string(&bundle).unwrap();
-    assert!(!manager.log_text().contains(key.split("key = ").nth(1).unwrap()));
+    assert!(!manager
+        .log_text()
+        .contains(key.split("key = ").nth(1).unwrap()));
 }
 
 #[test]
@@ -95,22 +131,45 @@ fn invites_are_for_admins_and_lifetimes_are_capped() {
     manager.start();
     let operator = manager.operator(dir.path(), "bob", "operator");
     let refused = fails(operator.run(&["operator", "invite", "eve", "--role", "admin"]));
-    assert!(refused.contains("role operator may not invite operators"), "{refused}");
+    assert!(
+        refused.contains("role operator may not invite operators"),
+        "{refused}"
+    );
 
     let admin = manager.opictl();
-    let too_long = fails(admin.run(&["operator", "invite", "eve", "--role", "viewer", "--cert-ttl", "30days"]));
-    assert!(too_long.contains("cert ttl: must be more than 0 and at most 7 days"), "{too_long}");
+    let too_long = fails(admin.run(&[
+        "operator",
+        "invite",
+        "eve",
+        "--role",
+        "viewer",
+        "--cert-ttl",
+        "30days",
+    ]));
+    assert!(
+        too_long.contains("cert ttl: must be more than 0 and at most 7 days"),
+        "{too_long}"
+    );
     let bad_role = fails(admin.run(&["operator", "invite", "eve", "--role", "root"]));
     assert!(bad_role.contains("role `root`"), "{bad_role}");
     let forged = "0123456789ab.abcdefghijklmnopqrstuvwxyz234567";
-    let unknown = fails(login(&manager, dir.path(), forged, &dir.path().join("x.toml")));
-    assert!(unknown.contains("login code 0123456789ab is unknown"), "{unknown}");
+    let unknown = fails(login(
+        &manager,
+        dir.path(),
+        forged,
+        &dir.path().join("x.toml"),
+    ));
+    assert!(
+        unknown.contains("login code 0123456789ab is unknown"),
+        "{unknown}"
+    );
 }
 
 #[test]
 fn operator_listen_serves_operators_apart_from_the_agents_port() {
     let dir = TempDir::new().unwrap();
-    let mut manager = Manager::init(dir.path(), "split").with_args(&["--operator-listen", "127.0.0.1:0"]);
+    let mut manager =
+        Manager::init(dir.path(), "split").with_args(&["--operator-listen", "127.0.0.1:0"]);
     manager.start();
     let text = fs::read_to_string(manager.data_dir.join("run/operator-listen-addr")).unwrap();
     let operator_endpoint = format!("https://{}", text.trim());
@@ -128,7 +187,10 @@ fn operator_listen_serves_operators_apart_from_the_agents_port() {
     let (_, token) = on_operator_port.create_token("workers", 2, &[]);
     let agent = Agent::new(dir.path(), "w1");
     let wrong_port = fails(agent.enroll(&operator_endpoint, &manager.ca_pin(), &token));
-    assert!(wrong_port.contains("Unimplemented") || wrong_port.contains("unimplemented"), "{wrong_port}");
+    assert!(
+        wrong_port.contains("Unimplemented") || wrong_port.contains("unimplemented"),
+        "{wrong_port}"
+    );
     ok(agent.enroll(&manager.endpoint(), &manager.ca_pin(), &token));
     let mut agent = agent;
     agent.start();

@@ -36,7 +36,7 @@ pub struct ChainedStore {
 
 impl ChainedStore {
     /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn Store>) -> Arc<dyn Store> {
+    pub fn wrap(inner: Arc<dyn Store>) -> Arc<dyn Store> {
         Arc::new(Self {
             inner,
             head: Mutex::new(None),
@@ -53,13 +53,12 @@ impl ChainedStore {
                 0,
             )),
             Some(kv) => {
-                let head = serde_json::from_slice(&kv.value).map_err(|source| {
-                    StoreError::Corrupt {
+                let head =
+                    serde_json::from_slice(&kv.value).map_err(|source| StoreError::Corrupt {
                         store: self.inner.describe(),
                         key: HEAD_KEY.into(),
                         source: source.into(),
-                    }
-                })?;
+                    })?;
                 Ok((head, kv.mod_revision))
             }
         }
@@ -195,16 +194,20 @@ mod tests {
 
     fn stores(dir: &std::path::Path) -> (Arc<dyn Store>, Arc<dyn Store>) {
         let raw: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("fleet.db")).unwrap());
-        (raw.clone(), ChainedStore::new(raw))
+        (raw.clone(), ChainedStore::wrap(raw))
     }
 
     #[tokio::test]
     async fn entries_chain_in_commit_order_across_two_writers() {
         let dir = tempfile::tempdir().unwrap();
         let (raw, first) = stores(dir.path());
-        let second = ChainedStore::new(raw.clone());
-        Entry::ok("a", "token.create", "t1", "local").write(&*first).await;
-        Entry::ok("b", "token.create", "t2", "local").write(&*second).await;
+        let second = ChainedStore::wrap(raw.clone());
+        Entry::ok("a", "token.create", "t1", "local")
+            .write(&*first)
+            .await;
+        Entry::ok("b", "token.create", "t2", "local")
+            .write(&*second)
+            .await;
         let txn = Entry::ok("a", "node.revoke", "n1", "local").into_txn(Txn::new());
         let txn = Entry::ok("a", "node.revoke", "n2", "local").into_txn(txn);
         first.txn(txn).await.unwrap();
@@ -216,7 +219,10 @@ mod tests {
             .map(|v| v.value)
             .collect();
         entries.sort_by_key(|e| e.seq);
-        assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        assert_eq!(
+            entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
         assert_eq!(entries[0].prev_hash, GENESIS);
         for pair in entries.windows(2) {
             assert_eq!(pair[1].prev_hash, pair[0].hash);
@@ -231,8 +237,15 @@ mod tests {
         let txn = Entry::ok("a", "node.move", "n1", "local")
             .into_txn(Txn::new().when_revision("nodes/n1", 99));
         let outcome = store.txn(txn).await.unwrap();
-        assert_eq!(outcome, TxnOutcome::Conflict { key: "nodes/n1".into() });
-        Entry::ok("a", "token.create", "t1", "local").write(&*store).await;
+        assert_eq!(
+            outcome,
+            TxnOutcome::Conflict {
+                key: "nodes/n1".into()
+            }
+        );
+        Entry::ok("a", "token.create", "t1", "local")
+            .write(&*store)
+            .await;
 
         let entries: Vec<AuditRecord> = list_json(&*raw, AUDIT)
             .await

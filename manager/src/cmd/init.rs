@@ -72,7 +72,7 @@ pub async fn run(args: InitArgs) -> anyhow::Result<()> {
     write_config(&dir, &config)?;
     let endpoint = datadir::endpoints(&config.advertise, args.listen).remove(0);
     let store = crate::store::open(&dir.default_store_url()).await?;
-    let store = crate::audit::chain::ChainedStore::new(store);
+    let store = crate::audit::chain::ChainedStore::wrap(store);
     audit::Entry::ok(&local_actor(), "fleet.init", &config.fleet, "local")
         .write(&*store)
         .await;

@@ -71,7 +71,7 @@ async fn issue(args: IssueArgs) -> anyhow::Result<()> {
     )?;
     bundle.write(&out)?;
     let store = crate::store::open(&dir.default_store_url()).await?;
-    let store = crate::audit::chain::ChainedStore::new(store);
+    let store = crate::audit::chain::ChainedStore::wrap(store);
     audit::Entry::ok(&local_actor(), "operator.issue", &args.name, "local")
         .detail(format!(
             "role {}, serial {}, until {}",

@@ -158,7 +158,7 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
     let registry = Registry::new();
     let store = crate::store::open(&store_url).await?;
     let store: Arc<dyn Store> = Arc::new(MeasuredStore::new(store, registry.store.clone()));
-    let store = crate::audit::chain::ChainedStore::new(store);
+    let store = crate::audit::chain::ChainedStore::wrap(store);
     info!(store = %store.describe(), "fleet store open");
 
     let listen = match args.listen {
@@ -183,7 +183,11 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
         None => None,
     };
     let operator_addr = match &operators {
-        Some(listener) => Some(listener.local_addr().context("cannot read the bound address")?),
+        Some(listener) => Some(
+            listener
+                .local_addr()
+                .context("cannot read the bound address")?,
+        ),
         None => None,
     };
 
@@ -219,7 +223,9 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
             let _ = stopped.await;
         },
     ));
-    let operator_file = dir.listen_addr_file().with_file_name("operator-listen-addr");
+    let operator_file = dir
+        .listen_addr_file()
+        .with_file_name("operator-listen-addr");
     match operator_addr {
         Some(addr) => write_run_file(&operator_file, addr)?,
         None => {

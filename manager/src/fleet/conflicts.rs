@@ -69,10 +69,16 @@ impl Fleet {
         let result = self
             .update_node(node, Some(entry), |record, drafts| {
                 drafts.push(
-                    Draft::new(&record.name, &record.pool, "lifecycle", "single", "conflict")
-                        .subject("identity")
-                        .because("IdentityConflict", message.clone())
-                        .severity(Severity::Warning),
+                    Draft::new(
+                        &record.name,
+                        &record.pool,
+                        "lifecycle",
+                        "single",
+                        "conflict",
+                    )
+                    .subject("identity")
+                    .because("IdentityConflict", message.clone())
+                    .severity(Severity::Warning),
                 );
                 Ok(())
             })
@@ -93,10 +99,16 @@ mod tests {
         let start = Instant::now();
         assert!(!tracker.replaced("n1", start));
         assert!(tracker.replaced("n1", start + Duration::from_secs(2)));
-        assert!(!tracker.replaced("n1", start + Duration::from_secs(4)), "once per window");
+        assert!(
+            !tracker.replaced("n1", start + Duration::from_secs(4)),
+            "once per window"
+        );
         assert!(!tracker.replaced("n2", start + Duration::from_secs(4)));
         let later = start + WINDOW + Duration::from_secs(10);
-        assert!(!tracker.replaced("n1", later), "old replacements have expired");
+        assert!(
+            !tracker.replaced("n1", later),
+            "old replacements have expired"
+        );
         assert!(tracker.replaced("n1", later + Duration::from_secs(1)));
     }
 }

@@ -98,9 +98,7 @@ impl Fleet {
             humantime::format_duration(spec.cert_ttl),
             rfc3339(record.expires_at)
         ));
-        let txn = Txn::new()
-            .when_absent(&key)
-            .put(&key, to_json(&record));
+        let txn = Txn::new().when_absent(&key).put(&key, to_json(&record));
         match self.store.txn(entry.into_txn(txn)).await? {
             TxnOutcome::Committed(_) => {}
             TxnOutcome::Conflict { key } => return Err(FleetError::Conflict { what: key }),
@@ -134,9 +132,15 @@ impl Fleet {
             };
             if first {
                 let why = format!("{refusal} (later refusals in this minute are not audited)");
-                audit::Entry::refused(&code_actor(code), "operator.login", "", &remote.to_string(), &why)
-                    .write(self.store())
-                    .await;
+                audit::Entry::refused(
+                    &code_actor(code),
+                    "operator.login",
+                    "",
+                    &remote.to_string(),
+                    &why,
+                )
+                .write(self.store())
+                .await;
             }
             return Err(refusal);
         }
@@ -150,9 +154,15 @@ impl Fleet {
             }
             let actor = code_actor(code);
             warn!(%remote, %actor, error = %error, "operator login refused");
-            audit::Entry::refused(&actor, "operator.login", "", &remote.to_string(), &error.to_string())
-                .write(self.store())
-                .await;
+            audit::Entry::refused(
+                &actor,
+                "operator.login",
+                "",
+                &remote.to_string(),
+                &error.to_string(),
+            )
+            .write(self.store())
+            .await;
         }
         result
     }
@@ -166,15 +176,18 @@ impl Fleet {
         let code: BootstrapToken = code.parse()?;
         let current = self.usable_code(&code).await?;
         let record = current.value.clone();
-        let role: Role = record.role.parse().map_err(|_| FleetError::LoginCodeRefused {
-            id: record.id.clone(),
-        })?;
+        let role: Role = record
+            .role
+            .parse()
+            .map_err(|_| FleetError::LoginCodeRefused {
+                id: record.id.clone(),
+            })?;
         let csr = check_operator_csr(csr_der, self.fleet_name(), &record.name)?;
         let ttl = Duration::from_secs(record.cert_ttl_secs);
-        let cert = self
-            .authority
-            .issuer
-            .issue_operator_for(&record.name, role, &csr.public_key, ttl)?;
+        let cert =
+            self.authority
+                .issuer
+                .issue_operator_for(&record.name, role, &csr.public_key, ttl)?;
 
         let mut used = record.clone();
         used.used_at = Some(OffsetDateTime::now_utc());
@@ -193,7 +206,9 @@ impl Fleet {
         match self.store.txn(entry.into_txn(txn)).await? {
             TxnOutcome::Committed(_) => {}
             // Another login used the code in between: this one is refused.
-            TxnOutcome::Conflict { .. } => return Err(FleetError::LoginCodeRefused { id: record.id }),
+            TxnOutcome::Conflict { .. } => {
+                return Err(FleetError::LoginCodeRefused { id: record.id })
+            }
         }
         info!(operator = %record.name, %role, %remote, serial = %cert.serial, "operator logged in");
         Ok(LoggedIn {

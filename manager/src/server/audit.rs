@@ -119,10 +119,7 @@ async fn newest_matching(
     Ok(response(kept.into(), String::new()))
 }
 
-fn decode_all(
-    fleet: &Fleet,
-    values: &[KeyValue],
-) -> Result<Vec<(AuditRecord, u64)>, FleetError> {
+fn decode_all(fleet: &Fleet, values: &[KeyValue]) -> Result<Vec<(AuditRecord, u64)>, FleetError> {
     values
         .iter()
         .map(|kv| {
@@ -155,7 +152,11 @@ pub async fn create_checkpoint(fleet: &Fleet) -> Result<pb::AuditCheckpoint, Fle
 pub async fn list_checkpoints(
     fleet: &Fleet,
 ) -> Result<pb::ListAuditCheckpointsResponse, FleetError> {
-    let checkpoints = checkpoint::list(fleet).await?.iter().map(to_proto).collect();
+    let checkpoints = checkpoint::list(fleet)
+        .await?
+        .iter()
+        .map(to_proto)
+        .collect();
     Ok(pb::ListAuditCheckpointsResponse { checkpoints })
 }
 

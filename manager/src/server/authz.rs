@@ -169,15 +169,25 @@ mod tests {
             .filter(|line| line.starts_with("| `"))
             .map(|line| line.trim_matches('|').split('|').map(str::trim).collect())
             .collect();
-        let named: Vec<String> = rows.iter().map(|r| r[0].trim_matches('`').to_string()).collect();
+        let named: Vec<String> = rows
+            .iter()
+            .map(|r| r[0].trim_matches('`').to_string())
+            .collect();
         let actions: Vec<String> = Action::ALL.iter().map(|a| format!("{a:?}")).collect();
         assert_eq!(named, actions, "README rows must be Action::ALL, in order");
         for (row, action) in rows.iter().zip(Action::ALL) {
             let cells = &row[2..];
             for (cell, role) in cells.iter().zip(README_ROLES) {
                 let yes = *cell == "yes";
-                assert!(yes || *cell == "no", "{action:?}: `{cell}` is neither yes nor no");
-                assert_eq!(yes, action.allows(role), "README says {cell} for {action:?} and {role}");
+                assert!(
+                    yes || *cell == "no",
+                    "{action:?}: `{cell}` is neither yes nor no"
+                );
+                assert_eq!(
+                    yes,
+                    action.allows(role),
+                    "README says {cell} for {action:?} and {role}"
+                );
             }
         }
     }

@@ -119,7 +119,11 @@ mod tests {
                 ..Default::default()
             })),
         };
-        assert_eq!(agent_message(&beat.encode_to_vec()), Ok(()), "an absurd time is ignored");
+        assert_eq!(
+            agent_message(&beat.encode_to_vec()),
+            Ok(()),
+            "an absurd time is ignored"
+        );
         assert!(agent_message(&[]).is_err());
         assert!(agent_message(&[0xff; 16]).is_err());
     }
@@ -129,11 +133,15 @@ mod tests {
         let renew = pb::RenewRequest {
             csr_der: vec![0x30, 0x82, 0xff, 0xff],
         };
-        assert!(renew_request(&renew.encode_to_vec()).unwrap_err().contains("CSR"));
+        assert!(renew_request(&renew.encode_to_vec())
+            .unwrap_err()
+            .contains("CSR"));
         let login = pb::LoginRequest {
             code: "x".into(),
             csr_der: vec![],
         };
-        assert!(login_request(&login.encode_to_vec()).unwrap_err().contains("CSR is empty"));
+        assert!(login_request(&login.encode_to_vec())
+            .unwrap_err()
+            .contains("CSR is empty"));
     }
 }

@@ -118,10 +118,18 @@ pub async fn serve(
         client_auth: client_auth.clone(),
         limits,
     };
-    let agents = port.serve(listeners.agents, listeners.operators.is_none(), true, wait(stopped.clone()));
+    let agents = port.serve(
+        listeners.agents,
+        listeners.operators.is_none(),
+        true,
+        wait(stopped.clone()),
+    );
     let operators = async {
         match listeners.operators {
-            Some(listener) => port.serve(listener, true, false, wait(stopped.clone())).await,
+            Some(listener) => {
+                port.serve(listener, true, false, wait(stopped.clone()))
+                    .await
+            }
             None => Ok(()),
         }
     };

@@ -64,11 +64,17 @@ pub async fn run(context: &Context, args: AuditVerifyArgs) -> Result<(), Error> 
     let hashes: HashMap<u64, &str> = entries.iter().map(|e| (e.seq, e.hash.as_str())).collect();
     for (checkpoint, what) in &checkpoints {
         if let Err(why) = checkpoint.verify(&bundle.ca) {
-            problems.push(format!("checkpoint {what} does not verify: {}", chain_text(&why)));
+            problems.push(format!(
+                "checkpoint {what} does not verify: {}",
+                chain_text(&why)
+            ));
             continue;
         }
         if checkpoint.checkpoint.fleet != bundle.fleet {
-            problems.push(format!("checkpoint {what} is of fleet {}", checkpoint.checkpoint.fleet));
+            problems.push(format!(
+                "checkpoint {what} is of fleet {}",
+                checkpoint.checkpoint.fleet
+            ));
             continue;
         }
         let hash_at = |seq| hashes.get(&seq).map(|h| h.to_string());
@@ -83,14 +89,27 @@ pub async fn run(context: &Context, args: AuditVerifyArgs) -> Result<(), Error> 
         unchained: report.unchained,
         last: report.last,
         checkpoints: checkpoints.len(),
-        covered_up_to: checkpoints.iter().map(|(c, _)| c.checkpoint.seq).max().unwrap_or(0),
+        covered_up_to: checkpoints
+            .iter()
+            .map(|(c, _)| c.checkpoint.seq)
+            .max()
+            .unwrap_or(0),
     };
     match context.format {
         Format::Json => output::print_json(&view),
         Format::Table => output::print(&fields(&[
-            ("verified", format!("{} entries, the last one {}", view.entries, view.last)),
-            ("checkpoints", format!("{} (up to entry {})", view.checkpoints, view.covered_up_to)),
-            ("unchained", format!("{} (older than the chain)", view.unchained)),
+            (
+                "verified",
+                format!("{} entries, the last one {}", view.entries, view.last),
+            ),
+            (
+                "checkpoints",
+                format!("{} (up to entry {})", view.checkpoints, view.covered_up_to),
+            ),
+            (
+                "unchained",
+                format!("{} (older than the chain)", view.unchained),
+            ),
         ])),
     }
 }
@@ -100,10 +119,12 @@ pub async fn export(context: &Context, args: AuditCheckpointArgs) -> Result<(), 
     let (bundle, _) = context.bundle()?;
     let answer = context.connect().await?.create_audit_checkpoint().await?;
     let (signed, _) = parse_checkpoint(&answer.signed_json, "from the manager")?;
-    let signer = signed.verify(&bundle.ca).map_err(|why| Error::BadCheckpoint {
-        what: "from the manager".into(),
-        why: chain_text(&why),
-    })?;
+    let signer = signed
+        .verify(&bundle.ca)
+        .map_err(|why| Error::BadCheckpoint {
+            what: "from the manager".into(),
+            why: chain_text(&why),
+        })?;
     let mut text = serde_json::to_string_pretty(&signed).expect("a checkpoint serialises");
     text.push('\n');
     fs::write(&args.out, text).map_err(|source| Error::WriteFile {
