@@ -28,7 +28,7 @@ pub enum Command {
     /// Create a fleet: root CA, issuing CA, server certificate, store and admin bundle.
     Init(cmd::init::InitArgs),
     /// Serve agents and operators.
-    Serve(cmd::serve::ServeArgs),
+    Serve(Box<cmd::serve::ServeArgs>),
     /// Manage operator bundles.
     #[command(subcommand)]
     Operator(cmd::operator::OperatorCommand),

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Init(args) => cmd::init::run(args).await,
-        Command::Serve(args) => cmd::serve::run(args).await,
+        Command::Serve(args) => cmd::serve::run(*args).await,
         Command::Operator(command) => cmd::operator::run(command).await,
         Command::Store(command) => cmd::store::run(command).await,
         Command::Backup(args) => cmd::backup::run_backup(args).await,

@@ -18,6 +18,10 @@ pub const TOKEN_ENROLLMENTS: &str = "token-enrollments/";
 pub const NODES: &str = "nodes/";
 /// Key prefix of audit entries.
 pub const AUDIT: &str = "audit/";
+/// Key prefix of signed audit checkpoints.
+pub const AUDIT_CHECKPOINTS: &str = "audit-checkpoints/";
+/// Key prefix of one-time operator login codes.
+pub const LOGIN_CODES: &str = "login-codes/";
 
 /// Key of a token.
 pub fn token_key(id: &str) -> String {
@@ -46,6 +50,17 @@ pub fn audit_key(at: OffsetDateTime) -> String {
     format!("{AUDIT}{nanos:020}-{:08x}", rand::random::<u32>())
 }
 
+/// Key of the checkpoint at chain position `seq`; zero-padded so key order is chain order.
+pub fn audit_checkpoint_key(seq: u64) -> String {
+    format!("{AUDIT_CHECKPOINTS}{seq:020}")
+}
+
+/// The first audit key at or after `at`.
+pub fn audit_key_from(at: OffsetDateTime) -> String {
+    let nanos = at.unix_timestamp_nanos().max(0);
+    format!("{AUDIT}{nanos:020}")
+}
+
 /// A bootstrap token. The secret itself is never stored, only its SHA-256.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {
@@ -68,6 +83,31 @@ pub struct TokenRecord {
     /// and [`crate::fleet::Fleet::tokens`] fills in the rest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub enrollments: Vec<TokenEnrollment>,
+}
+
+/// Key of a login code.
+pub fn login_code_key(id: &str) -> String {
+    format!("{LOGIN_CODES}{id}")
+}
+
+/// A one-time operator login code. Like a token, only the secret's SHA-256 is stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginCodeRecord {
+    pub id: String,
+    pub secret_sha256: String,
+    /// The operator the certificate will name, and its role.
+    pub name: String,
+    pub role: String,
+    /// Lifetime of the certificate the login gets.
+    pub cert_ttl_secs: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    pub created_by: String,
+    /// When it was used, once.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub used_at: Option<OffsetDateTime>,
 }
 
 /// One enrollment made with a token.
@@ -286,6 +326,33 @@ pub struct AuditRecord {
     pub outcome: String,
     pub detail: String,
     pub remote_addr: String,
+    /// Position in the audit chain, from 1; set by [`crate::audit::chain`] on commit, 0 for
+    /// entries written before the chain existed.
+    #[serde(default)]
+    pub seq: u64,
+    /// Hash of the entry before (hex).
+    #[serde(default)]
+    pub prev_hash: String,
+    /// This entry's hash (hex), over its fields and `prev_hash`.
+    #[serde(default)]
+    pub hash: String,
+}
+
+impl AuditRecord {
+    /// The fields the entry's chain hash covers.
+    pub fn link(&self) -> opi_pki::chain::Link<'_> {
+        opi_pki::chain::Link {
+            seq: self.seq,
+            prev_hash: &self.prev_hash,
+            at_unix_nanos: self.at.unix_timestamp_nanos(),
+            actor: &self.actor,
+            action: &self.action,
+            subject: &self.subject,
+            outcome: &self.outcome,
+            detail: &self.detail,
+            remote_addr: &self.remote_addr,
+        }
+    }
 }
 
 impl NodeRecord {

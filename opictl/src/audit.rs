@@ -1,9 +1,12 @@
-//! `opictl audit`: the latest entries of the manager's audit log.
+//! `opictl audit`: the latest entries of the manager's audit log, filtered; [`verify`]
+//! checks the whole log against its hash chain and signed checkpoints.
 
-use opi_proto::v1::AuditEntry;
+pub mod verify;
+
+use opi_proto::v1::{AuditEntry, ListAuditRequest};
 use serde::Serialize;
 
-use crate::cli::AuditArgs;
+use crate::cli::{AuditArgs, AuditCommand};
 use crate::output::{self, timestamp, Format, Table};
 use crate::{Context, Error};
 
@@ -26,11 +29,27 @@ pub struct AuditView {
     pub detail: String,
     /// Address the call came from.
     pub remote_addr: String,
+    /// Position in the audit chain; 0 for an entry older than the chain.
+    pub seq: u64,
+    /// The entry's chain hash.
+    pub hash: String,
 }
 
 /// Runs `opictl audit`.
 pub async fn run(context: &Context, args: AuditArgs) -> Result<(), Error> {
-    let entries = context.connect().await?.list_audit(args.limit).await?;
+    match args.command {
+        Some(AuditCommand::Verify(verify)) => return verify::run(context, verify).await,
+        Some(AuditCommand::Checkpoint(export)) => return verify::export(context, export).await,
+        None => {}
+    }
+    let message = ListAuditRequest {
+        limit: args.limit,
+        since: args.since.map(prost_types::Timestamp::from),
+        actor: args.actor.unwrap_or_default(),
+        action: args.action.unwrap_or_default(),
+        ..Default::default()
+    };
+    let entries = context.connect().await?.list_audit(message).await?.entries;
     let views: Vec<AuditView> = entries.into_iter().map(AuditView::from).collect();
 
     match context.format {
@@ -51,6 +70,8 @@ impl From<AuditEntry> for AuditView {
             outcome: entry.outcome,
             detail: entry.detail,
             remote_addr: entry.remote_addr,
+            seq: entry.seq,
+            hash: entry.hash,
         }
     }
 }
@@ -58,12 +79,12 @@ impl From<AuditEntry> for AuditView {
 /// Entries as a table, times absolute: an audit trail is read against other logs.
 pub fn table(views: &[AuditView]) -> Table {
     let headers = [
-        "REV", "TIME", "ACTOR", "ACTION", "SUBJECT", "OUTCOME", "DETAIL", "FROM",
+        "SEQ", "TIME", "ACTOR", "ACTION", "SUBJECT", "OUTCOME", "DETAIL", "FROM",
     ];
     let mut table = Table::new(&headers);
     for view in views {
         table.row(vec![
-            view.revision.to_string(),
+            view.seq.to_string(),
             view.at.clone().unwrap_or_default(),
             view.actor.clone(),
             view.action.clone(),
@@ -95,6 +116,9 @@ mod tests {
             outcome: "ok".into(),
             detail: String::new(),
             remote_addr: "10.0.0.5:51234".into(),
+            seq: 7,
+            prev_hash: String::new(),
+            hash: String::new(),
         }
     }
 

@@ -86,6 +86,52 @@ pub enum Command {
     Compliance(ComplianceArgs),
     /// Show who the manager takes you for, your role and when your certificate expires
     Whoami,
+    /// Get an operator certificate with a one-time code from an admin
+    ///
+    /// Needs --manager URL. Makes a key on this machine (it never leaves it), sends a CSR
+    /// with the code to the manager, checked against the CA pin given with the code, and writes a bundle with the
+    /// certificate (8 h unless the admin chose otherwise) for `opictl --config`.
+    Login(LoginArgs),
+    /// Invite operators (admins only)
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+}
+
+/// Arguments of `opictl login`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The fleet CA pin printed with the code (sha256:...)
+    #[arg(long, value_name = "PIN")]
+    pub ca_pin: String,
+    /// File holding the code (`-`: standard input) [default: $OPICTL_LOGIN_CODE]
+    #[arg(long, value_name = "FILE")]
+    pub code_file: Option<PathBuf>,
+    /// Where to write the operator bundle (0600)
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// `opictl operator …`.
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Make a one-time login code for an operator, with its role and certificate lifetime
+    Invite(InviteArgs),
+}
+
+/// Arguments of `opictl operator invite`.
+#[derive(Debug, Args)]
+pub struct InviteArgs {
+    /// The operator's name, in its certificate and the audit log
+    pub name: String,
+    /// admin, operator, viewer or alerting
+    #[arg(long)]
+    pub role: String,
+    /// How long the code may be used (at most 24h)
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// Lifetime of the certificate the login gets (at most 7days)
+    #[arg(long, default_value = "8h", value_parser = humantime::parse_duration)]
+    pub cert_ttl: Duration,
 }
 
 /// Arguments of `opictl nodes`.
@@ -441,10 +487,72 @@ pub struct ComplianceVerifyArgs {
 
 /// Arguments of `opictl audit`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct AuditArgs {
+    /// Verify the log or export a checkpoint, instead of listing entries
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
+
     /// How many of the latest entries to show
     #[arg(long, value_name = "N", default_value_t = 50, value_parser = audit_limit())]
     pub limit: u32,
+
+    /// Only entries since this long ago (`2h`, `3days`) or since this time (RFC 3339)
+    #[arg(long, value_name = "DURATION|TIME", value_parser = parse_since)]
+    pub since: Option<std::time::SystemTime>,
+
+    /// Only entries whose actor contains this text (`alice`, `token:`)
+    #[arg(long, value_name = "TEXT")]
+    pub actor: Option<String>,
+
+    /// Only entries of this action, or of this family (`node` matches `node.revoke`)
+    #[arg(long, value_name = "ACTION")]
+    pub action: Option<String>,
+}
+
+/// The subcommands of `opictl audit`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check that no entry of the audit log was deleted, edited or reordered
+    ///
+    /// Reads the whole log and checks its hash chain, then every checkpoint the manager kept
+    /// and every --checkpoint file given (signed by a manager of your fleet, and matching the
+    /// log). Exits with 1 naming each entry that does not hold. A log rewritten from some
+    /// entry on, or cut short, by someone holding the store and the manager's keys shows only
+    /// against a checkpoint exported before: keep them off the manager.
+    Verify(AuditVerifyArgs),
+    /// Have the manager sign the log's head now, and write the checkpoint to a file
+    Checkpoint(AuditCheckpointArgs),
+}
+
+/// Arguments of `opictl audit verify`.
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    /// A checkpoint exported earlier with `opictl audit checkpoint`; repeat for several
+    #[arg(long = "checkpoint", value_name = "FILE")]
+    pub checkpoints: Vec<PathBuf>,
+}
+
+/// Arguments of `opictl audit checkpoint`.
+#[derive(Debug, Args)]
+pub struct AuditCheckpointArgs {
+    /// Where to write the signed checkpoint (JSON)
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// Reads `--since`: a duration back from now, or an RFC 3339 time.
+pub fn parse_since(text: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return std::time::SystemTime::now()
+            .checked_sub(ago)
+            .ok_or_else(|| format!("`{text}` reaches before 1970"));
+    }
+    humantime::parse_rfc3339_weak(text).map_err(|_| {
+        format!(
+            "`{text}` is neither a duration (`2h`) nor an RFC 3339 time (`2026-01-31T08:00:00Z`)"
+        )
+    })
 }
 
 /// Checks a `--max-unavailable` value: a count of 1 or more, or a percentage of 1 to 100.

@@ -10,7 +10,11 @@ use opi_pki::tls::{self, ManagerVerifier};
 use opi_proto::v1::operator_client::OperatorClient;
 use opi_proto::v1::{AllowReenrollRequest, RotateNodesRequest, RotateNodesResponse};
 use opi_proto::v1::{
-    AuditEntry, CreateTokenRequest, CreateTokenResponse, DeleteNodeRequest, DiffProfileRequest,
+    AuditCheckpoint, CreateAuditCheckpointRequest, CreateLoginCodeRequest, CreateLoginCodeResponse,
+    ListAuditCheckpointsRequest, ListAuditResponse,
+};
+use opi_proto::v1::{
+    CreateTokenRequest, CreateTokenResponse, DeleteNodeRequest, DiffProfileRequest,
     DiffProfileResponse, Event, GetNodeRequest, GetProfileRequest, ListAuditRequest,
     ListEventsRequest, ListNodesRequest, ListTokensRequest, MoveNodeRequest, Node, ProfileInfo,
     RemoveNodeRequest, RevokeNodeRequest, RevokeTokenRequest, Rollout, RolloutActionKind,
@@ -227,13 +231,38 @@ impl Client {
         self.answer(format!("to revoke token `{id}`"), answer)
     }
 
-    /// The latest `limit` audit entries.
-    pub async fn list_audit(&mut self, limit: u32) -> Result<Vec<AuditEntry>, Error> {
-        let answer = self
-            .inner
-            .list_audit(request(ListAuditRequest { limit }))
-            .await;
-        Ok(self.answer("to show the audit log", answer)?.entries)
+    /// Audit entries as `message` asks.
+    pub async fn list_audit(
+        &mut self,
+        message: ListAuditRequest,
+    ) -> Result<ListAuditResponse, Error> {
+        let answer = self.inner.list_audit(request(message)).await;
+        self.answer("to show the audit log", answer)
+    }
+
+    /// Has the manager sign the audit chain's head now.
+    pub async fn create_audit_checkpoint(&mut self) -> Result<AuditCheckpoint, Error> {
+        let message = CreateAuditCheckpointRequest {};
+        let answer = self.inner.create_audit_checkpoint(request(message)).await;
+        self.answer("to sign an audit checkpoint", answer)
+    }
+
+    /// The audit checkpoints the manager keeps.
+    pub async fn list_audit_checkpoints(&mut self) -> Result<Vec<AuditCheckpoint>, Error> {
+        let message = ListAuditCheckpointsRequest {};
+        let answer = self.inner.list_audit_checkpoints(request(message)).await;
+        Ok(self
+            .answer("to list audit checkpoints", answer)?
+            .checkpoints)
+    }
+
+    /// A one-time login code for an operator.
+    pub async fn create_login_code(
+        &mut self,
+        message: CreateLoginCodeRequest,
+    ) -> Result<CreateLoginCodeResponse, Error> {
+        let answer = self.inner.create_login_code(request(message)).await;
+        self.answer("to invite an operator", answer)
     }
 
     /// Stores a pool's profile, rolled out with `strategy`; answers with the generation in
@@ -359,7 +388,7 @@ impl EventStream {
 }
 
 /// A request bounded by [`REQUEST_TIMEOUT`].
-fn request<T>(message: T) -> tonic::Request<T> {
+pub(crate) fn request<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(REQUEST_TIMEOUT);
     request

@@ -172,6 +172,44 @@ pub enum Error {
     /// A compliance report's signature does not verify.
     #[error("the compliance report does not verify")]
     Unverified(#[source] opi_pki::signature::VerifyError),
+    /// A file cannot be read.
+    #[error("cannot read {path}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file cannot be written.
+    #[error("cannot write {path}")]
+    WriteFile {
+        /// The file.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A checkpoint file or answer is not a checkpoint, or its signature does not verify.
+    #[error("audit checkpoint {what} is not valid: {why}")]
+    BadCheckpoint {
+        /// The file, or `from the manager`.
+        what: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The audit log does not hold together.
+    #[error("the audit log was tampered with:\n  {}", .problems.join("\n  "))]
+    AuditTampered {
+        /// Every problem found, each naming its entry.
+        problems: Vec<String>,
+    },
+    /// A login code is not even well formed.
+    #[error("malformed login code: expected ID.SECRET as `opictl operator invite` prints it")]
+    BadLoginCode,
+    /// The new operator key or its CSR cannot be made.
+    #[error("cannot make the operator key and its CSR: {0}")]
+    MakeKey(String),
 }
 
 /// A command line that parses but cannot be acted on.
@@ -180,6 +218,9 @@ pub enum UsageError {
     /// The same label key was given twice.
     #[error("label `{0}` is given twice; give each key once")]
     DuplicateLabel(String),
+    /// `opictl login` was not told which manager to log in to.
+    #[error("opictl login needs --manager https://HOST:PORT, as printed with the login code")]
+    LoginNeedsManager,
     /// `-o csv` was asked of a command that prints no table of rows.
     #[error("-o csv is only for `opictl compliance`; use -o table or -o json here")]
     CsvOnlyForCompliance,
@@ -200,6 +241,8 @@ impl Error {
             | Error::ProfileTooLarge { .. }
             | Error::SignerKey { .. }
             | Error::ReadReport { .. }
+            | Error::ReadFile { .. }
+            | Error::BadLoginCode
             | Error::BadReport(_) => EXIT_USAGE,
             Error::Connect { .. }
             | Error::ServerRefused { .. }
@@ -208,7 +251,11 @@ impl Error {
             | Error::EventsGone { .. }
             | Error::Output(_)
             | Error::WriteReport { .. }
-            | Error::Unverified(_) => EXIT_FAILURE,
+            | Error::Unverified(_)
+            | Error::WriteFile { .. }
+            | Error::BadCheckpoint { .. }
+            | Error::AuditTampered { .. }
+            | Error::MakeKey(_) => EXIT_FAILURE,
         }
     }
 

@@ -9,8 +9,8 @@
 //! - [`filter`]: the values of filter options, checked while parsing;
 //! - [`health`] and [`event`]: how health, conditions and events read, shared by commands;
 //! - one module per subcommand: [`status`], [`nodes`], [`node`], [`watch`], [`token`],
-//!   [`profile`], [`rollout`], [`compliance`], [`audit`], [`whoami`], each with its own `run`;
-//!   [`profile`], [`compliance`], [`audit`], [`whoami`], each with its own `run`;
+//!   [`profile`], [`rollout`], [`compliance`], [`audit`], [`whoami`], [`login`], each with
+//!   its own `run`;
 //! - [`error`]: failures, their exit codes and their report.
 
 #![warn(missing_docs)]
@@ -24,6 +24,7 @@ pub mod error;
 pub mod event;
 pub mod filter;
 pub mod health;
+pub mod login;
 pub mod node;
 pub mod nodes;
 pub mod output;
@@ -61,6 +62,11 @@ impl Context {
         Client::connect(&bundle, &path, endpoint).await
     }
 
+    /// The manager given with `--manager`, if any.
+    pub fn manager(&self) -> Option<&str> {
+        self.manager.as_deref()
+    }
+
     /// The operator bundle and where it was read.
     pub fn bundle(&self) -> Result<(opi_pki::bundle::OperatorBundle, std::path::PathBuf), Error> {
         config::load(&self.sources)
@@ -90,5 +96,9 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Audit(args) => audit::run(&context, args).await,
         Command::Compliance(args) => compliance::run(&context, args).await,
         Command::Whoami => whoami::run(&context).await,
+        Command::Login(args) => login::login(&context, args).await,
+        Command::Operator(cli::OperatorCommand::Invite(args)) => {
+            login::invite(&context, args).await
+        }
     }
 }

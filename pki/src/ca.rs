@@ -208,6 +208,24 @@ impl Issuer {
         Ok((issued, SecretPem::new(key.serialize_pem())))
     }
 
+    /// Issues an operator client certificate for `public_key`, made by the operator
+    /// (`opictl login`); the key never reaches the manager.
+    pub fn issue_operator_for(
+        &self,
+        name: &str,
+        role: Role,
+        public_key: &impl PublicKeyData,
+        ttl: Duration,
+    ) -> Result<IssuedCert, CaError> {
+        let identity = Identity::operator(&self.fleet, name, role);
+        let mut params = leaf_params(&identity, ttl)?;
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, role.as_str());
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(&identity, params, public_key)
+    }
+
     /// Issues the manager replica's server certificate with a fresh key.
     ///
     /// `names` are host names or IP addresses the manager answers on.

@@ -27,9 +27,9 @@ pub enum CsrError {
     BadSignature,
     #[error("CSR key is {0}; only ECDSA P-256 keys are accepted")]
     UnsupportedKey(String),
-    #[error("CSR asks for a CA certificate; nodes get leaf certificates only")]
+    #[error("CSR asks for a CA certificate; nodes and operators get leaf certificates only")]
     AsksForCa,
-    #[error("CSR names `{0}`, which is not this node; a node cannot ask for another identity")]
+    #[error("CSR names `{0}`, which is not the caller; nobody can ask for another identity")]
     ForeignIdentity(String),
     #[error("cannot build the CSR")]
     Build(#[source] rcgen::Error),
@@ -55,6 +55,20 @@ pub fn make_node_csr(key: &KeyPair, name: &str) -> Result<Vec<u8>, CsrError> {
 
 /// Checks a CSR sent by node `node` (or a node to be, named `node`) of `fleet`.
 pub fn check_node_csr(der: &[u8], fleet: &str, node: &str) -> Result<CheckedCsr, CsrError> {
+    check_csr(der, fleet, IdentityKind::Node, node)
+}
+
+/// Checks a CSR sent by operator `name` of `fleet` logging in (`opictl login`).
+pub fn check_operator_csr(der: &[u8], fleet: &str, name: &str) -> Result<CheckedCsr, CsrError> {
+    check_csr(der, fleet, IdentityKind::Operator, name)
+}
+
+fn check_csr(
+    der: &[u8],
+    fleet: &str,
+    kind: IdentityKind,
+    name: &str,
+) -> Result<CheckedCsr, CsrError> {
     if der.is_empty() {
         return Err(CsrError::Empty);
     }
@@ -69,7 +83,7 @@ pub fn check_node_csr(der: &[u8], fleet: &str, node: &str) -> Result<CheckedCsr,
 
     let spki = &csr.certification_request_info.subject_pki;
     check_p256(spki)?;
-    check_requests(&csr, fleet, node)?;
+    check_requests(&csr, fleet, kind, name)?;
 
     let spki_der = spki.raw.to_vec();
     let public_key = SubjectPublicKeyInfo::from_der(&spki_der)
@@ -104,7 +118,8 @@ fn describe_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> String {
 fn check_requests(
     csr: &X509CertificationRequest<'_>,
     fleet: &str,
-    node: &str,
+    kind: IdentityKind,
+    name: &str,
 ) -> Result<(), CsrError> {
     let Some(extensions) = csr.requested_extensions() else {
         return Ok(());
@@ -113,8 +128,8 @@ fn check_requests(
         match ext {
             ParsedExtension::BasicConstraints(bc) if bc.ca => return Err(CsrError::AsksForCa),
             ParsedExtension::SubjectAlternativeName(san) => {
-                for name in &san.general_names {
-                    check_requested_name(name, fleet, node)?;
+                for general in &san.general_names {
+                    check_requested_name(general, fleet, kind, name)?;
                 }
             }
             _ => {}
@@ -123,12 +138,17 @@ fn check_requests(
     Ok(())
 }
 
-fn check_requested_name(name: &GeneralName<'_>, fleet: &str, node: &str) -> Result<(), CsrError> {
-    let GeneralName::URI(uri) = name else {
+fn check_requested_name(
+    general: &GeneralName<'_>,
+    fleet: &str,
+    kind: IdentityKind,
+    name: &str,
+) -> Result<(), CsrError> {
+    let GeneralName::URI(uri) = general else {
         return Ok(());
     };
     match Identity::parse_uri(uri) {
-        Ok(id) if id.kind == IdentityKind::Node && id.fleet == fleet && id.name == node => Ok(()),
+        Ok(id) if id.kind == kind && id.fleet == fleet && id.name == name => Ok(()),
         _ => Err(CsrError::ForeignIdentity(uri.to_string())),
     }
 }

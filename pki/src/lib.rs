@@ -16,10 +16,12 @@
 //! - [`bundle`]: the operator bundle that `opictl --config` reads;
 //! - [`channel`]: gRPC channels to the manager over those configs;
 //! - [`signature`]: detached signatures of documents, verifiable offline with the root CA;
+//! - [`chain`]: the audit log's hash chain and its signed checkpoints;
 //! - [`files`]: PEM files on disk, secrets written 0600 and atomically.
 
 pub mod bundle;
 pub mod ca;
+pub mod chain;
 pub mod channel;
 pub mod csr;
 pub mod files;

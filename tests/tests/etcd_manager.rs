@@ -217,6 +217,7 @@ fn request(token: &str, name: &str) -> EnrollRequest {
         csr_der: opi_pki::csr::make_node_csr(&key, name).expect("CSR"),
         name: name.into(),
         facts: Some(grpc::facts()),
+        reenroll: false,
     }
 }
 

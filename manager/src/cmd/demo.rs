@@ -246,6 +246,10 @@ fn serve_args(data_dir: &Path, listen: SocketAddr) -> ServeArgs {
     ServeArgs {
         data_dir: data_dir.to_path_buf(),
         listen: Some(listen),
+        operator_listen: None,
+        handshake_timeout: crate::server::Limits::default().handshake,
+        call_timeout: crate::server::Limits::default().call,
+        audit_checkpoint_every: Duration::from_secs(600),
         advertise: Vec::new(),
         store: None,
         node_cert_ttl: Duration::from_secs(24 * 3600),

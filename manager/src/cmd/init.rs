@@ -82,6 +82,7 @@ pub async fn run(args: InitArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| dir.default_store_url());
     let store = crate::store::open(&url).await?;
+    let store = crate::audit::chain::ChainedStore::wrap(store);
     audit::Entry::ok(&local_actor(), "fleet.init", &config.fleet, "local")
         .write(&*store)
         .await;

@@ -75,6 +75,7 @@ async fn issue(args: IssueArgs) -> anyhow::Result<()> {
     bundle.write(&out)?;
     let url = args.store.unwrap_or_else(|| dir.default_store_url());
     let store = crate::store::open(&url).await?;
+    let store = crate::audit::chain::ChainedStore::wrap(store);
     audit::Entry::ok(&local_actor(), "operator.issue", &args.name, "local")
         .detail(format!(
             "role {}, serial {}, until {}",

@@ -49,6 +49,20 @@ pub struct ServeArgs {
     /// Address to listen on [default: from manager.toml]; port 0 picks a free port.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Serve the operator API (and operator login) on this address alone, e.g. on the admin
+    /// network; the agents' port then answers no operator call. Port 0 picks a free port,
+    /// written to DATA_DIR/run/operator-listen-addr.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub operator_listen: Option<SocketAddr>,
+    /// Time a client has to complete its TLS handshake before the connection is dropped.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Time any call has to be answered (a stream: to be opened).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub call_timeout: Duration,
+    /// Interval between signed checkpoints of the audit chain (made only when it moved).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub audit_checkpoint_every: Duration,
     /// URL agents and operators use to reach this manager (repeatable) [default: manager.toml's].
     #[arg(long)]
     pub advertise: Vec<String>,
@@ -116,6 +130,8 @@ pub struct ServeArgs {
 /// A running manager.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Address of the operator API's own listener, when it has one.
+    pub operator_addr: Option<SocketAddr>,
     pub fleet: Arc<Fleet>,
     pub endpoints: Vec<String>,
     /// Address of the metrics listener, when serving metrics.
@@ -175,6 +191,7 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
     let registry = Registry::new();
     let store = crate::store::open(&store_url).await?;
     let store: Arc<dyn Store> = Arc::new(MeasuredStore::new(store, registry.store.clone()));
+    let store = crate::audit::chain::ChainedStore::wrap(store);
     info!(store = %store.describe(), "fleet store open");
 
     let listen = match args.listen {
@@ -194,6 +211,18 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
         &args.advertise
     };
     let endpoints = datadir::endpoints(advertise, addr);
+    let operators = match args.operator_listen {
+        Some(addr) => Some(server::bind(addr).await?),
+        None => None,
+    };
+    let operator_addr = match &operators {
+        Some(listener) => Some(
+            listener
+                .local_addr()
+                .context("cannot read the bound address")?,
+        ),
+        None => None,
+    };
 
     let settings = Settings {
         offline_after: args.offline_after,
@@ -209,21 +238,41 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
     let metrics = start_metrics(args, &dir, &fleet, &registry).await?;
     let alerting = start_alerting(args, &fleet, &registry);
     let (shutdown, stopped) = oneshot::channel::<()>();
-    let supervisor = tokio::spawn(supervise(fleet.clone(), notifier));
+    let checkpoints = args.audit_checkpoint_every;
+    let supervisor = tokio::spawn(supervise(fleet.clone(), notifier, checkpoints));
     let certificates = tokio::spawn(crate::identity::watch(fleet.clone()));
+    let limits = server::Limits {
+        handshake: args.handshake_timeout,
+        call: args.call_timeout,
+    };
+    let listeners = server::Listeners {
+        agents: listener,
+        operators,
+    };
     let task = tokio::spawn(server::serve(
         fleet.clone(),
-        listener,
+        listeners,
         tls,
         client_auth,
+        limits,
         async {
             let _ = stopped.await;
         },
     ));
+    let operator_file = dir
+        .listen_addr_file()
+        .with_file_name("operator-listen-addr");
+    match operator_addr {
+        Some(addr) => write_run_file(&operator_file, addr)?,
+        None => {
+            let _ = std::fs::remove_file(&operator_file);
+        }
+    }
     // Written last, so that whoever waits for it finds everything started.
     write_listen_addr(&dir, addr)?;
     Ok(Running {
         addr,
+        operator_addr,
         fleet,
         endpoints,
         metrics_addr: metrics.as_ref().map(|m| m.addr),
@@ -260,12 +309,13 @@ impl Running {
     }
 }
 
-/// Runs the supervisor's pass and steps the rollouts every second, and prunes old events at
-/// start and every minute.
-async fn supervise(fleet: Arc<Fleet>, notifier: Arc<Notifier>) {
+/// Runs the supervisor's pass and steps the rollouts every second, prunes old events at
+/// start and every minute, and signs an audit checkpoint every `checkpoints`.
+async fn supervise(fleet: Arc<Fleet>, notifier: Arc<Notifier>, checkpoints: Duration) {
     let mut tick = tokio::time::interval(SUPERVISE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune: Option<std::time::Instant> = None;
+    let mut last_checkpoint = std::time::Instant::now();
     loop {
         tick.tick().await;
         fleet.supervise().await;
@@ -275,6 +325,12 @@ async fn supervise(fleet: Arc<Fleet>, notifier: Arc<Notifier>) {
             last_prune = Some(std::time::Instant::now());
             if let Err(error) = fleet.events().prune().await {
                 tracing::warn!(error = %error, "cannot prune old events");
+            }
+        }
+        if last_checkpoint.elapsed() >= checkpoints {
+            last_checkpoint = std::time::Instant::now();
+            if let Err(error) = crate::audit::checkpoint::create_if_moved(&fleet).await {
+                tracing::warn!(error = %error, "cannot sign an audit checkpoint");
             }
         }
     }
@@ -303,6 +359,19 @@ fn check_args(args: &ServeArgs) -> anyhow::Result<()> {
     let (shortest, longest) = ALERT_RESEND_RANGE;
     if args.alert_resend < shortest || args.alert_resend > longest {
         problems.push("--alert-resend must be between 1s and 1h".to_string());
+    }
+    if args.handshake_timeout.is_zero() || args.handshake_timeout > Duration::from_secs(300) {
+        problems.push("--handshake-timeout must be between 1ms and 5m".to_string());
+    }
+    if args.call_timeout < Duration::from_secs(1) || args.call_timeout > Duration::from_secs(3600) {
+        problems.push("--call-timeout must be between 1s and 1h".to_string());
+    }
+    if args.audit_checkpoint_every < Duration::from_secs(1) {
+        problems.push("--audit-checkpoint-every must be at least 1s".to_string());
+    }
+    let same = matches!((args.operator_listen, args.listen), (Some(a), Some(b)) if a == b);
+    if same && args.listen.is_some_and(|a| a.port() != 0) {
+        problems.push("--operator-listen must differ from --listen".to_string());
     }
     if args.storm_threshold == 0 {
         problems.push("--storm-threshold must be at least 1".to_string());

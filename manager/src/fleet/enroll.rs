@@ -61,6 +61,19 @@ impl Fleet {
                 addr: ip.to_string(),
             };
             self.counters.count_enrollment(Some(&refusal));
+            let first = self
+                .limiter
+                .lock()
+                .expect("limiter lock poisoned")
+                .refuse(ip);
+            if first {
+                let remote = input.remote.to_string();
+                let (actor, subject) = (token_actor(&input.token), requested_name(&input));
+                let why = format!("{refusal} (later refusals in this minute are not audited)");
+                audit::Entry::refused(&actor, "node.enroll", &subject, &remote, &why)
+                    .write(self.store())
+                    .await;
+            }
             return Err(refusal);
         }
         let result = self.try_enroll(&input).await;

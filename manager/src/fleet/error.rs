@@ -96,6 +96,12 @@ pub enum FleetError {
     Issue(#[from] opi_pki::ca::CaError),
     #[error("cannot sign the compliance report")]
     SignReport(#[from] opi_pki::signature::SignError),
+    #[error("cannot sign the audit checkpoint")]
+    SignCheckpoint(#[from] opi_pki::chain::CheckpointError),
+    #[error("login code {id} is unknown, used, revoked or expired; ask an admin for a new one (`opictl operator invite`)")]
+    LoginCodeRefused { id: String },
+    #[error("too many failed logins from {addr}; wait a minute before trying again")]
+    TooManyLoginFailures { addr: String },
 }
 
 impl FleetError {
@@ -109,6 +115,7 @@ impl FleetError {
                 | FleetError::TokenRevoked { .. }
                 | FleetError::TokenExpired { .. }
                 | FleetError::TokenUsedUp { .. }
+                | FleetError::LoginCodeRefused { .. }
         )
     }
 }

@@ -26,6 +26,18 @@ impl FailureLimiter {
         }
     }
 
+    /// Records a refused attempt from a blocked `addr`; true for the first of its window, so
+    /// that a flood of them is audited once, not once per attempt.
+    pub fn refuse(&mut self, addr: IpAddr) -> bool {
+        match self.windows.get_mut(&addr) {
+            Some((_, count)) => {
+                *count = count.saturating_add(1);
+                *count == MAX_FAILURES + 1
+            }
+            None => true,
+        }
+    }
+
     /// Records a failed attempt from `addr`.
     pub fn record_failure(&mut self, addr: IpAddr, now: Instant) {
         if self.windows.len() >= MAX_TRACKED {
@@ -54,6 +66,8 @@ mod tests {
             limiter.record_failure(addr, start);
         }
         assert!(!limiter.allows(addr, start));
+        assert!(limiter.refuse(addr), "the first refusal is reported");
+        assert!(!limiter.refuse(addr), "later ones are not");
         assert!(limiter.allows("127.0.0.2".parse().unwrap(), start));
         assert!(limiter.allows(addr, start + WINDOW));
     }

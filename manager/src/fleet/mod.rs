@@ -3,11 +3,13 @@
 //! audit entry in the same transaction), then to memory.
 
 pub mod config_axis;
+mod conflicts;
 mod enroll;
 mod error;
 mod identity;
 mod lanes;
 mod limiter;
+pub mod login;
 mod nodes;
 pub mod profiles;
 mod reenroll;
@@ -37,6 +39,7 @@ pub use enroll::{EnrollInput, EnrollOutput};
 pub use error::FleetError;
 pub use identity::{RotateSelection, Rotation};
 pub use limiter::FailureLimiter;
+pub use login::{LoggedIn, LoginCodeSpec};
 pub use profiles::SetOutcome;
 pub use sessions::{Session, SessionHello};
 pub use tokens::{NewToken, TokenSpec};
@@ -79,6 +82,8 @@ pub struct Fleet {
     limiter: Mutex<FailureLimiter>,
     events: EventLog,
     flaps: Mutex<FlapDetector>,
+    /// Live sessions replaced, to tell two peers with one certificate from a half-open one.
+    conflicts: Mutex<conflicts::ConflictTracker>,
     /// Set when the manager shuts down, so that long-lived streams end.
     stopping: tokio::sync::watch::Sender<bool>,
     /// Enrollments, heartbeats and sessions, for the metrics page.
@@ -182,6 +187,7 @@ impl Fleet {
             limiter: Mutex::new(FailureLimiter::default()),
             events,
             flaps: Mutex::new(FlapDetector::default()),
+            conflicts: Mutex::default(),
             stopping: tokio::sync::watch::channel(false).0,
             counters: Arc::default(),
             profiles: RwLock::new(profiles),

@@ -119,10 +119,17 @@ impl Fleet {
             closed: session.closed.clone(),
         };
         if let Some(previous) = self.swap_live(&name, Some(live))? {
+            // Heard from within two heartbeats: not a half-open connection.
+            let alive = now - previous.last_seen <= self.settings.heartbeat * 2;
+            let older = previous.remote_addr.clone();
             close(
                 previous,
                 Status::aborted("replaced by a newer session of the same node"),
             );
+            if alive {
+                self.live_session_replaced(&name, &older, &remote.to_string())
+                    .await;
+            }
         }
         info!(node = %name, remote = %remote, boot_id = %hello.boot_id, "session open");
         Ok(session)

@@ -110,7 +110,10 @@ impl RefusalReason {
             | FleetError::Conflict { .. }
             | FleetError::Store(_)
             | FleetError::Issue(_)
-            | FleetError::SignReport(_) => Self::Other,
+            | FleetError::SignReport(_)
+            | FleetError::SignCheckpoint(_)
+            | FleetError::LoginCodeRefused { .. }
+            | FleetError::TooManyLoginFailures { .. } => Self::Other,
         }
     }
 

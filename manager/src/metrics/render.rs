@@ -386,7 +386,7 @@ mod tests {
             reason: "disk swap".into(),
             since: OffsetDateTime::now_utc(),
         });
-        let nodes = vec![
+        let nodes = [
             view("n1", "a", Connectivity::Online, Health::Healthy),
             view("n2", "a", Connectivity::Online, Health::Healthy),
             resting,

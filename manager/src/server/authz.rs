@@ -16,6 +16,8 @@ pub enum Action {
     ListTokens,
     RevokeToken,
     ListAudit,
+    AuditCheckpoint,
+    InviteOperator,
     Watch,
     ListEvents,
     Maintenance,
@@ -33,7 +35,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, in table order.
-    pub const ALL: [Action; 22] = [
+    pub const ALL: [Action; 24] = [
         Action::Status,
         Action::ListNodes,
         Action::ShowNode,
@@ -43,6 +45,8 @@ impl Action {
         Action::ListTokens,
         Action::RevokeToken,
         Action::ListAudit,
+        Action::AuditCheckpoint,
+        Action::InviteOperator,
         Action::Watch,
         Action::ListEvents,
         Action::Maintenance,
@@ -67,6 +71,8 @@ impl Action {
             Action::RevokeNode => &[Admin, Operator],
             Action::RemoveNode => &[Admin],
             Action::ListAudit => &[Admin, Operator],
+            Action::AuditCheckpoint => &[Admin, Operator],
+            Action::InviteOperator => &[Admin],
             Action::Watch => &[Admin, Operator, Viewer, Alerting],
             Action::ListEvents => &[Admin, Operator, Viewer],
             Action::Maintenance | Action::MoveNode => &[Admin, Operator],
@@ -93,6 +99,8 @@ impl Action {
             Action::ListTokens => "list tokens",
             Action::RevokeToken => "revoke tokens",
             Action::ListAudit => "read the audit log",
+            Action::AuditCheckpoint => "sign audit checkpoints",
+            Action::InviteOperator => "invite operators",
             Action::Watch => "watch events",
             Action::ListEvents => "list node events",
             Action::Maintenance => "put nodes in maintenance",
@@ -150,6 +158,45 @@ mod tests {
         assert!(!Action::ComplianceReport.allows(Viewer));
         assert!(Action::ComplianceReport.allows(Operator));
         assert!(!Action::ShowCompliance.allows(Alerting));
+    }
+
+    /// The README's role table: one row per action, `yes`/`no` per role in this order.
+    const README: &str = include_str!("../../../README.md");
+    const README_ROLES: [Role; 4] = [Admin, Operator, Viewer, Alerting];
+
+    #[test]
+    fn the_readme_table_is_the_code_table() {
+        let section = README
+            .split("## Who may do what")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("README has a `Who may do what` section");
+        let rows: Vec<Vec<&str>> = section
+            .lines()
+            .filter(|line| line.starts_with("| `"))
+            .map(|line| line.trim_matches('|').split('|').map(str::trim).collect())
+            .collect();
+        let named: Vec<String> = rows
+            .iter()
+            .map(|r| r[0].trim_matches('`').to_string())
+            .collect();
+        let actions: Vec<String> = Action::ALL.iter().map(|a| format!("{a:?}")).collect();
+        assert_eq!(named, actions, "README rows must be Action::ALL, in order");
+        for (row, action) in rows.iter().zip(Action::ALL) {
+            let cells = &row[2..];
+            for (cell, role) in cells.iter().zip(README_ROLES) {
+                let yes = *cell == "yes";
+                assert!(
+                    yes || *cell == "no",
+                    "{action:?}: `{cell}` is neither yes nor no"
+                );
+                assert_eq!(
+                    yes,
+                    action.allows(role),
+                    "README says {cell} for {action:?} and {role}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
-/// Time a client has to complete the TLS handshake.
+/// Time a client has to complete the TLS handshake, unless `serve --handshake-timeout` says.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in flight at most; further connections wait in the kernel's backlog.
 const MAX_PENDING_HANDSHAKES: usize = 1024;
@@ -54,6 +54,7 @@ pub async fn accept_loop(
     acceptor: TlsAcceptor,
     client_auth: Arc<ClientAuth>,
     established: mpsc::Sender<Result<TlsConn, io::Error>>,
+    handshake_timeout: Duration,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
@@ -75,7 +76,8 @@ pub async fn accept_loop(
         let sender = established.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Some(conn) = handshake(acceptor, &client_auth, tcp, remote).await {
+            let shaken = handshake(acceptor, &client_auth, tcp, remote, handshake_timeout).await;
+            if let Some(conn) = shaken {
                 let _ = sender.send(Ok(conn)).await;
             }
         });
@@ -90,16 +92,17 @@ async fn handshake(
     client_auth: &ClientAuth,
     tcp: TcpStream,
     remote: SocketAddr,
+    timeout: Duration,
 ) -> Option<TlsConn> {
     let _ = tcp.set_nodelay(true);
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
             log_handshake_failure(remote, &error);
             return None;
         }
         Err(_) => {
-            debug!(%remote, "TLS handshake timed out");
+            debug!(%remote, ?timeout, "TLS handshake timed out; connection dropped");
             return None;
         }
     };

@@ -317,5 +317,8 @@ pub fn audit_to_proto(record: &AuditRecord, revision: Revision) -> pb::AuditEntr
         outcome: record.outcome.clone(),
         detail: record.detail.clone(),
         remote_addr: record.remote_addr.clone(),
+        seq: record.seq,
+        prev_hash: record.prev_hash.clone(),
+        hash: record.hash.clone(),
     }
 }

@@ -1,12 +1,16 @@
-//! The manager's single TLS port: enrollment (no client certificate), agent sessions (node
-//! certificates) and the operator API (operator certificates), all over gRPC.
+//! The manager's TLS ports: enrollment and login (no client certificate), agent sessions (node
+//! certificates) and the operator API (operator certificates), all over gRPC; on one port, or
+//! the operator API and login on a port of their own (`serve --operator-listen`).
 
 mod agent;
+mod audit;
 pub mod authz;
 mod conn;
 mod convert;
 mod enroll;
 mod identity;
+pub mod inspect;
+mod login;
 mod operator;
 mod peer;
 mod profiles;
@@ -23,6 +27,7 @@ use std::time::Duration;
 use opi_pki::tls::ClientAuth;
 use opi_proto::v1::agent_server::AgentServer;
 use opi_proto::v1::enrollment_server::EnrollmentServer;
+use opi_proto::v1::login_server::LoginServer;
 use opi_proto::v1::operator_server::OperatorServer;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
@@ -42,6 +47,8 @@ pub const MAX_ENROLL_MESSAGE: usize = 64 * 1024;
 pub const MAX_AGENT_MESSAGE: usize = 256 * 1024;
 /// Largest operator request accepted.
 pub const MAX_OPERATOR_MESSAGE: usize = 1024 * 1024;
+/// Time a call has to be answered; a stream only has to be opened in it (its hello read).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Interval of HTTP/2 keep-alive pings to clients.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Established connections queued for tonic at most.
@@ -67,46 +74,142 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// Serves the fleet on `listener` until `shutdown` completes.
+/// Where the manager listens.
+pub struct Listeners {
+    /// Agents' port: enrollment and agent sessions, and the operator API unless `operators`.
+    pub agents: TcpListener,
+    /// The operator API's own port (`serve --operator-listen`), if any.
+    pub operators: Option<TcpListener>,
+}
+
+/// Time limits of every connection and call.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Time a client has to complete its TLS handshake.
+    pub handshake: Duration,
+    /// Time a call has to be answered (a stream: to be opened).
+    pub call: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake: conn::HANDSHAKE_TIMEOUT,
+            call: CALL_TIMEOUT,
+        }
+    }
+}
+
+/// Serves the fleet on its listeners until `shutdown` completes.
 pub async fn serve(
     fleet: Arc<Fleet>,
-    listener: TcpListener,
+    listeners: Listeners,
     tls: Arc<ServerConfig>,
     client_auth: Arc<ClientAuth>,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-        source,
-    })?;
-    let (established, incoming) = mpsc::channel(ACCEPT_QUEUE);
-    let acceptor = TlsAcceptor::from(tls);
-    let accepting = tokio::spawn(conn::accept_loop(
-        listener,
-        acceptor,
-        client_auth,
-        established,
-    ));
-    info!(%addr, fleet = %fleet.fleet_name(), "manager listening");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let port = Port {
+        fleet: fleet.clone(),
+        tls: tls.clone(),
+        client_auth: client_auth.clone(),
+        limits,
+    };
+    let agents = port.serve(
+        listeners.agents,
+        listeners.operators.is_none(),
+        true,
+        wait(stopped.clone()),
+    );
+    let operators = async {
+        match listeners.operators {
+            Some(listener) => {
+                port.serve(listener, true, false, wait(stopped.clone()))
+                    .await
+            }
+            None => Ok(()),
+        }
+    };
+    let signal = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let (_, agents, operators) = tokio::join!(signal, agents, operators);
+    agents.and(operators)
+}
 
-    let enrollment = EnrollmentServer::new(enroll::EnrollmentService {
-        fleet: fleet.clone(),
-    })
-    .max_decoding_message_size(MAX_ENROLL_MESSAGE);
-    let agent = AgentServer::new(agent::AgentService {
-        fleet: fleet.clone(),
-    })
-    .max_decoding_message_size(MAX_AGENT_MESSAGE);
-    let operator = OperatorServer::new(operator::OperatorService { fleet })
-        .max_decoding_message_size(MAX_OPERATOR_MESSAGE);
-    let result = Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(enrollment)
-        .add_service(agent)
-        .add_service(operator)
-        .serve_with_incoming_shutdown(ReceiverStream::new(incoming), shutdown)
-        .await;
-    accepting.abort();
-    result.map_err(ServeError::from)
+/// What every listener shares.
+struct Port {
+    fleet: Arc<Fleet>,
+    tls: Arc<ServerConfig>,
+    client_auth: Arc<ClientAuth>,
+    limits: Limits,
+}
+
+impl Port {
+    /// Serves on `listener` the operator API and login when `operators`, enrollment and agent
+    /// sessions when `agents`.
+    async fn serve(
+        &self,
+        listener: TcpListener,
+        operators: bool,
+        agents: bool,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
+        let (established, incoming) = mpsc::channel(ACCEPT_QUEUE);
+        let accepting = tokio::spawn(conn::accept_loop(
+            listener,
+            TlsAcceptor::from(self.tls.clone()),
+            self.client_auth.clone(),
+            established,
+            self.limits.handshake,
+        ));
+        info!(%addr, fleet = %self.fleet.fleet_name(), operators, agents, "manager listening");
+
+        let fleet = &self.fleet;
+        let enrollment = agents.then(|| {
+            EnrollmentServer::new(enroll::EnrollmentService {
+                fleet: fleet.clone(),
+            })
+            .max_decoding_message_size(MAX_ENROLL_MESSAGE)
+        });
+        let agent = agents.then(|| {
+            AgentServer::new(agent::AgentService {
+                fleet: fleet.clone(),
+            })
+            .max_decoding_message_size(MAX_AGENT_MESSAGE)
+        });
+        let operator = operators.then(|| {
+            OperatorServer::new(operator::OperatorService {
+                fleet: fleet.clone(),
+            })
+            .max_decoding_message_size(MAX_OPERATOR_MESSAGE)
+        });
+        let login = operators.then(|| {
+            LoginServer::new(login::LoginService {
+                fleet: fleet.clone(),
+            })
+            .max_decoding_message_size(MAX_ENROLL_MESSAGE)
+        });
+        let result = Server::builder()
+            .timeout(self.limits.call)
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_optional_service(enrollment)
+            .add_optional_service(agent)
+            .add_optional_service(operator)
+            .add_optional_service(login)
+            .serve_with_incoming_shutdown(ReceiverStream::new(incoming), shutdown)
+            .await;
+        accepting.abort();
+        result.map_err(ServeError::from)
+    }
 }

@@ -8,18 +8,12 @@ use opi_proto::v1::operator_server::Operator;
 use tonic::{Request, Response, Status};
 
 use super::authz::Action;
-use super::convert::{audit_to_proto, event_to_proto, node_to_proto, timestamp, token_to_proto};
+use super::convert::{event_to_proto, node_to_proto, timestamp, token_to_proto};
 use super::peer;
-use super::{identity, profiles, query, rollouts, watch};
-use crate::fleet::{Fleet, FleetError, TokenSpec};
-use crate::records::{AuditRecord, AUDIT};
-use crate::store::decode;
-use crate::{audit, compliance};
-
-/// Audit entries returned when the caller names no limit.
-const DEFAULT_AUDIT_LIMIT: usize = 50;
-/// Most audit entries returned by one call.
-const MAX_AUDIT_LIMIT: usize = 1000;
+use super::{audit, identity, profiles, query, rollouts, watch};
+use crate::compliance;
+use crate::fleet::login::DEFAULT_LOGIN_CERT_TTL;
+use crate::fleet::{Fleet, FleetError, LoginCodeSpec, TokenSpec};
 
 /// Serves operators.
 pub struct OperatorService {
@@ -243,22 +237,52 @@ impl Operator for OperatorService {
         request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         peer::operator(&request, &self.fleet, Action::ListAudit)?;
-        let limit = match request.into_inner().limit as usize {
-            0 => DEFAULT_AUDIT_LIMIT,
-            n => n.min(MAX_AUDIT_LIMIT),
+        let listing = audit::list(&self.fleet, request.into_inner()).await?;
+        Ok(Response::new(listing))
+    }
+
+    async fn create_audit_checkpoint(
+        &self,
+        request: Request<pb::CreateAuditCheckpointRequest>,
+    ) -> Result<Response<pb::AuditCheckpoint>, Status> {
+        peer::operator(&request, &self.fleet, Action::AuditCheckpoint)?;
+        Ok(Response::new(audit::create_checkpoint(&self.fleet).await?))
+    }
+
+    async fn list_audit_checkpoints(
+        &self,
+        request: Request<pb::ListAuditCheckpointsRequest>,
+    ) -> Result<Response<pb::ListAuditCheckpointsResponse>, Status> {
+        peer::operator(&request, &self.fleet, Action::ListAudit)?;
+        Ok(Response::new(audit::list_checkpoints(&self.fleet).await?))
+    }
+
+    async fn create_login_code(
+        &self,
+        request: Request<pb::CreateLoginCodeRequest>,
+    ) -> Result<Response<pb::CreateLoginCodeResponse>, Status> {
+        let (caller, _) = peer::operator(&request, &self.fleet, Action::InviteOperator)?;
+        let body = request.into_inner();
+        let cert_ttl = match body.cert_ttl_secs {
+            0 => DEFAULT_LOGIN_CERT_TTL,
+            secs => Duration::from_secs(secs),
         };
-        let values = self
+        let spec = LoginCodeSpec {
+            name: body.name,
+            role: body.role,
+            ttl: Duration::from_secs(body.ttl_secs),
+            cert_ttl,
+        };
+        let (code, record) = self
             .fleet
-            .store()
-            .list_last(AUDIT, limit)
-            .await
-            .map_err(FleetError::from)?;
-        let mut entries = Vec::with_capacity(values.len());
-        for kv in values {
-            let entry = decode::<AuditRecord>(self.fleet.store(), &kv).map_err(FleetError::from)?;
-            entries.push(audit_to_proto(&entry.value, entry.mod_revision));
-        }
-        Ok(Response::new(pb::ListAuditResponse { entries }))
+            .create_login_code(spec, &caller.cert.identity.uri(), &caller.remote)
+            .await?;
+        Ok(Response::new(pb::CreateLoginCodeResponse {
+            code: code.expose(),
+            expires_at: Some(timestamp(record.expires_at)),
+            manager_endpoints: self.fleet.settings().endpoints.clone(),
+            ca_pin: self.fleet.authority().pin.to_string(),
+        }))
     }
 
     async fn set_profile(
@@ -332,7 +356,7 @@ impl Operator for OperatorService {
         };
         let signed = compliance::report::signed(&self.fleet, body, &actor).await?;
         let digest = compliance::report::sha256(&signed.document);
-        audit::Entry::ok(&actor, "compliance.report", &subject, &caller.remote)
+        crate::audit::Entry::ok(&actor, "compliance.report", &subject, &caller.remote)
             .detail(format!("document sha256:{digest}"))
             .write(self.fleet.store())
             .await;

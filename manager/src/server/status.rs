@@ -41,6 +41,9 @@ impl From<FleetError> for Status {
             FleetError::Store(_) => Code::Unavailable,
             FleetError::Issue(_) => Code::Internal,
             FleetError::SignReport(_) => Code::Internal,
+            FleetError::SignCheckpoint(_) => Code::Internal,
+            FleetError::LoginCodeRefused { .. } => Code::Unauthenticated,
+            FleetError::TooManyLoginFailures { .. } => Code::ResourceExhausted,
         };
         Status::new(code, message(&error))
     }

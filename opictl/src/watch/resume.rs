@@ -111,7 +111,13 @@ pub fn verdict(error: &Error) -> Verdict {
         | Error::WriteReport { .. }
         | Error::ReadReport { .. }
         | Error::BadReport(_)
-        | Error::Unverified(_) => Verdict::GiveUp,
+        | Error::Unverified(_)
+        | Error::ReadFile { .. }
+        | Error::WriteFile { .. }
+        | Error::BadCheckpoint { .. }
+        | Error::AuditTampered { .. }
+        | Error::BadLoginCode
+        | Error::MakeKey(_) => Verdict::GiveUp,
     }
 }
 

@@ -1,5 +1,9 @@
 //! The audit log: every mutation and every enrollment attempt, with who, what, when, from
-//! where and the outcome. Entries ride in the same transaction as the change they describe.
+//! where and the outcome. Entries ride in the same transaction as the change they describe;
+//! [`chain`] numbers and hashes them on commit, [`checkpoint`] signs the chain head.
+
+pub mod chain;
+pub mod checkpoint;
 
 use time::OffsetDateTime;
 use tracing::warn;
@@ -27,6 +31,9 @@ impl Entry {
             outcome: OK.into(),
             detail: String::new(),
             remote_addr: remote_addr.into(),
+            seq: 0,
+            prev_hash: String::new(),
+            hash: String::new(),
         })
     }
 
