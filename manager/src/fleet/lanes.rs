@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
+use tracing::debug;
 
 use super::enroll::{add_enrollment, check_token_usable, EnrollInput, EnrollOutput};
 use super::{Fleet, FleetError};
@@ -124,7 +125,10 @@ impl Fleet {
                         let _ = waiting.done.send(Ok(granted));
                     }
                 }
-                Ok(TxnOutcome::Conflict { key }) if key == token_key(&current.value.id) => {}
+                Ok(TxnOutcome::Conflict { key }) if key == token_key(&current.value.id) => {
+                    let (token, claims) = (&current.value.id, batch.len());
+                    debug!(%token, claims, "token changed since it was read; reading it again");
+                }
                 Ok(TxnOutcome::Conflict { key }) => {
                     let Some(at) = batch.iter().position(|w| owns_key(w, &key)) else {
                         break;
