@@ -25,6 +25,7 @@ pub mod events;
 pub mod fleet;
 pub mod metrics;
 pub mod records;
+pub mod replica;
 pub mod rollout;
 pub mod server;
 pub mod signals;

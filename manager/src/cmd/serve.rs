@@ -17,6 +17,7 @@ use crate::alerts::{AlertSettings, Alerting, AlertmanagerUrl, RuleSettings};
 use crate::datadir::{self, DataDir};
 use crate::fleet::{Fleet, Settings};
 use crate::metrics::{Exporter, MetricsServer, Registry};
+use crate::replica::Replica;
 use crate::server::{self, ServeError};
 use crate::store::{MeasuredStore, Store};
 use opi_systemd::Notifier;
@@ -89,6 +90,13 @@ pub struct ServeArgs {
     /// More offline nodes than this in one pool are summarised in one alert.
     #[arg(long, default_value_t = crate::alerts::DEFAULT_STORM_THRESHOLD)]
     pub storm_threshold: usize,
+    /// With an etcd store: TTL of this replica's etcd lease, under which it records its
+    /// sessions and holds the leader key; a dead leader is replaced within about 4/3 of it.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub leader_lease: Duration,
+    /// With an etcd store: this replica's name, unique among replicas [default: HOSTNAME-PORT].
+    #[arg(long)]
+    pub replica_name: Option<String>,
 }
 
 /// A running manager.
@@ -101,6 +109,8 @@ pub struct Running {
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<Result<(), ServeError>>,
     supervisor: JoinHandle<()>,
+    /// The replica's lease keep-alive and campaign, on etcd.
+    campaign: Option<JoinHandle<()>>,
     metrics: Option<MetricsServer>,
     alerting: Option<Alerting>,
 }
@@ -173,10 +183,13 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
         endpoints: endpoints.clone(),
     };
     let fleet = Fleet::load(store, authority, settings).await?;
+    let replica = open_replica(args, &store_url, addr)?;
+    fleet.set_replica(replica.clone());
+    let campaign = replica.run();
     let metrics = start_metrics(args, &dir, &fleet, &registry).await?;
     let alerting = start_alerting(args, &fleet, &registry);
     let (shutdown, stopped) = oneshot::channel::<()>();
-    let supervisor = tokio::spawn(supervise(fleet.clone(), notifier));
+    let supervisor = tokio::spawn(supervise(fleet.clone(), replica.clone(), notifier));
     let task = tokio::spawn(server::serve(
         fleet.clone(),
         listener,
@@ -196,9 +209,35 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
         shutdown,
         task,
         supervisor,
+        campaign,
         metrics,
         alerting,
     })
+}
+
+/// This manager's replica: on etcd, a campaigning one; otherwise the single, leading one.
+fn open_replica(
+    args: &ServeArgs,
+    store_url: &str,
+    addr: SocketAddr,
+) -> anyhow::Result<Arc<Replica>> {
+    let name = match &args.replica_name {
+        Some(name) => name.clone(),
+        None => {
+            let host = hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "manager".into());
+            format!("{host}-{}", addr.port())
+        }
+    };
+    let on_etcd = store_url.starts_with(crate::store::etcd::SCHEME)
+        || store_url.starts_with(crate::store::etcd::TLS_SCHEME);
+    if !on_etcd {
+        return Ok(Replica::single(&name));
+    }
+    info!(replica = %name, lease = ?args.leader_lease, "replica on etcd; campaigning for leader");
+    Replica::on_etcd(&name, store_url, args.leader_lease)
 }
 
 impl Running {
@@ -211,6 +250,9 @@ impl Running {
             metrics.stop().await;
         }
         self.supervisor.abort();
+        if let Some(campaign) = self.campaign {
+            campaign.abort();
+        }
         self.fleet.shut_down();
         let _ = self.shutdown.send(());
         match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.task).await {
@@ -224,17 +266,32 @@ impl Running {
     }
 }
 
-/// Runs the supervisor's pass and steps the rollouts every second, and prunes old events at
-/// start and every minute.
-async fn supervise(fleet: Arc<Fleet>, notifier: Arc<Notifier>) {
+/// While this replica leads: runs the supervisor's pass and steps the rollouts every second,
+/// and prunes old events at start and every minute.
+async fn supervise(fleet: Arc<Fleet>, replica: Arc<Replica>, notifier: Arc<Notifier>) {
     let mut tick = tokio::time::interval(SUPERVISE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune: Option<std::time::Instant> = None;
+    let mut leading = false;
     loop {
         tick.tick().await;
+        notifier.watchdog();
+        if !replica.is_single() {
+            // Other replicas write node records (enrollments, sessions): every replica reads
+            // them back each pass, one range read of the nodes (a watch would be cheaper).
+            if let Err(error) = fleet.reload_nodes(!leading && replica.is_leader()).await {
+                tracing::warn!(error = %error, "cannot read back the node records");
+                continue;
+            }
+        }
+        // Fencing: checked before each pass (see `crate::replica`).
+        if !replica.is_leader() {
+            leading = false;
+            continue;
+        }
+        leading = true;
         fleet.supervise().await;
         fleet.advance_rollouts().await;
-        notifier.watchdog();
         if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(std::time::Instant::now());
             if let Err(error) = fleet.events().prune().await {
@@ -264,6 +321,21 @@ fn check_args(args: &ServeArgs) -> anyhow::Result<()> {
     let (shortest, longest) = ALERT_RESEND_RANGE;
     if args.alert_resend < shortest || args.alert_resend > longest {
         problems.push("--alert-resend must be between 1s and 1h".to_string());
+    }
+    let lease = args.leader_lease;
+    if lease < Duration::from_secs(2)
+        || lease > Duration::from_secs(300)
+        || lease.subsec_nanos() != 0
+    {
+        problems.push("--leader-lease must be whole seconds between 2s and 5m".to_string());
+    }
+    if args.replica_name.as_ref().is_some_and(|n| {
+        n.is_empty()
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    }) {
+        problems.push("--replica-name must be letters, digits, '-' or '.'".to_string());
     }
     if args.storm_threshold == 0 {
         problems.push("--storm-threshold must be at least 1".to_string());

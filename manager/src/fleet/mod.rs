@@ -79,6 +79,8 @@ pub struct Fleet {
     rollouts: rollouts::RolloutCache,
     /// Enrollments waiting to be committed, by token.
     lanes: lanes::Lanes,
+    /// This manager among replicas (set once by `serve`; absent: a single manager).
+    replica: std::sync::OnceLock<Arc<crate::replica::Replica>>,
 }
 
 /// A node record with its store revision and, when connected, its live session.
@@ -155,6 +157,7 @@ impl Fleet {
             profiles: RwLock::new(profiles),
             rollouts,
             lanes: lanes::Lanes::default(),
+            replica: std::sync::OnceLock::new(),
         }))
     }
 
@@ -172,6 +175,48 @@ impl Fleet {
 
     pub fn store(&self) -> &dyn Store {
         &*self.store
+    }
+
+    /// Makes this fleet one replica among others: its sessions are recorded, and sessions
+    /// other replicas hold keep their nodes online.
+    pub fn set_replica(&self, replica: Arc<crate::replica::Replica>) {
+        let _ = self.replica.set(replica);
+    }
+
+    /// Whether this manager leads its replicas (a single manager always does).
+    pub fn leads(&self) -> bool {
+        self.replica.get().is_none_or(|r| r.is_leader())
+    }
+
+    /// Re-reads the node records other replicas changed; `taking_lead` also starts every
+    /// disconnected node's grace period now, as at start.
+    pub async fn reload_nodes(&self, taking_lead: bool) -> Result<(), FleetError> {
+        let records = list_json::<NodeRecord>(&*self.store, NODES).await?;
+        let now = OffsetDateTime::now_utc();
+        let mut nodes = self.nodes.write().expect("fleet lock poisoned");
+        for v in records {
+            match nodes.get_mut(&v.value.name) {
+                Some(entry) => {
+                    if taking_lead && entry.live.is_none() {
+                        entry.last_contact = now;
+                    }
+                    if v.mod_revision > entry.revision {
+                        entry.record = v.value;
+                        entry.revision = v.mod_revision;
+                    }
+                }
+                None => {
+                    let entry = NodeEntry {
+                        record: v.value,
+                        revision: v.mod_revision,
+                        live: None,
+                        last_contact: now,
+                    };
+                    nodes.insert(entry.record.name.clone(), entry);
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn events(&self) -> &EventLog {

@@ -260,7 +260,17 @@ impl Fleet {
         mut change: impl FnMut(&mut NodeRecord, &mut Vec<Draft>) -> Result<(), FleetError>,
     ) -> Result<NodeRecord, FleetError> {
         for _ in 0..super::CAS_ATTEMPTS {
-            let (mut record, revision) = self.node_record(name)?;
+            let (mut record, revision) = match self.node_record(name) {
+                Ok(found) => found,
+                // Another replica may have enrolled it: the store knows.
+                Err(FleetError::UnknownNode { .. })
+                    if self.replica.get().is_some_and(|r| !r.is_single()) =>
+                {
+                    self.reload_node(name).await?;
+                    self.node_record(name)?
+                }
+                Err(error) => return Err(error),
+            };
             let mut drafts = Vec::new();
             change(&mut record, &mut drafts)?;
             let key = node_key(name);

@@ -107,7 +107,7 @@ pub async fn copy_all(
     target: &dyn Store,
     force: bool,
 ) -> Result<Summary, CopyError> {
-    let keys = source.list("").await?;
+    let keys = crate::replica::durable(source.list("").await?);
     write_all(&keys, target, force).await
 }
 
