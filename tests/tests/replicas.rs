@@ -188,3 +188,34 @@ fn events(etcd: &Etcd) -> Vec<EventRecord> {
         .map(|kv| serde_json::from_slice(&kv.value).expect("event JSON"))
         .collect()
 }
+
+#[test]
+fn a_leader_that_loses_etcd_stops_leading_before_its_lease_expires() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut etcd = Etcd::cluster();
+    let url = etcd.url();
+    let mut replica = Manager::init_with(dir.path(), "fenced", &["--store", &url]).with_args(&[
+        "--store",
+        &url,
+        "--leader-lease",
+        "3s",
+        "--replica-name",
+        "alone",
+    ]);
+    replica.start();
+    wait_until(WAIT, "the replica to lead", || {
+        replica.log_text().contains(LEADING)
+    });
+
+    // Two of three members gone: no quorum, so no keep-alive can succeed.
+    etcd.kill(1);
+    etcd.kill(2);
+    let took = wait_until(WAIT, "the replica to step down", || {
+        replica.log_text().contains("stopped leading")
+    });
+    eprintln!("stepped down {took:?} after etcd lost its quorum (lease {LEASE:?})");
+    assert!(
+        took < LEASE,
+        "{took:?}: the lease could have expired meanwhile"
+    );
+}

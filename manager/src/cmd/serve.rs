@@ -277,10 +277,10 @@ async fn supervise(fleet: Arc<Fleet>, replica: Arc<Replica>, notifier: Arc<Notif
         tick.tick().await;
         notifier.watchdog();
         if !replica.is_single() {
-            // Other replicas write node records (enrollments, sessions): every replica reads
-            // them back each pass, one range read of the nodes (a watch would be cheaper).
-            if let Err(error) = fleet.reload_nodes(!leading && replica.is_leader()).await {
-                tracing::warn!(error = %error, "cannot read back the node records");
+            // Other replicas write node records and rollouts: every replica reads them back each
+            // pass, two range reads (a watch would be cheaper).
+            if let Err(error) = fleet.read_back(!leading && replica.is_leader()).await {
+                tracing::warn!(error = %error, "cannot read back the node records and rollouts");
                 continue;
             }
         }
@@ -410,4 +410,33 @@ fn start_alerting(args: &ServeArgs, fleet: &Arc<Fleet>, registry: &Registry) -> 
         registry.alerts.clone(),
         time::OffsetDateTime::from(registry.started_at),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn checked(extra: &[&str]) -> anyhow::Result<()> {
+        let args = ["serve", "--data-dir", "/nonexistent"].iter().chain(extra);
+        check_args(&Command::parse_from(args).serve)
+    }
+
+    #[test]
+    fn leader_lease_and_replica_name_are_checked() {
+        checked(&["--leader-lease", "3s", "--replica-name", "m-a.1"]).expect("valid");
+        let error = checked(&["--leader-lease", "1500ms"]).expect_err("fractional lease");
+        assert!(error.to_string().contains("--leader-lease"), "{error}");
+        let error = checked(&["--leader-lease", "1s"]).expect_err("too short");
+        assert!(error.to_string().contains("--leader-lease"), "{error}");
+        let error = checked(&["--replica-name", "a/b"]).expect_err("slash in name");
+        assert!(error.to_string().contains("--replica-name"), "{error}");
+    }
 }

@@ -188,6 +188,13 @@ impl Fleet {
         self.replica.get().is_none_or(|r| r.is_leader())
     }
 
+    /// Re-reads what other replicas wrote that this one keeps in memory: node records and
+    /// rollouts (profiles are not re-read yet). See [`Fleet::reload_nodes`].
+    pub async fn read_back(&self, taking_lead: bool) -> Result<(), FleetError> {
+        self.reload_nodes(taking_lead).await?;
+        self.rollouts.refresh(&*self.store).await
+    }
+
     /// Re-reads the node records other replicas changed; `taking_lead` also starts every
     /// disconnected node's grace period now, as at start.
     pub async fn reload_nodes(&self, taking_lead: bool) -> Result<(), FleetError> {
