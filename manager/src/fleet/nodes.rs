@@ -302,6 +302,15 @@ impl Fleet {
         Ok((entry.record.clone(), entry.revision))
     }
 
+    /// Reads a node this replica does not know from the store, where another replica may
+    /// have enrolled it; a single manager knows every node already.
+    pub async fn learn_node(&self, name: &str) -> Result<(), FleetError> {
+        if self.replica.get().is_some_and(|r| !r.is_single()) {
+            self.reload_node(name).await?;
+        }
+        Ok(())
+    }
+
     async fn reload_node(&self, name: &str) -> Result<(), FleetError> {
         match crate::store::get_json::<NodeRecord>(self.store(), &node_key(name)).await? {
             Some(current) => self.replace_record(current.value, current.mod_revision),
