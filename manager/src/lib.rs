@@ -26,6 +26,7 @@ pub mod fleet;
 pub mod identity;
 pub mod metrics;
 pub mod records;
+pub mod replica;
 pub mod rollout;
 pub mod rollover;
 pub mod server;

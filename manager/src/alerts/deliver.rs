@@ -79,12 +79,19 @@ struct Delivery {
     retry_at: Option<Instant>,
 }
 
+/// Whether this manager leads its replicas.
+pub(super) type Leads = Arc<dyn Fn() -> bool + Send + Sync>;
+/// How often a replica that does not lead looks again whether it does.
+const FOLLOWER_RECHECK: Duration = Duration::from_secs(1);
+
 /// Pushes to one Alertmanager.
 pub(super) struct Worker {
     pub url: AlertmanagerUrl,
     pub resend: Duration,
     pub metrics: Arc<AlertMetrics>,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Whether this manager may push now: only the leader replica does.
+    leads: Leads,
 }
 
 impl AlertmanagerUrl {
@@ -135,7 +142,14 @@ impl Worker {
             resend,
             metrics,
             client,
+            leads: Arc::new(|| true),
         }
+    }
+
+    /// Pushes only while `leads` holds, so that a replica that stepped down stops resending.
+    pub fn gated(mut self, leads: Leads) -> Self {
+        self.leads = leads;
+        self
     }
 
     /// Pushes the desired alerts as they change, until the reconciler goes away.
@@ -155,6 +169,7 @@ impl Worker {
                         _ = tokio::time::sleep(wait) => {}
                     }
                 }
+                None if !(self.leads)() => tokio::time::sleep(FOLLOWER_RECHECK).await,
                 None => self.push(&mut delivery, &snapshot).await,
             }
         }
@@ -365,6 +380,27 @@ mod tests {
             .expect_err("nobody listens");
         assert!(matches!(error, DeliveryError::PostAlerts { .. }), "{error}");
         assert!(error.to_string().contains("http://127.0.0.1:"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_does_not_lead_pushes_nothing_until_it_leads() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = AlertmanagerUrl::parse(&format!("http://{}", listener.local_addr().unwrap()));
+        let leading = Arc::new(AtomicBool::new(false));
+        let flag = leading.clone();
+        let worker = Worker::new(url.unwrap(), RESEND, Arc::default())
+            .gated(Arc::new(move || flag.load(Ordering::SeqCst)));
+        let (desired, receiver) = watch::channel(Arc::new(snapshot(&[], AT)));
+        let task = tokio::spawn(worker.run(receiver));
+        desired.send_replace(Arc::new(snapshot(&["n1"], AT)));
+
+        let early = tokio::time::timeout(Duration::from_millis(1500), listener.accept()).await;
+        assert!(early.is_err(), "a follower pushed its alerts");
+        leading.store(true, Ordering::SeqCst);
+        let pushed = tokio::time::timeout(Duration::from_secs(3), listener.accept()).await;
+        assert!(pushed.is_ok(), "the leader did not push within 3s");
+        task.abort();
     }
 
     #[test]

@@ -131,7 +131,9 @@ impl Alerting {
         let (desired, _) = watch::channel(Arc::new(empty));
         let mut tasks = Vec::new();
         for url in &settings.alertmanagers {
-            let worker = deliver::Worker::new(url.clone(), settings.resend, metrics.clone());
+            let leader = fleet.clone();
+            let worker = deliver::Worker::new(url.clone(), settings.resend, metrics.clone())
+                .gated(Arc::new(move || leader.leads()));
             let span = info_span!("alertmanager", url = %url);
             tasks.push(tokio::spawn(
                 worker.run(desired.subscribe()).instrument(span),

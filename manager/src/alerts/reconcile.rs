@@ -56,6 +56,10 @@ impl Reconciler {
 
     /// Publishes the alerts due now; returns how long until the next evaluation.
     fn evaluate(&mut self) -> Duration {
+        if !self.fleet.leads() {
+            // Only the leader replica judges alerts; a follower looks again soon.
+            return Duration::from_secs(1);
+        }
         let now = OffsetDateTime::now_utc();
         let nodes = self.fleet.nodes(None);
         let node_alerts = nodes::evaluate(&nodes, &self.rules, now);

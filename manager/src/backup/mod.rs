@@ -168,7 +168,7 @@ pub enum BackupError {
 pub async fn create(dir: &DataDir, store: &dyn Store) -> Result<BackupFile, BackupError> {
     let files = read_files(dir)?;
     let store_revision = store.revision().await?;
-    let kvs = store.list("").await?;
+    let kvs = crate::replica::durable(store.list("").await?);
     let epoch = epoch_of(store, &kvs)?;
     let manifest = Manifest {
         format: FORMAT.into(),

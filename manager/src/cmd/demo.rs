@@ -267,6 +267,8 @@ fn serve_args(data_dir: &Path, listen: SocketAddr) -> ServeArgs {
         runbooks: crate::alerts::DEFAULT_RUNBOOKS.into(),
         alert_resend: crate::alerts::DEFAULT_RESEND,
         storm_threshold: crate::alerts::DEFAULT_STORM_THRESHOLD,
+        leader_lease: Duration::from_secs(10),
+        replica_name: None,
     }
 }
 

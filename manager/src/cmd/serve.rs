@@ -19,6 +19,7 @@ use crate::datadir::{self, DataDir};
 use crate::fleet::{Fleet, Settings};
 use crate::identity::ManagerCerts;
 use crate::metrics::{Exporter, MetricsServer, Registry};
+use crate::replica::Replica;
 use crate::server::{self, ServeError};
 use crate::store::{MeasuredStore, Store};
 use opi_systemd::Notifier;
@@ -125,6 +126,13 @@ pub struct ServeArgs {
     /// More offline nodes than this in one pool are summarised in one alert.
     #[arg(long, default_value_t = crate::alerts::DEFAULT_STORM_THRESHOLD)]
     pub storm_threshold: usize,
+    /// With an etcd store: TTL of this replica's etcd lease, under which it records its
+    /// sessions and holds the leader key; a dead leader is replaced within about 4/3 of it.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub leader_lease: Duration,
+    /// With an etcd store: this replica's name, unique among replicas [default: HOSTNAME-PORT].
+    #[arg(long)]
+    pub replica_name: Option<String>,
 }
 
 /// A running manager.
@@ -140,6 +148,8 @@ pub struct Running {
     task: JoinHandle<Result<(), ServeError>>,
     supervisor: JoinHandle<()>,
     certificates: JoinHandle<()>,
+    /// The replica's lease keep-alive and campaign, on etcd.
+    campaign: Option<JoinHandle<()>>,
     metrics: Option<MetricsServer>,
     alerting: Option<Alerting>,
 }
@@ -235,11 +245,19 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
         endpoints: endpoints.clone(),
     };
     let fleet = Fleet::load(store, authority, settings, Arc::new(certs)).await?;
+    let replica = open_replica(args, &store_url, addr)?;
+    fleet.set_replica(replica.clone());
+    let campaign = replica.run();
     let metrics = start_metrics(args, &dir, &fleet, &registry).await?;
     let alerting = start_alerting(args, &fleet, &registry);
     let (shutdown, stopped) = oneshot::channel::<()>();
     let checkpoints = args.audit_checkpoint_every;
-    let supervisor = tokio::spawn(supervise(fleet.clone(), notifier, checkpoints));
+    let supervisor = tokio::spawn(supervise(
+        fleet.clone(),
+        replica.clone(),
+        notifier,
+        checkpoints,
+    ));
     let certificates = tokio::spawn(crate::identity::watch(fleet.clone()));
     let limits = server::Limits {
         handshake: args.handshake_timeout,
@@ -280,9 +298,35 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
         task,
         supervisor,
         certificates,
+        campaign,
         metrics,
         alerting,
     })
+}
+
+/// This manager's replica: on etcd, a campaigning one; otherwise the single, leading one.
+fn open_replica(
+    args: &ServeArgs,
+    store_url: &str,
+    addr: SocketAddr,
+) -> anyhow::Result<Arc<Replica>> {
+    let name = match &args.replica_name {
+        Some(name) => name.clone(),
+        None => {
+            let host = hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "manager".into());
+            format!("{host}-{}", addr.port())
+        }
+    };
+    let on_etcd = store_url.starts_with(crate::store::etcd::SCHEME)
+        || store_url.starts_with(crate::store::etcd::TLS_SCHEME);
+    if !on_etcd {
+        return Ok(Replica::single(&name));
+    }
+    info!(replica = %name, lease = ?args.leader_lease, "replica on etcd; campaigning for leader");
+    Replica::on_etcd(&name, store_url, args.leader_lease)
 }
 
 impl Running {
@@ -296,6 +340,9 @@ impl Running {
         }
         self.supervisor.abort();
         self.certificates.abort();
+        if let Some(campaign) = self.campaign {
+            campaign.abort();
+        }
         self.fleet.shut_down();
         let _ = self.shutdown.send(());
         match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.task).await {
@@ -309,18 +356,39 @@ impl Running {
     }
 }
 
-/// Runs the supervisor's pass and steps the rollouts every second, prunes old events at
-/// start and every minute, and signs an audit checkpoint every `checkpoints`.
-async fn supervise(fleet: Arc<Fleet>, notifier: Arc<Notifier>, checkpoints: Duration) {
+/// While this replica leads: runs the supervisor's pass and steps the rollouts every second,
+/// prunes old events at start and every minute, and signs an audit checkpoint every
+/// `checkpoints`.
+async fn supervise(
+    fleet: Arc<Fleet>,
+    replica: Arc<Replica>,
+    notifier: Arc<Notifier>,
+    checkpoints: Duration,
+) {
     let mut tick = tokio::time::interval(SUPERVISE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune: Option<std::time::Instant> = None;
     let mut last_checkpoint = std::time::Instant::now();
+    let mut leading = false;
     loop {
         tick.tick().await;
+        notifier.watchdog();
+        if !replica.is_single() {
+            // Other replicas write node records and rollouts: every replica reads them back each
+            // pass, two range reads (a watch would be cheaper).
+            if let Err(error) = fleet.read_back(!leading && replica.is_leader()).await {
+                tracing::warn!(error = %error, "cannot read back the node records and rollouts");
+                continue;
+            }
+        }
+        // Fencing: checked before each pass (see `crate::replica`).
+        if !replica.is_leader() {
+            leading = false;
+            continue;
+        }
+        leading = true;
         fleet.supervise().await;
         fleet.advance_rollouts().await;
-        notifier.watchdog();
         if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(std::time::Instant::now());
             if let Err(error) = fleet.events().prune().await {
@@ -372,6 +440,21 @@ fn check_args(args: &ServeArgs) -> anyhow::Result<()> {
     let same = matches!((args.operator_listen, args.listen), (Some(a), Some(b)) if a == b);
     if same && args.listen.is_some_and(|a| a.port() != 0) {
         problems.push("--operator-listen must differ from --listen".to_string());
+    }
+    let lease = args.leader_lease;
+    if lease < Duration::from_secs(2)
+        || lease > Duration::from_secs(300)
+        || lease.subsec_nanos() != 0
+    {
+        problems.push("--leader-lease must be whole seconds between 2s and 5m".to_string());
+    }
+    if args.replica_name.as_ref().is_some_and(|n| {
+        n.is_empty()
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    }) {
+        problems.push("--replica-name must be letters, digits, '-' or '.'".to_string());
     }
     if args.storm_threshold == 0 {
         problems.push("--storm-threshold must be at least 1".to_string());
@@ -459,4 +542,33 @@ fn start_alerting(args: &ServeArgs, fleet: &Arc<Fleet>, registry: &Registry) -> 
         registry.alerts.clone(),
         time::OffsetDateTime::from(registry.started_at),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn checked(extra: &[&str]) -> anyhow::Result<()> {
+        let args = ["serve", "--data-dir", "/nonexistent"].iter().chain(extra);
+        check_args(&Command::parse_from(args).serve)
+    }
+
+    #[test]
+    fn leader_lease_and_replica_name_are_checked() {
+        checked(&["--leader-lease", "3s", "--replica-name", "m-a.1"]).expect("valid");
+        let error = checked(&["--leader-lease", "1500ms"]).expect_err("fractional lease");
+        assert!(error.to_string().contains("--leader-lease"), "{error}");
+        let error = checked(&["--leader-lease", "1s"]).expect_err("too short");
+        assert!(error.to_string().contains("--leader-lease"), "{error}");
+        let error = checked(&["--replica-name", "a/b"]).expect_err("slash in name");
+        assert!(error.to_string().contains("--replica-name"), "{error}");
+    }
 }

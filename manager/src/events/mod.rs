@@ -22,6 +22,8 @@ pub use watch::{Sink, WatchError, WatchFilter};
 use crate::records::{event_key, EventRecord, Severity, EVENTS};
 use crate::store::{decode, to_json, Store, StoreError, Txn, TxnOutcome};
 
+/// Tries of a commit whose event revisions another replica took meanwhile.
+const EVENT_ATTEMPTS: usize = 8;
 /// Events kept by default; older ones are pruned.
 pub const DEFAULT_RETENTION: usize = 100_000;
 /// Events buffered for live watchers before a slow one must catch up from the store.
@@ -84,21 +86,46 @@ impl EventLog {
     pub async fn commit(&self, txn: Txn, drafts: Vec<Draft>) -> Result<TxnOutcome, StoreError> {
         let mut last = self.commit_lock.lock().await;
         let now = OffsetDateTime::now_utc();
-        let events: Vec<EventRecord> = drafts
-            .into_iter()
-            .enumerate()
-            .map(|(i, draft)| draft.into_event(*last + 1 + i as u64, now))
-            .collect();
-        let txn = events
-            .iter()
-            .fold(txn, |txn, e| txn.put(event_key(e.revision), to_json(e)));
-        let outcome = self.store.txn(txn).await?;
-        if matches!(outcome, TxnOutcome::Committed(_)) && !events.is_empty() {
-            *last += events.len() as u64;
-            self.last.store(*last, Ordering::Release);
-            self.publish(events);
+        let mut outcome = None;
+        // Each event key is created only if absent: another replica may have taken the next
+        // revisions, and then this one catches up from the store and numbers after them.
+        for _ in 0..EVENT_ATTEMPTS {
+            let events: Vec<EventRecord> = drafts
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, draft)| draft.into_event(*last + 1 + i as u64, now))
+                .collect();
+            let with_events = events.iter().fold(txn.clone(), |txn, e| {
+                let key = event_key(e.revision);
+                txn.when_absent(&key).put(key, to_json(e))
+            });
+            let result = self.store.txn(with_events).await?;
+            match &result {
+                TxnOutcome::Committed(_) if !events.is_empty() => {
+                    *last += events.len() as u64;
+                    self.last.store(*last, Ordering::Release);
+                    self.publish(events);
+                }
+                TxnOutcome::Conflict { key } if key.starts_with(EVENTS) => {
+                    *last = self.stored_last().await?;
+                    outcome = Some(result);
+                    continue;
+                }
+                _ => {}
+            }
+            return Ok(result);
         }
-        Ok(outcome)
+        Ok(outcome.expect("at least one attempt"))
+    }
+
+    /// Revision of the last event in the store (0 when none).
+    async fn stored_last(&self) -> Result<u64, StoreError> {
+        let tail = self.store.list_last(EVENTS, 1).await?;
+        match tail.first() {
+            Some(kv) => Ok(decode::<EventRecord>(&*self.store, kv)?.value.revision),
+            None => Ok(0),
+        }
     }
 
     /// Revision of the last committed event (0 when none).

@@ -98,6 +98,8 @@ pub struct Fleet {
     certs: Arc<crate::identity::ManagerCerts>,
     /// The issuing CA and trust bundle in force; replaced during a CA rollover.
     trust: RwLock<Arc<Trust>>,
+    /// This manager among replicas (set once by `serve`; absent: a single manager).
+    replica: std::sync::OnceLock<Arc<crate::replica::Replica>>,
 }
 
 /// What the manager issues with and hands out, replaced as a whole during a CA rollover.
@@ -195,6 +197,7 @@ impl Fleet {
             lanes: lanes::Lanes::default(),
             certs,
             trust: RwLock::new(Arc::new(trust)),
+            replica: std::sync::OnceLock::new(),
         }))
     }
 
@@ -227,6 +230,55 @@ impl Fleet {
 
     pub fn store(&self) -> &dyn Store {
         &*self.store
+    }
+
+    /// Makes this fleet one replica among others: its sessions are recorded, and sessions
+    /// other replicas hold keep their nodes online.
+    pub fn set_replica(&self, replica: Arc<crate::replica::Replica>) {
+        let _ = self.replica.set(replica);
+    }
+
+    /// Whether this manager leads its replicas (a single manager always does).
+    pub fn leads(&self) -> bool {
+        self.replica.get().is_none_or(|r| r.is_leader())
+    }
+
+    /// Re-reads what other replicas wrote that this one keeps in memory: node records and
+    /// rollouts (profiles are not re-read yet). See [`Fleet::reload_nodes`].
+    pub async fn read_back(&self, taking_lead: bool) -> Result<(), FleetError> {
+        self.reload_nodes(taking_lead).await?;
+        self.rollouts.refresh(&*self.store).await
+    }
+
+    /// Re-reads the node records other replicas changed; `taking_lead` also starts every
+    /// disconnected node's grace period now, as at start.
+    pub async fn reload_nodes(&self, taking_lead: bool) -> Result<(), FleetError> {
+        let records = list_json::<NodeRecord>(&*self.store, NODES).await?;
+        let now = OffsetDateTime::now_utc();
+        let mut nodes = self.nodes.write().expect("fleet lock poisoned");
+        for v in records {
+            match nodes.get_mut(&v.value.name) {
+                Some(entry) => {
+                    if taking_lead && entry.live.is_none() {
+                        entry.last_contact = now;
+                    }
+                    if v.mod_revision > entry.revision {
+                        entry.record = v.value;
+                        entry.revision = v.mod_revision;
+                    }
+                }
+                None => {
+                    let entry = NodeEntry {
+                        record: v.value,
+                        revision: v.mod_revision,
+                        live: None,
+                        last_contact: now,
+                    };
+                    nodes.insert(entry.record.name.clone(), entry);
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn events(&self) -> &EventLog {

@@ -260,7 +260,17 @@ impl Fleet {
         mut change: impl FnMut(&mut NodeRecord, &mut Vec<Draft>) -> Result<(), FleetError>,
     ) -> Result<NodeRecord, FleetError> {
         for _ in 0..super::CAS_ATTEMPTS {
-            let (mut record, revision) = self.node_record(name)?;
+            let (mut record, revision) = match self.node_record(name) {
+                Ok(found) => found,
+                // Another replica may have enrolled it: the store knows.
+                Err(FleetError::UnknownNode { .. })
+                    if self.replica.get().is_some_and(|r| !r.is_single()) =>
+                {
+                    self.reload_node(name).await?;
+                    self.node_record(name)?
+                }
+                Err(error) => return Err(error),
+            };
             let mut drafts = Vec::new();
             change(&mut record, &mut drafts)?;
             let key = node_key(name);
@@ -290,6 +300,15 @@ impl Fleet {
             .get(name)
             .ok_or_else(|| FleetError::UnknownNode { name: name.into() })?;
         Ok((entry.record.clone(), entry.revision))
+    }
+
+    /// Reads a node this replica does not know from the store, where another replica may
+    /// have enrolled it; a single manager knows every node already.
+    pub async fn learn_node(&self, name: &str) -> Result<(), FleetError> {
+        if self.replica.get().is_some_and(|r| !r.is_single()) {
+            self.reload_node(name).await?;
+        }
+        Ok(())
     }
 
     pub(super) async fn reload_node(&self, name: &str) -> Result<(), FleetError> {

@@ -131,6 +131,9 @@ impl Fleet {
                     .await;
             }
         }
+        if let Some(replica) = self.replica.get() {
+            replica.hold(&name).await;
+        }
         info!(node = %name, remote = %remote, boot_id = %hello.boot_id, "session open");
         Ok(session)
     }
@@ -218,6 +221,9 @@ impl Fleet {
             }
         };
         info!(node = %session.node, "session closed");
+        if let Some(replica) = self.replica.get() {
+            replica.release(&session.node).await;
+        }
         let result = self
             .update_node(&session.node, None, |record, _| {
                 record.last_seen = Some(last_seen);

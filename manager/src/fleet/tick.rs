@@ -21,6 +21,16 @@ impl Fleet {
             .lock()
             .expect("flap lock poisoned")
             .calm_down(Instant::now());
+        if let Some(replica) = self.replica.get() {
+            // A session another replica holds is contact: the grace period runs from when
+            // it was last listed.
+            let mut nodes = self.nodes.write().expect("fleet lock poisoned");
+            for entry in nodes.values_mut().filter(|e| e.live.is_none()) {
+                if replica.held_elsewhere(&entry.record.name) {
+                    entry.last_contact = now;
+                }
+            }
+        }
         let due: Vec<(String, Observed)> = {
             let nodes = self.nodes.read().expect("fleet lock poisoned");
             let flaps = self.flaps.lock().expect("flap lock poisoned");
@@ -89,8 +99,14 @@ impl Fleet {
     /// What memory says of a node now.
     fn observe(&self, entry: &NodeEntry, now: OffsetDateTime) -> Observed {
         let grace = self.settings.offline_after;
+        let elsewhere = || {
+            self.replica
+                .get()
+                .is_some_and(|r| r.held_elsewhere(&entry.record.name))
+        };
         let online = match &entry.live {
             Some(live) => now - live.last_seen <= grace,
+            None if elsewhere() => true,
             None => {
                 entry.record.supervision.connectivity == Connectivity::Online
                     && now - entry.last_contact <= grace

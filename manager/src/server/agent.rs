@@ -41,7 +41,14 @@ impl Agent for AgentService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let caller = peer::node(&request, &self.fleet)?;
+        let caller = match peer::node(&request, &self.fleet) {
+            // Another replica may have enrolled it since this one read the store.
+            Err(FleetError::UnknownNode { name }) => {
+                self.fleet.learn_node(&name).await?;
+                peer::node(&request, &self.fleet)?
+            }
+            other => other?,
+        };
         let remote = peer::peer_info(&request).remote;
         let mut inbound = request.into_inner();
         let hello = read_hello(&mut inbound, &caller).await?;

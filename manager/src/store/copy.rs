@@ -101,13 +101,14 @@ pub async fn write_all(
     verify(keys, target).await
 }
 
-/// Copies every key of `source` into `target` (see [`write_all`]).
+/// Copies every key of `source` into `target` (see [`write_all`]), except those replicas
+/// hold under their leases.
 pub async fn copy_all(
     source: &dyn Store,
     target: &dyn Store,
     force: bool,
 ) -> Result<Summary, CopyError> {
-    let keys = source.list("").await?;
+    let keys = crate::replica::durable(source.list("").await?);
     write_all(&keys, target, force).await
 }
 
@@ -193,6 +194,21 @@ mod tests {
             target.get("k/0003").await.expect("get").map(|kv| kv.value),
             Some(b"value 3".to_vec())
         );
+    }
+
+    #[tokio::test]
+    async fn leaves_out_the_keys_replicas_hold_under_their_leases() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (source, target) = (sqlite(dir.path(), "a.db"), sqlite(dir.path(), "b.db"));
+        fill(&*source, 2).await;
+        let leased = Txn::new()
+            .put("replicas/leader", b"a".to_vec())
+            .put("replicas/sessions/a/n1", Vec::new());
+        source.txn(leased).await.expect("write");
+
+        let summary = copy_all(&*source, &*target, false).await.expect("copy");
+        assert_eq!(summary.keys, 2);
+        assert_eq!(target.get("replicas/leader").await.expect("get"), None);
     }
 
     #[tokio::test]

@@ -1,0 +1,262 @@
+//! Manager replicas on one etcd: each holds a lease, records the agent sessions it holds under
+//! it (`replicas/sessions/REPLICA/NODE`), and campaigns for the leader key
+//! (`replicas/leader`), created under its lease only if absent. Only the leader supervises,
+//! delivers alerts and steps rollouts.
+//!
+//! Fencing: the leader checks before each supervision pass that it still leads, which means
+//! its last keep-alive was *sent* less than two thirds of the lease TTL ago (etcd counts the
+//! TTL from when it received it, so the lease outlives that window) and the leader key still
+//! has the create revision it wrote. Limit: the leader's writes carry no compare on the leader
+//! key, so a pass that starts within the window and stalls past the TTL can still write.
+//!
+//! With the SQLite store there is a single manager, always the leader.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::store::etcd::Lease;
+use crate::store::{EtcdStore, Op, Store, Txn, TxnOutcome};
+
+/// Keys that live only under replicas' leases: never copied, backed up or restored.
+pub const LEASED: &str = "replicas/";
+/// The leader's key, under the fleet's store prefix.
+const LEADER_KEY: &str = "replicas/leader";
+/// Where each replica records the sessions it holds.
+const SESSIONS: &str = "replicas/sessions/";
+
+/// Drops the keys that live under replicas' leases (see [`LEASED`]).
+pub fn durable(mut keys: Vec<crate::store::KeyValue>) -> Vec<crate::store::KeyValue> {
+    keys.retain(|kv| !kv.key.starts_with(LEASED));
+    keys
+}
+
+/// This manager's part among replicas.
+pub struct Replica {
+    name: String,
+    etcd: Option<EtcdStore>,
+    ttl: Duration,
+    state: Mutex<State>,
+    leading: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct State {
+    lease: Option<Lease>,
+    /// When the last successful keep-alive (or the grant) was sent.
+    renewed_at: Option<Instant>,
+    /// Create revision of our leader key, while we lead.
+    leader_revision: Option<u64>,
+    /// Nodes whose session this replica holds.
+    held: HashSet<String>,
+    /// Nodes whose session another replica holds, as last listed.
+    elsewhere: HashSet<String>,
+}
+
+impl Replica {
+    /// The single manager of a SQLite store: always the leader.
+    pub fn single(name: &str) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.into(),
+            etcd: None,
+            ttl: Duration::ZERO,
+            state: Mutex::default(),
+            leading: watch::channel(true).0,
+        })
+    }
+
+    /// A replica on etcd at `url`, holding a lease of `ttl`; call [`Replica::run`] to campaign.
+    pub fn on_etcd(name: &str, url: &str, ttl: Duration) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            name: name.into(),
+            etcd: Some(EtcdStore::open(url)?),
+            ttl,
+            state: Mutex::default(),
+            leading: watch::channel(false).0,
+        }))
+    }
+
+    /// Whether this is the single manager of a SQLite store.
+    pub fn is_single(&self) -> bool {
+        self.etcd.is_none()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether this replica leads now (checked before each leader step, see the module doc).
+    pub fn is_leader(&self) -> bool {
+        if self.etcd.is_none() {
+            return true;
+        }
+        let state = self.state.lock().expect("replica lock poisoned");
+        let fresh = state
+            .renewed_at
+            .is_some_and(|at| at.elapsed() < self.ttl * 2 / 3);
+        *self.leading.borrow() && fresh && state.leader_revision.is_some()
+    }
+
+    /// Changes of leadership.
+    pub fn leadership(&self) -> watch::Receiver<bool> {
+        self.leading.subscribe()
+    }
+
+    /// Keeps the lease alive and campaigns, every third of the TTL, until aborted.
+    pub fn run(self: &Arc<Self>) -> Option<JoinHandle<()>> {
+        self.etcd.as_ref()?;
+        let replica = self.clone();
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(replica.ttl / 3);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let step = tokio::time::timeout(replica.ttl / 3, replica.step());
+                if let Err(error) = step.await.unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "etcd did not answer within {:?}",
+                        replica.ttl / 3
+                    ))
+                }) {
+                    replica.step_down(&format!("{error:#}"));
+                    warn!(replica = %replica.name, error = %format!("{error:#}"), "replica lease or leader check failed");
+                }
+            }
+        }))
+    }
+
+    /// One round: renew (or regrant) the lease, then check or claim the leader key.
+    async fn step(&self) -> anyhow::Result<()> {
+        let etcd = self.etcd.as_ref().expect("run only on etcd");
+        let lease = self.state.lock().expect("replica lock poisoned").lease;
+        let sent = Instant::now();
+        let lease = match lease {
+            Some(lease) => match etcd.keep_alive(lease.id).await {
+                Ok(_) => lease,
+                Err(error) => {
+                    self.state.lock().expect("replica lock poisoned").lease = None;
+                    return Err(error.into());
+                }
+            },
+            None => self.grant(etcd).await?,
+        };
+        self.state.lock().expect("replica lock poisoned").renewed_at = Some(sent);
+
+        let ours = self
+            .state
+            .lock()
+            .expect("replica lock poisoned")
+            .leader_revision;
+        match (ours, etcd.get(LEADER_KEY).await?) {
+            (Some(revision), Some(kv)) if kv.create_revision == revision => {}
+            (Some(_), _) => self.step_down("the leader key is gone or another replica's"),
+            (None, Some(_)) => {}
+            (None, None) => {
+                let txn = Txn::new()
+                    .when_absent(LEADER_KEY)
+                    .put(LEADER_KEY, self.name.clone().into_bytes());
+                if let TxnOutcome::Committed(revision) = etcd.txn_with_lease(txn, lease.id).await? {
+                    self.state
+                        .lock()
+                        .expect("replica lock poisoned")
+                        .leader_revision = Some(revision);
+                    info!(replica = %self.name, ttl = ?self.ttl, "leading: this replica supervises, delivers alerts and steps rollouts");
+                    self.leading.send_replace(true);
+                }
+            }
+        }
+        let others = etcd.list(SESSIONS).await?;
+        let mine = format!("{SESSIONS}{}/", self.name);
+        let elsewhere = others
+            .iter()
+            .filter(|kv| !kv.key.starts_with(&mine))
+            .filter_map(|kv| kv.key.rsplit('/').next().map(str::to_owned))
+            .collect();
+        self.state.lock().expect("replica lock poisoned").elsewhere = elsewhere;
+        Ok(())
+    }
+
+    /// Grants a new lease and records again every session held under it.
+    async fn grant(&self, etcd: &EtcdStore) -> anyhow::Result<Lease> {
+        let lease = etcd.grant_lease(self.ttl).await?;
+        let held: Vec<String> = {
+            let state = self.state.lock().expect("replica lock poisoned");
+            state.held.iter().cloned().collect()
+        };
+        if !held.is_empty() {
+            let ops = held
+                .iter()
+                .map(|node| Op::Put {
+                    key: self.session_key(node),
+                    value: Vec::new(),
+                })
+                .collect();
+            let txn = Txn {
+                compares: Vec::new(),
+                ops,
+            };
+            etcd.txn_with_lease(txn, lease.id).await?;
+        }
+        info!(replica = %self.name, lease = %format!("{:x}", lease.id), ttl = ?lease.ttl, "replica lease granted");
+        self.state.lock().expect("replica lock poisoned").lease = Some(lease);
+        Ok(lease)
+    }
+
+    fn step_down(&self, why: &str) {
+        let was = {
+            let mut state = self.state.lock().expect("replica lock poisoned");
+            state.leader_revision.take().is_some()
+        };
+        self.leading.send_replace(false);
+        if was {
+            warn!(replica = %self.name, reason = why, "stopped leading");
+        }
+    }
+
+    fn session_key(&self, node: &str) -> String {
+        format!("{SESSIONS}{}/{node}", self.name)
+    }
+
+    /// Records that this replica holds `node`'s session.
+    pub async fn hold(&self, node: &str) {
+        let Some(etcd) = &self.etcd else { return };
+        let lease = {
+            let mut state = self.state.lock().expect("replica lock poisoned");
+            state.held.insert(node.into());
+            state.lease
+        };
+        // Without a lease yet, the next grant records it.
+        let Some(lease) = lease else { return };
+        let txn = Txn::new().put(self.session_key(node), Vec::new());
+        if let Err(error) = etcd.txn_with_lease(txn, lease.id).await {
+            warn!(node, error = %error, "cannot record the session in etcd");
+        }
+    }
+
+    /// Records that this replica no longer holds `node`'s session.
+    pub async fn release(&self, node: &str) {
+        let Some(etcd) = &self.etcd else { return };
+        self.state
+            .lock()
+            .expect("replica lock poisoned")
+            .held
+            .remove(node);
+        let txn = Txn::new().delete(self.session_key(node));
+        if let Err(error) = etcd.txn(txn).await {
+            warn!(node, error = %error, "cannot remove the session from etcd");
+        }
+    }
+
+    /// Whether another replica held `node`'s session when last listed.
+    pub fn held_elsewhere(&self, node: &str) -> bool {
+        self.state
+            .lock()
+            .expect("replica lock poisoned")
+            .elsewhere
+            .contains(node)
+    }
+}

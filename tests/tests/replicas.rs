@@ -1,0 +1,221 @@
+//! Three manager replicas on a real 3-member etcd, agents connected to one of them: killing the
+//! replica that holds the agents' sessions leaves the nodes online (they reconnect to another
+//! within the grace period, and the leader sees their sessions there); killing the leader with
+//! SIGKILL makes another replica lead within the lease time, which then still turns a stopped
+//! node offline; and the event history has no duplicated or missing revision.
+
+use std::time::{Duration, Instant};
+
+use opi_manager::records::{EventRecord, EVENTS};
+use opi_manager::store::{EtcdStore, Store};
+use opi_tests::etcd::Etcd;
+use opi_tests::{all_online, node, ok, wait_until, Agent, Manager, Opictl, WAIT};
+
+/// `--leader-lease` of every replica.
+const LEASE: Duration = Duration::from_secs(3);
+/// `--offline-after`: the grace period.
+const GRACE: Duration = Duration::from_secs(12);
+/// What a replica logs when it takes the lead.
+const LEADING: &str = "leading: this replica supervises";
+const NODES: [&str; 2] = ["rep-1", "rep-2"];
+
+#[test]
+fn replicas_fail_over_without_losing_nodes_or_events() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etcd = Etcd::cluster();
+    let url = etcd.url();
+    let addrs: Vec<String> = (0..3).map(|_| free_port()).collect();
+    // Agents try the replicas in this order: the follower "f1" first, then "f2", then "l".
+    let advertise: Vec<String> = [1, 2, 0]
+        .iter()
+        .flat_map(|&i| ["--advertise".to_string(), format!("https://{}", addrs[i])])
+        .collect();
+    let args = |name: &str| {
+        let mut args: Vec<String> = [
+            "--store",
+            &url,
+            "--leader-lease",
+            "3s",
+            "--heartbeat",
+            "1s",
+            "--offline-after",
+            "12s",
+            "--report-freshness",
+            "30s",
+            "--replica-name",
+            name,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(advertise.iter().cloned());
+        args
+    };
+    let first = Manager::init_with(dir.path(), "replicas", &["--store", &url]);
+    let copies = ["f1", "f2"].map(|name| first.copy_to(&dir.path().join(name)));
+    let mut replicas: Vec<Manager> = std::iter::once(first)
+        .chain(copies)
+        .zip(["l", "f1", "f2"])
+        .enumerate()
+        .map(|(i, (replica, name))| {
+            let args = args(name);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            replica
+                .with_args(&args)
+                .with_listen(addrs[i].parse().expect("address"))
+        })
+        .collect();
+    replicas[0].start();
+    wait_until(WAIT, "the first replica to lead", || {
+        replicas[0].log_text().contains(LEADING)
+    });
+    replicas[1].start();
+    replicas[2].start();
+
+    let holder = &replicas[1];
+    let (_, token) = holder.opictl().create_token("workers", 2, &[]);
+    let mut agents: Vec<Agent> = NODES
+        .iter()
+        .map(|name| {
+            let agent = Agent::new(dir.path(), name);
+            ok(agent.enroll(&holder.endpoint(), &holder.ca_pin(), &token));
+            agent
+        })
+        .collect();
+    for agent in &mut agents {
+        agent.start();
+    }
+    let leader = replicas[0].opictl();
+    wait_until(WAIT, "the leader to see both nodes online", || {
+        all_online(&leader, &NODES)
+    });
+    for follower in &replicas[1..] {
+        assert!(
+            !follower.log_text().contains(LEADING),
+            "a follower leads while the first replica does"
+        );
+    }
+
+    // The follower holding both sessions dies: the agents move to "f2"; the leader keeps
+    // them online through the lease expiry of "f1"'s sessions and past the grace period.
+    replicas[1].kill();
+    let killed = Instant::now();
+    wait_until(WAIT, "both sessions recorded at f2", || {
+        sessions_at(&etcd, "f2") == NODES.len()
+    });
+    eprintln!(
+        "agents reconnected to f2 {:?} after f1 died",
+        killed.elapsed()
+    );
+    std::thread::sleep(GRACE + LEASE);
+    assert!(all_online(&leader, &NODES), "{:?}", leader.nodes());
+
+    // The leader dies: "f2" leads within the lease time (plus one campaign round).
+    replicas[0].kill();
+    let killed = Instant::now();
+    let took = wait_until(WAIT, "f2 to lead", || {
+        replicas[2].log_text().contains(LEADING)
+    });
+    eprintln!("f2 leads {took:?} after the leader was killed (lease {LEASE:?})");
+    assert!(took <= LEASE * 4 / 3 + Duration::from_secs(1), "{took:?}");
+    assert!(!replicas[2].log_text().contains("stopped leading"));
+
+    // Supervision goes on at the new leader: a node stopped now becomes offline.
+    let new_leader = replicas[2].opictl();
+    agents[1].stop();
+    let stopped = Instant::now();
+    wait_until(GRACE + WAIT, "rep-2 offline at the new leader", || {
+        connectivity(&new_leader, "rep-2") == "offline"
+    });
+    eprintln!(
+        "rep-2 offline {:?} after it stopped (grace {GRACE:?}); failover took {:?} in all",
+        stopped.elapsed(),
+        killed.elapsed()
+    );
+    assert_eq!(connectivity(&new_leader, "rep-1"), "online");
+
+    let history = events(&etcd);
+    let revisions: Vec<u64> = history.iter().map(|e| e.revision).collect();
+    assert!(
+        revisions.windows(2).all(|w| w[1] == w[0] + 1),
+        "event revisions are gapless and unique: {revisions:?}"
+    );
+    assert_eq!(revisions.first(), Some(&1), "{revisions:?}");
+    let offline = |name: &str| {
+        history
+            .iter()
+            .filter(|e| e.node == name && e.kind == "connectivity" && e.to == "offline")
+            .count()
+    };
+    assert_eq!(offline("rep-1"), 0, "rep-1 never went offline: {history:?}");
+    assert_eq!(offline("rep-2"), 1, "rep-2 went offline once: {history:?}");
+    eprintln!(
+        "{} events, revisions 1..={}",
+        history.len(),
+        revisions.len()
+    );
+    drop(agents);
+}
+
+fn connectivity(opictl: &Opictl, name: &str) -> String {
+    let nodes = opictl.nodes();
+    node(&nodes, name)
+        .map(|n| n["connectivity"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
+
+/// Sessions etcd records for replica `name`.
+fn sessions_at(etcd: &Etcd, name: &str) -> usize {
+    let store = EtcdStore::open(&etcd.url()).expect("open etcd store");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime
+        .block_on(store.list(&format!("replicas/sessions/{name}/")))
+        .map(|kvs| kvs.len())
+        .unwrap_or(0)
+}
+
+fn free_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+/// Every event of the fleet, as the store holds them, in key (revision) order.
+fn events(etcd: &Etcd) -> Vec<EventRecord> {
+    let store = EtcdStore::open(&etcd.url()).expect("open etcd store");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let kvs = runtime.block_on(store.list(EVENTS)).expect("list events");
+    kvs.iter()
+        .map(|kv| serde_json::from_slice(&kv.value).expect("event JSON"))
+        .collect()
+}
+
+#[test]
+fn a_leader_that_loses_etcd_stops_leading_before_its_lease_expires() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut etcd = Etcd::cluster();
+    let url = etcd.url();
+    let mut replica = Manager::init_with(dir.path(), "fenced", &["--store", &url]).with_args(&[
+        "--store",
+        &url,
+        "--leader-lease",
+        "3s",
+        "--replica-name",
+        "alone",
+    ]);
+    replica.start();
+    wait_until(WAIT, "the replica to lead", || {
+        replica.log_text().contains(LEADING)
+    });
+
+    // Two of three members gone: no quorum, so no keep-alive can succeed.
+    etcd.kill(1);
+    etcd.kill(2);
+    let took = wait_until(WAIT, "the replica to step down", || {
+        replica.log_text().contains("stopped leading")
+    });
+    eprintln!("stepped down {took:?} after etcd lost its quorum (lease {LEASE:?})");
+    assert!(
+        took < LEASE,
+        "{took:?}: the lease could have expired meanwhile"
+    );
+}
