@@ -55,6 +55,8 @@ struct State {
     held: HashSet<String>,
     /// Nodes whose session another replica holds, as last listed.
     elsewhere: HashSet<String>,
+    /// The leader key's value (a replica name) as last read; `None` when absent or unread.
+    leader: Option<String>,
 }
 
 impl Replica {
@@ -101,6 +103,19 @@ impl Replica {
         *self.leading.borrow() && fresh && state.leader_revision.is_some()
     }
 
+    /// The replica that leads, as this one last read it: its own name while it leads, `None`
+    /// when no replica leads or etcd did not answer the last check.
+    pub fn leader(&self) -> Option<String> {
+        if self.is_leader() {
+            return Some(self.name.clone());
+        }
+        self.state
+            .lock()
+            .expect("replica lock poisoned")
+            .leader
+            .clone()
+    }
+
     /// Changes of leadership.
     pub fn leadership(&self) -> watch::Receiver<bool> {
         self.leading.subscribe()
@@ -122,6 +137,7 @@ impl Replica {
                         replica.ttl / 3
                     ))
                 }) {
+                    replica.state.lock().expect("replica lock poisoned").leader = None;
                     replica.step_down(&format!("{error:#}"));
                     warn!(replica = %replica.name, error = %format!("{error:#}"), "replica lease or leader check failed");
                 }
@@ -151,7 +167,11 @@ impl Replica {
             .lock()
             .expect("replica lock poisoned")
             .leader_revision;
-        match (ours, etcd.get(LEADER_KEY).await?) {
+        let current = etcd.get(LEADER_KEY).await?;
+        self.state.lock().expect("replica lock poisoned").leader = current
+            .as_ref()
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+        match (ours, current) {
             (Some(revision), Some(kv)) if kv.create_revision == revision => {}
             (Some(_), _) => self.step_down("the leader key is gone or another replica's"),
             (None, Some(_)) => {}
@@ -164,6 +184,8 @@ impl Replica {
                         .lock()
                         .expect("replica lock poisoned")
                         .leader_revision = Some(revision);
+                    self.state.lock().expect("replica lock poisoned").leader =
+                        Some(self.name.clone());
                     info!(replica = %self.name, ttl = ?self.ttl, "leading: this replica supervises, delivers alerts and steps rollouts");
                     self.leading.send_replace(true);
                 }

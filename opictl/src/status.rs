@@ -33,6 +33,10 @@ pub struct StatusView {
     pub event_revision: u64,
     /// Version of the manager that answered.
     pub manager_version: String,
+    /// Name of the replica that answered.
+    pub replica: String,
+    /// The replica that leads, as the one that answered last read it; `null` when none leads.
+    pub leader: Option<String>,
     /// Nodes per agent version (revoked ones left out), newest first.
     pub agent_versions: Vec<AgentVersionView>,
     /// Counts per pool.
@@ -115,6 +119,8 @@ impl From<StatusResponse> for StatusView {
             store_revision: status.store_revision,
             event_revision: status.event_revision,
             manager_version: status.manager_version,
+            replica: status.replica,
+            leader: (!status.leader.is_empty()).then_some(status.leader),
             agent_versions: status
                 .agent_versions
                 .into_iter()
@@ -174,6 +180,13 @@ fn render(view: &StatusView) -> String {
         ("unknown", view.unknown.to_string()),
         ("maintenance", view.maintenance.to_string()),
         ("manager", view.manager_version.clone()),
+        ("replica", output::sanitize(&view.replica)),
+        (
+            "leader",
+            view.leader
+                .as_deref()
+                .map_or_else(|| "none".to_string(), output::sanitize),
+        ),
         ("agent versions", agent_versions(&view.agent_versions)),
         ("revision", view.store_revision.to_string()),
         ("event revision", view.event_revision.to_string()),
@@ -268,6 +281,8 @@ mod tests {
             unknown: 1,
             maintenance: 1,
             event_revision: 1042,
+            replica: "m2".into(),
+            leader: "m1".into(),
             agent_versions: vec![
                 AgentVersionCount {
                     version: "0.1.0".into(),
@@ -339,6 +354,24 @@ mod tests {
             assert_eq!(json[key], 1, "total `{key}` in {json}");
             assert_eq!(json["pools"][0][key], 1, "pool `{key}` in {json}");
         }
+    }
+
+    #[test]
+    fn status_says_which_replica_answered_and_which_leads() {
+        let view = StatusView::from(status());
+        let text = render(&view);
+        assert!(text.contains("replica          m2\n"), "{text}");
+        assert!(text.contains("leader           m1\n"), "{text}");
+        let json = serde_json::to_value(view).unwrap();
+        assert_eq!(json["replica"], "m2");
+        assert_eq!(json["leader"], "m1");
+
+        let none = StatusView::from(StatusResponse {
+            leader: String::new(),
+            ..status()
+        });
+        assert!(render(&none).contains("leader           none\n"));
+        assert!(serde_json::to_value(none).unwrap()["leader"].is_null());
     }
 
     #[test]

@@ -102,6 +102,12 @@ fn metrics_page_passes_promtool_and_counts_nodes_sessions_and_refused_enrollment
         env!("CARGO_PKG_VERSION")
     );
     assert_eq!(sample(&page, &info), Some(1.0), "{page}");
+    // A single manager always leads.
+    let leader = page
+        .lines()
+        .find(|line| line.starts_with("opi_manager_leader{replica=\""))
+        .unwrap_or_else(|| panic!("no opi_manager_leader: {page}"));
+    assert!(leader.ends_with(" 1"), "{leader}");
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use opi_manager::records::{EventRecord, EVENTS};
 use opi_manager::store::{EtcdStore, Store};
 use opi_tests::etcd::Etcd;
-use opi_tests::{all_online, node, ok, wait_until, Agent, Manager, Opictl, WAIT};
+use opi_tests::{all_online, node, ok, sample, wait_until, Agent, Manager, Opictl, WAIT};
 
 /// `--leader-lease` of every replica.
 const LEASE: Duration = Duration::from_secs(3);
@@ -44,6 +44,8 @@ fn replicas_fail_over_without_losing_nodes_or_events() {
             "30s",
             "--replica-name",
             name,
+            "--metrics-listen",
+            "127.0.0.1:0",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -71,6 +73,17 @@ fn replicas_fail_over_without_losing_nodes_or_events() {
     });
     replicas[1].start();
     replicas[2].start();
+    // Every replica names itself and the leader in `opictl status`, and says on its metrics
+    // page whether it leads.
+    for (replica, name) in replicas.iter().zip(["l", "f1", "f2"]) {
+        wait_until(WAIT, "every replica to name the leader", || {
+            leader_at(replica) == Some("l".to_string())
+        });
+        assert_eq!(replica.opictl().json(&["status"])["replica"], name);
+        let leads = format!("opi_manager_leader{{replica=\"{name}\"}}");
+        let flag = if name == "l" { 1.0 } else { 0.0 };
+        assert_eq!(sample(&replica.scrape(), &leads), Some(flag), "{name}");
+    }
 
     let holder = &replicas[1];
     let (_, token) = holder.opictl().create_token("workers", 2, &[]);
@@ -113,12 +126,15 @@ fn replicas_fail_over_without_losing_nodes_or_events() {
     // The leader dies: "f2" leads within the lease time (plus one campaign round).
     replicas[0].kill();
     let killed = Instant::now();
-    let took = wait_until(WAIT, "f2 to lead", || {
-        replicas[2].log_text().contains(LEADING)
+    let took = wait_until(WAIT, "f2 to say it leads in `opictl status`", || {
+        leader_at(&replicas[2]) == Some("f2".to_string())
     });
     eprintln!("f2 leads {took:?} after the leader was killed (lease {LEASE:?})");
     assert!(took <= LEASE * 4 / 3 + Duration::from_secs(1), "{took:?}");
+    assert!(replicas[2].log_text().contains(LEADING));
     assert!(!replicas[2].log_text().contains("stopped leading"));
+    let leads = sample(&replicas[2].scrape(), r#"opi_manager_leader{replica="f2"}"#);
+    assert_eq!(leads, Some(1.0));
 
     // Supervision goes on at the new leader: a node stopped now becomes offline.
     let new_leader = replicas[2].opictl();
@@ -155,6 +171,12 @@ fn replicas_fail_over_without_losing_nodes_or_events() {
         revisions.len()
     );
     drop(agents);
+}
+
+/// The leader `opictl status -o json` names at `replica`.
+fn leader_at(replica: &Manager) -> Option<String> {
+    let status = replica.opictl().json(&["status"]);
+    status["leader"].as_str().map(str::to_owned)
 }
 
 fn connectivity(opictl: &Opictl, name: &str) -> String {

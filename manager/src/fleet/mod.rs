@@ -238,6 +238,11 @@ impl Fleet {
         let _ = self.replica.set(replica);
     }
 
+    /// This manager among replicas, once `serve` set it.
+    pub fn replica(&self) -> Option<&Arc<crate::replica::Replica>> {
+        self.replica.get()
+    }
+
     /// Whether this manager leads its replicas (a single manager always does).
     pub fn leads(&self) -> bool {
         self.replica.get().is_none_or(|r| r.is_leader())

@@ -89,6 +89,9 @@ impl Exporter {
         render::write_store(&mut page, &self.registry.store);
         render::write_alerts(&mut page, &self.registry.alerts);
         render::write_manager(&mut page, self.fleet.fleet_name(), &self.registry);
+        if let Some(replica) = self.fleet.replica() {
+            render::write_leader(&mut page, replica.name(), replica.is_leader());
+        }
         let expiries = self
             .fleet
             .manager_certs()

@@ -249,6 +249,16 @@ pub fn write_manager(page: &mut Page, fleet: &str, registry: &Registry) {
     page.sample("process_start_time_seconds", &[], started.as_secs_f64());
 }
 
+/// Writes whether this replica leads (a single manager always does).
+pub fn write_leader(page: &mut Page, replica: &str, leads: bool) {
+    page.family(
+        "opi_manager_leader",
+        Kind::Gauge,
+        "1 while this replica leads (supervises, delivers alerts, steps rollouts), else 0.",
+    );
+    page.sample("opi_manager_leader", &[("replica", replica)], flag(leads));
+}
+
 /// Writes when the manager's server certificate and CAs expire, and whether that is near.
 pub fn write_certificates(page: &mut Page, expiries: &[crate::identity::Expiry]) {
     page.family(

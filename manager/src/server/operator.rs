@@ -103,6 +103,7 @@ impl Operator for OperatorService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         peer::operator(&request, &self.fleet, Action::Status)?;
         let pools = query::pool_counts(&self.fleet.nodes(None));
+        let replica = self.fleet.replica();
         Ok(Response::new(pb::StatusResponse {
             fleet: self.fleet.fleet_name().into(),
             nodes: pools.iter().map(|p| p.nodes).sum(),
@@ -118,6 +119,8 @@ impl Operator for OperatorService {
             manager_version: crate::versions::MANAGER_VERSION.into(),
             agent_versions: crate::versions::counts(&self.fleet.nodes(None)),
             certificates: identity::expiries(&self.fleet),
+            replica: replica.map(|r| r.name().to_string()).unwrap_or_default(),
+            leader: replica.and_then(|r| r.leader()).unwrap_or_default(),
             store_revision: self
                 .fleet
                 .store()
