@@ -305,6 +305,26 @@ impl Manager {
         runtime.block_on(grpc::collect_events(&mut client, request, timeout, done))
     }
 
+    /// Every event after revision `since` (0: from the first event kept), from a watch as the
+    /// admin, until `done` says enough; panics after `timeout` with what came.
+    pub fn events_after(
+        &self,
+        since: u64,
+        timeout: Duration,
+        done: impl FnMut(&[opi_proto::v1::Event]) -> bool,
+    ) -> Vec<opi_proto::v1::Event> {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let mut client = runtime
+            .block_on(grpc::admin(&self.endpoint(), &self.data_dir))
+            .expect("admin client");
+        let request = opi_proto::v1::WatchRequest {
+            since_revision: since,
+            replay_last: if since == 0 { u32::MAX } else { 0 },
+            ..Default::default()
+        };
+        runtime.block_on(grpc::collect_events(&mut client, request, timeout, done))
+    }
+
     /// Sends SIGTERM and waits for the manager to exit; returns how long it took.
     pub fn terminate(&mut self, timeout: Duration) -> Duration {
         let mut child = self.child.take().expect("manager started");

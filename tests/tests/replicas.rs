@@ -179,6 +179,133 @@ fn leader_at(replica: &Manager) -> Option<String> {
     status["leader"].as_str().map(str::to_owned)
 }
 
+#[test]
+fn a_watch_follows_every_replica_and_resumes_on_another_without_loss_or_repeat() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etcd = Etcd::cluster();
+    let url = etcd.url();
+    let addrs: Vec<String> = (0..2).map(|_| free_port()).collect();
+    let first = Manager::init_with(dir.path(), "watches", &["--store", &url]);
+    let copy = first.copy_to(&dir.path().join("b"));
+    let mut replicas: Vec<Manager> = [first, copy]
+        .into_iter()
+        .zip(["a", "b"])
+        .enumerate()
+        .map(|(i, (replica, name))| {
+            let mut args: Vec<String> =
+                ["--store", &url, "--leader-lease", "3s", "--heartbeat", "1s"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+            args.extend(["--replica-name".to_string(), name.to_string()]);
+            // Agents try "a" first.
+            for addr in &addrs {
+                args.extend(["--advertise".to_string(), format!("https://{addr}")]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            replica
+                .with_args(&args)
+                .with_listen(addrs[i].parse().expect("address"))
+        })
+        .collect();
+    for replica in &mut replicas {
+        replica.start();
+    }
+    wait_until(WAIT, "a to lead", || {
+        leader_at(&replicas[0]).as_deref() == Some("a")
+    });
+
+    // A watch on "b" sees, live, the events "a" commits as the agents connect there.
+    let online_both = |events: &[opi_proto::v1::Event]| {
+        NODES.iter().all(|name| {
+            events
+                .iter()
+                .any(|e| e.node == *name && e.kind == "connectivity" && e.to == "online")
+        })
+    };
+    let (at_b, mut agents) = std::thread::scope(|scope| {
+        let watch = scope.spawn(|| replicas[1].events_after(0, WAIT, online_both));
+        // Let the watch catch up with the (empty) store before anything happens.
+        std::thread::sleep(Duration::from_secs(1));
+        let (_, token) = replicas[0].opictl().create_token("workers", 2, &[]);
+        let mut agents: Vec<Agent> = NODES
+            .iter()
+            .map(|name| {
+                let agent = Agent::new(dir.path(), name);
+                ok(agent.enroll(&replicas[0].endpoint(), &replicas[0].ca_pin(), &token));
+                agent
+            })
+            .collect();
+        for agent in &mut agents {
+            agent.start();
+        }
+        let started = Instant::now();
+        let events = watch.join().expect("watch at b");
+        eprintln!(
+            "b's watch saw a's events {:?} after the agents started",
+            started.elapsed()
+        );
+        (events, agents)
+    });
+    assert_eq!(sessions_at(&etcd, "a"), NODES.len(), "the agents are at a");
+    assert_consecutive(&at_b, 1);
+
+    // A watch on "a" up to both nodes online; then "a" commits one more event and dies.
+    let at_a = replicas[0].events_after(0, WAIT, online_both);
+    assert_consecutive(&at_a, 1);
+    let last = at_a.last().expect("events at a").revision;
+    let maintenance = |name: &str, on: &str| {
+        let args = ["node", "maintenance", on, name, "--reason", "watch test"];
+        args.map(str::to_owned)
+    };
+    let on = maintenance(NODES[0], "on");
+    ok(replicas[0].opictl().run(&on.each_ref().map(String::as_str)));
+    replicas[0].kill();
+
+    // Resumed on "b" from the last revision received: "a"'s last event, then "b"'s own.
+    let off = maintenance(NODES[0], "off");
+    ok(replicas[1]
+        .opictl()
+        .run(&off.each_ref().map(String::as_str)));
+    let resumed = replicas[1].events_after(last, WAIT, |events| {
+        events
+            .iter()
+            .any(|e| e.kind == "maintenance" && e.node == NODES[0] && e.to == "off")
+    });
+    assert_consecutive(&resumed, last + 1);
+    let kinds: Vec<(&str, &str)> = resumed
+        .iter()
+        .filter(|e| e.kind == "maintenance")
+        .map(|e| (e.node.as_str(), e.to.as_str()))
+        .collect();
+    assert_eq!(kinds.len(), 2, "{resumed:?}");
+    let seen: Vec<u64> = at_a.iter().chain(&resumed).map(|e| e.revision).collect();
+    let stored: Vec<u64> = events(&etcd).iter().map(|e| e.revision).collect();
+    assert_eq!(
+        seen,
+        stored[..seen.len()],
+        "what the watches saw is the store's history"
+    );
+    eprintln!(
+        "watch resumed at b after revision {last}: revisions {}..={}",
+        last + 1,
+        resumed.last().map_or(last, |e| e.revision)
+    );
+    for agent in &mut agents {
+        agent.stop();
+    }
+}
+
+/// Asserts that `events` have revisions `first`, `first + 1`, … with none missing or repeated.
+fn assert_consecutive(events: &[opi_proto::v1::Event], first: u64) {
+    let revisions: Vec<u64> = events.iter().map(|e| e.revision).collect();
+    let expected: Vec<u64> = (first..first + revisions.len() as u64).collect();
+    assert_eq!(
+        revisions, expected,
+        "revisions from {first}, none lost or repeated"
+    );
+}
+
 fn connectivity(opictl: &Opictl, name: &str) -> String {
     let nodes = opictl.nodes();
     node(&nodes, name)

@@ -28,6 +28,8 @@ const EVENT_ATTEMPTS: usize = 8;
 pub const DEFAULT_RETENTION: usize = 100_000;
 /// Events buffered for live watchers before a slow one must catch up from the store.
 const BROADCAST_CAPACITY: usize = 4096;
+/// Events read from the store per page when taking in other replicas' events.
+const TAKE_IN_PAGE: usize = 500;
 /// Recent events remembered per node, for `opictl node show`.
 pub const RECENT_PER_NODE: usize = 20;
 /// Events deleted per pruning transaction: below etcd's default limit of 128 operations per
@@ -108,7 +110,7 @@ impl EventLog {
                     self.publish(events);
                 }
                 TxnOutcome::Conflict { key } if key.starts_with(EVENTS) => {
-                    *last = self.stored_last().await?;
+                    self.take_in(&mut last).await?;
                     outcome = Some(result);
                     continue;
                 }
@@ -119,12 +121,27 @@ impl EventLog {
         Ok(outcome.expect("at least one attempt"))
     }
 
-    /// Revision of the last event in the store (0 when none).
-    async fn stored_last(&self) -> Result<u64, StoreError> {
-        let tail = self.store.list_last(EVENTS, 1).await?;
-        match tail.first() {
-            Some(kv) => Ok(decode::<EventRecord>(&*self.store, kv)?.value.revision),
-            None => Ok(0),
+    /// Takes in the events other replicas committed since this one last did, and publishes
+    /// them to live watchers in revision order; returns how many. Replicas call it every
+    /// supervision pass, so a watch on any replica follows every replica's events.
+    pub async fn read_back(&self) -> Result<usize, StoreError> {
+        let mut last = self.commit_lock.lock().await;
+        self.take_in(&mut last).await
+    }
+
+    /// Reads the stored events after `*last` (the commit lock held), publishes them and moves
+    /// `*last` to the newest.
+    async fn take_in(&self, last: &mut u64) -> Result<usize, StoreError> {
+        let mut taken = 0;
+        loop {
+            let page = self.read_after(*last, TAKE_IN_PAGE).await?;
+            let Some(newest) = page.last().map(|e| e.revision) else {
+                return Ok(taken);
+            };
+            taken += page.len();
+            *last = newest;
+            self.last.store(newest, Ordering::Release);
+            self.publish(page);
         }
     }
 

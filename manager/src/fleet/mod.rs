@@ -248,9 +248,10 @@ impl Fleet {
         self.replica.get().is_none_or(|r| r.is_leader())
     }
 
-    /// Re-reads what other replicas wrote that this one keeps in memory: node records and
-    /// rollouts (profiles are not re-read yet). See [`Fleet::reload_nodes`].
+    /// Re-reads what other replicas wrote that this one keeps in memory: events (published to
+    /// this replica's watchers), node records and rollouts (profiles are not re-read yet). See [`Fleet::reload_nodes`].
     pub async fn read_back(&self, taking_lead: bool) -> Result<(), FleetError> {
+        self.events.read_back().await?;
         self.reload_nodes(taking_lead).await?;
         self.rollouts.refresh(&*self.store).await
     }
