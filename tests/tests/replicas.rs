@@ -296,6 +296,123 @@ fn a_watch_follows_every_replica_and_resumes_on_another_without_loss_or_repeat()
     }
 }
 
+#[test]
+fn replicas_joined_with_their_own_issuing_ca_accept_each_others_certificates() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etcd = Etcd::cluster();
+    let url = etcd.url();
+    let addrs: Vec<String> = (0..2).map(|_| free_port()).collect();
+    let a = Manager::init_with(dir.path(), "joined", &["--store", &url, "--replica", "a"]);
+    let first_dir = dir.path().join("manager");
+    let b_dir = dir.path().join("b");
+    let b = Manager::init_with(
+        &b_dir,
+        "joined",
+        &[
+            "--store",
+            &url,
+            "--replica",
+            "b",
+            "--join",
+            first_dir.to_str().expect("path"),
+        ],
+    );
+    let join = |extra: &[&str]| {
+        let mut command = std::process::Command::new(opi_tests::bin("opi-manager"));
+        command.args(["init", "--fleet", "joined", "--data-dir"]);
+        command
+            .arg(dir.path().join("refused"))
+            .arg("--join")
+            .arg(&first_dir);
+        opi_tests::fails(opi_tests::run(command.args(extra)))
+    };
+    let same = join(&["--store", &url, "--replica", "a"]);
+    assert!(same.contains("a name of its own"), "{same}");
+    let sqlite = join(&["--replica", "c"]);
+    assert!(sqlite.contains("--join needs --store etcd://"), "{sqlite}");
+    assert!(!dir.path().join("refused").exists());
+    let pki = |dir: &std::path::Path, file: &str| dir.join("manager/pki").join(file);
+    assert!(
+        !pki(&b_dir, "root-ca.key").exists(),
+        "a joined replica holds no root key"
+    );
+    let issuing = |dir: &std::path::Path| {
+        std::fs::read_to_string(pki(dir, "issuing-ca.pem")).expect("issuing CA")
+    };
+    assert_ne!(
+        issuing(dir.path()),
+        issuing(&b_dir),
+        "each replica has its own issuing CA"
+    );
+    assert_eq!(a.ca_pin(), b.ca_pin(), "one fleet root");
+
+    // Agents enrolled at one replica try the other first.
+    let mut replicas: Vec<Manager> = [a, b]
+        .into_iter()
+        .zip(["a", "b"])
+        .enumerate()
+        .map(|(i, (replica, name))| {
+            let mut args: Vec<String> =
+                ["--store", &url, "--leader-lease", "3s", "--heartbeat", "1s"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+            args.extend(["--replica-name".to_string(), name.to_string()]);
+            for addr in [&addrs[1 - i], &addrs[i]] {
+                args.extend(["--advertise".to_string(), format!("https://{addr}")]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            replica
+                .with_args(&args)
+                .with_listen(addrs[i].parse().expect("address"))
+        })
+        .collect();
+    for replica in &mut replicas {
+        replica.start();
+    }
+    let mut agents = Vec::new();
+    for (replica, name) in replicas.iter().zip(["by-a", "by-b"]) {
+        let (_, token) = replica.opictl().create_token("workers", 1, &[]);
+        let mut agent = Agent::new(dir.path(), name);
+        ok(agent.enroll(&replica.endpoint(), &replica.ca_pin(), &token));
+        agent.start();
+        agents.push(agent);
+    }
+    // Each node's session is at the replica that did not sign its certificate.
+    wait_until(WAIT, "each agent's session at the other replica", || {
+        session_nodes(&etcd, "b") == ["by-a"] && session_nodes(&etcd, "a") == ["by-b"]
+    });
+    for replica in &replicas {
+        let opictl = replica.opictl();
+        wait_until(WAIT, "both nodes online at every replica", || {
+            all_online(&opictl, &["by-a", "by-b"])
+        });
+    }
+    // Each replica's admin certificate is accepted by the other.
+    for (signer, other, name) in [(0, 1, "b"), (1, 0, "a")] {
+        let crossed = Opictl {
+            endpoint: replicas[other].endpoint(),
+            ..replicas[signer].opictl()
+        };
+        assert_eq!(crossed.json(&["status"])["replica"], name);
+    }
+    for agent in &mut agents {
+        agent.stop();
+    }
+}
+
+/// Nodes whose session etcd records at replica `name`.
+fn session_nodes(etcd: &Etcd, name: &str) -> Vec<String> {
+    let store = EtcdStore::open(&etcd.url()).expect("open etcd store");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let kvs = runtime
+        .block_on(store.list(&format!("replicas/sessions/{name}/")))
+        .unwrap_or_default();
+    kvs.iter()
+        .filter_map(|kv| kv.key.rsplit('/').next().map(str::to_owned))
+        .collect()
+}
+
 /// Asserts that `events` have revisions `first`, `first + 1`, … with none missing or repeated.
 fn assert_consecutive(events: &[opi_proto::v1::Event], first: u64) {
     let revisions: Vec<u64> = events.iter().map(|e| e.revision).collect();

@@ -239,6 +239,7 @@ fn init_args(data_dir: &Path, listen: SocketAddr) -> InitArgs {
         server_cert_ttl: opi_pki::ca::SERVER_CERT_TTL,
         admin_ttl: Duration::from_secs(24 * 3600),
         store: None,
+        join: None,
     }
 }
 

@@ -49,6 +49,66 @@ pub struct InitArgs {
     /// Fleet store the init is audited in, as `serve --store` [default: sqlite:DATA_DIR/fleet.db].
     #[arg(long, env = "OPI_STORE")]
     pub store: Option<String>,
+    /// Prepare another replica of the fleet whose data directory (or a copy holding its root CA
+    /// key) is this: a new issuing CA signed by its root, its trust bundle, no root key. Needs
+    /// `--store etcd://…` (the store the replicas share) and a `--replica` name of its own.
+    #[arg(long, value_name = "DATA_DIR")]
+    pub join: Option<PathBuf>,
+}
+
+/// The fleet a replica joins: the root that signs its issuing CA, and the trust bundle.
+struct Joined {
+    root: CertifiedKey,
+    bundle: String,
+}
+
+/// Reads the root CA and trust bundle of the replica at `first`, checking that it serves
+/// `config`'s fleet under another replica name.
+fn joined(
+    first: &std::path::Path,
+    config: &ManagerConfig,
+    store: Option<&str>,
+) -> anyhow::Result<Joined> {
+    if !store.is_some_and(|url| url.starts_with("etcd://")) {
+        bail!("--join needs --store etcd://…: the etcd store the fleet's replicas share");
+    }
+    let first = DataDir::new(first);
+    let theirs = first.load_config().with_context(|| {
+        format!(
+            "--join {}: not a manager data directory",
+            first.root().display()
+        )
+    })?;
+    if theirs.fleet != config.fleet {
+        bail!(
+            "--join {}: that data directory serves fleet {:?}, not {:?}",
+            first.root().display(),
+            theirs.fleet,
+            config.fleet
+        );
+    }
+    if theirs.replica == config.replica {
+        bail!(
+            "--replica {:?} is the name of the replica at {}: give this replica a name of its own",
+            config.replica,
+            first.root().display()
+        );
+    }
+    let read = |path: std::path::PathBuf| {
+        std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "--join: cannot read {} (the root CA key must be there while joining)",
+                path.display()
+            )
+        })
+    };
+    Ok(Joined {
+        root: CertifiedKey {
+            cert_pem: read(first.root_ca_cert())?,
+            key_pem: opi_pki::SecretPem::new(read(first.pki().join("root-ca.key"))?),
+        },
+        bundle: read(first.trust_bundle())?,
+    })
 }
 
 /// Runs `init` and prints what was created.
@@ -73,8 +133,19 @@ pub async fn run(args: InitArgs) -> anyhow::Result<()> {
         );
     }
 
+    let joined = match &args.join {
+        Some(first) => Some(joined(first, &config, args.store.as_deref())?),
+        None => None,
+    };
+
     files::create_dir(dir.root(), 0o750)?;
-    let pin = write_pki(&dir, &config, &args.sans, args.server_cert_ttl)?;
+    let pin = write_pki(
+        &dir,
+        &config,
+        &args.sans,
+        args.server_cert_ttl,
+        joined.as_ref(),
+    )?;
     write_config(&dir, &config)?;
     let endpoint = datadir::endpoints(&config.advertise, args.listen).remove(0);
     let url = args
@@ -83,7 +154,11 @@ pub async fn run(args: InitArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| dir.default_store_url());
     let store = crate::store::open(&url).await?;
     let store = crate::audit::chain::ChainedStore::wrap(store);
-    audit::Entry::ok(&local_actor(), "fleet.init", &config.fleet, "local")
+    let (action, target) = match joined {
+        Some(_) => ("fleet.join", config.replica.as_str()),
+        None => ("fleet.init", config.fleet.as_str()),
+    };
+    audit::Entry::ok(&local_actor(), action, target, "local")
         .write(&*store)
         .await;
     write_admin_bundle(&dir, &config, &endpoint, args.admin_ttl, &*store).await?;
@@ -112,29 +187,43 @@ pub fn local_actor() -> String {
     format!("local:{user}")
 }
 
-/// Creates root CA, issuing CA and server certificate in a staging dir, then moves it in.
+/// Creates root CA (or takes the joined fleet's), issuing CA and server certificate in a
+/// staging dir, then moves it in. A joining replica gets the root certificate, not its key.
 fn write_pki(
     dir: &DataDir,
     config: &ManagerConfig,
     sans: &[String],
     server_ttl: Duration,
+    joined: Option<&Joined>,
 ) -> anyhow::Result<CaPin> {
     let staging = dir
         .root()
         .join(format!(".pki.staging{}", std::process::id()));
     files::create_dir(&staging, 0o700)?;
 
-    let root = ca::create_root_ca(&config.fleet)?;
+    let root = match joined {
+        Some(joined) => joined.root.clone(),
+        None => ca::create_root_ca(&config.fleet)?,
+    };
     let issuing = ca::create_issuing_ca(&config.fleet, &config.replica, &root)?;
     let issuer = Issuer::new(&config.fleet, &issuing)?;
     let (server, server_key) =
         issuer.issue_server(&config.replica, &server_names(sans), server_ttl)?;
 
-    write_pair(&staging, "root-ca", &root)?;
+    let bundle = match joined {
+        Some(joined) => {
+            write_public(&staging.join("root-ca.pem"), root.cert_pem.as_bytes())?;
+            joined.bundle.clone()
+        }
+        None => {
+            write_pair(&staging, "root-ca", &root)?;
+            root.cert_pem.clone()
+        }
+    };
     write_pair(&staging, "issuing-ca", &issuing)?;
     write_public(&staging.join("server.pem"), server.chain_pem.as_bytes())?;
     write_secret(&staging.join("server.key"), server_key.expose().as_bytes())?;
-    write_public(&staging.join("trust-bundle.pem"), root.cert_pem.as_bytes())?;
+    write_public(&staging.join("trust-bundle.pem"), bundle.as_bytes())?;
     std::fs::rename(&staging, dir.pki()).with_context(|| {
         format!(
             "cannot move {} to {}",
