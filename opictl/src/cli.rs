@@ -89,8 +89,9 @@ pub enum Command {
     /// Get an operator certificate with a one-time code from an admin
     ///
     /// Needs --manager URL. Makes a key on this machine (it never leaves it), sends a CSR
-    /// with the code to the manager, checked against the CA pin given with the code, and writes a bundle with the
-    /// certificate (8 h unless the admin chose otherwise) for `opictl --config`.
+    /// with the code to the manager, checked against the CA pin given with the code, and
+    /// writes a bundle with the certificate (8 h unless the admin chose otherwise) for
+    /// `opictl --config`.
     Login(LoginArgs),
     /// Invite operators (admins only)
     #[command(subcommand)]

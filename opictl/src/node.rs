@@ -1,5 +1,5 @@
-//! `opictl node show|revoke|remove|delete|maintenance|move|rotate|allow-reenroll NAME`: one node, in full, and the
-//! changes an operator makes to it.
+//! `opictl node show|revoke|remove|delete|maintenance|move|rotate|allow-reenroll NAME`: one
+//! node, in full, and the changes an operator makes to it.
 
 pub mod lifecycle;
 

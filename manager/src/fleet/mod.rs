@@ -249,7 +249,8 @@ impl Fleet {
     }
 
     /// Re-reads what other replicas wrote that this one keeps in memory: events (published to
-    /// this replica's watchers), node records and rollouts (profiles are not re-read yet). See [`Fleet::reload_nodes`].
+    /// this replica's watchers), node records and rollouts (profiles are not re-read yet).
+    /// See [`Fleet::reload_nodes`].
     pub async fn read_back(&self, taking_lead: bool) -> Result<(), FleetError> {
         self.events.read_back().await?;
         self.reload_nodes(taking_lead).await?;

@@ -1,5 +1,6 @@
-//! `opictl node revoke|remove|delete|maintenance|move|rotate|allow-reenroll`: changes to one node. Each prints what
-//! it did: a sentence for people, the node (or a small object once it is gone) in JSON.
+//! `opictl node revoke|remove|delete|maintenance|move|rotate|allow-reenroll`: changes to one
+//! node. Each prints what it did: a sentence for people, the node (or a small object once it
+//! is gone) in JSON.
 
 use std::time::SystemTime;
 

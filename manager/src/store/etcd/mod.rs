@@ -45,7 +45,8 @@ pub struct EtcdStore {
 }
 
 impl EtcdStore {
-    /// A store for `url` (`etcd://…` or `etcds://…`, see [`EtcdConfig`]); connects on first use.
+    /// A store for `url` (`etcd://…` or `etcds://…`, see [`EtcdConfig`]); connects on first
+    /// use.
     pub fn open(url: &str) -> Result<Self, StoreError> {
         let config = EtcdConfig::parse(url).map_err(|source| StoreError::BadUrl {
             url: url.into(),
