@@ -292,17 +292,13 @@ impl Manager {
         timeout: Duration,
         done: impl FnMut(&[opi_proto::v1::Event]) -> bool,
     ) -> Vec<opi_proto::v1::Event> {
-        let runtime = tokio::runtime::Runtime::new().expect("runtime");
-        let mut client = runtime
-            .block_on(grpc::admin(&self.endpoint(), &self.data_dir))
-            .expect("admin client");
         let request = opi_proto::v1::WatchRequest {
             since_revision: since,
             nodes: vec![node.into()],
             kinds: vec![kind.into()],
             ..Default::default()
         };
-        runtime.block_on(grpc::collect_events(&mut client, request, timeout, done))
+        self.watch_events(request, timeout, done)
     }
 
     /// Every event after revision `since` (0: from the first event kept), from a watch as the
@@ -313,15 +309,51 @@ impl Manager {
         timeout: Duration,
         done: impl FnMut(&[opi_proto::v1::Event]) -> bool,
     ) -> Vec<opi_proto::v1::Event> {
-        let runtime = tokio::runtime::Runtime::new().expect("runtime");
-        let mut client = runtime
-            .block_on(grpc::admin(&self.endpoint(), &self.data_dir))
-            .expect("admin client");
         let request = opi_proto::v1::WatchRequest {
             since_revision: since,
             replay_last: if since == 0 { u32::MAX } else { 0 },
             ..Default::default()
         };
+        self.watch_events(request, timeout, done)
+    }
+
+    /// The connectivity events of the fleet after revision `since` that arrive within `quiet`,
+    /// as `NODE: FROM -> TO`.
+    pub fn connectivity_events(&self, since: u64, quiet: Duration) -> Vec<String> {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(async {
+            let mut client = grpc::admin(&self.endpoint(), &self.data_dir)
+                .await
+                .expect("admin client");
+            let request = opi_proto::v1::WatchRequest {
+                since_revision: since,
+                kinds: vec!["connectivity".into()],
+                ..Default::default()
+            };
+            let mut stream = client.watch(request).await.expect("watch").into_inner();
+            let mut seen = Vec::new();
+            let deadline = tokio::time::Instant::now() + quiet;
+            while let Ok(Ok(Some(event))) =
+                tokio::time::timeout_at(deadline, stream.message()).await
+            {
+                seen.push(format!("{}: {} -> {}", event.node, event.from, event.to));
+            }
+            seen
+        })
+    }
+
+    /// The events `request` watches, as the admin, until `done` says enough; panics after
+    /// `timeout` with what came.
+    fn watch_events(
+        &self,
+        request: opi_proto::v1::WatchRequest,
+        timeout: Duration,
+        done: impl FnMut(&[opi_proto::v1::Event]) -> bool,
+    ) -> Vec<opi_proto::v1::Event> {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let mut client = runtime
+            .block_on(grpc::admin(&self.endpoint(), &self.data_dir))
+            .expect("admin client");
         runtime.block_on(grpc::collect_events(&mut client, request, timeout, done))
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use opi_proto::v1::agent_client::AgentClient;
 use opi_proto::v1::agent_message::Body;
-use opi_proto::v1::{AgentMessage, Hello, WatchRequest};
+use opi_proto::v1::{AgentMessage, Hello};
 use opi_tests::{all_online, bin, grpc, ok, run, wait_until, wait_until_every, Agent, Manager};
 use opi_tests::{POLL_OPICTL, WAIT};
 use tempfile::TempDir;
@@ -113,7 +113,7 @@ fn a_ca_rollover_with_agents_online_disconnects_none_and_refuses_the_old_ca_afte
         refused.message().contains("not signed by this fleet's CA"),
         "{refused}"
     );
-    let events = connectivity_events(&manager, revision, Duration::from_secs(4));
+    let events = manager.connectivity_events(revision, Duration::from_secs(4));
     assert!(
         events.is_empty(),
         "nodes went offline during the rollover: {events:?}"
@@ -162,27 +162,5 @@ fn old_ca_session(manager: &Manager, old_issuer: &opi_pki::Issuer) -> tonic::Sta
             .session(ReceiverStream::new(queue))
             .await
             .expect_err("a certificate of the retired CA is refused")
-    })
-}
-
-/// The connectivity events of the fleet after revision `since` that arrive within `quiet`.
-fn connectivity_events(manager: &Manager, since: u64, quiet: Duration) -> Vec<String> {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let mut client = grpc::admin(&manager.endpoint(), &manager.data_dir)
-            .await
-            .unwrap();
-        let request = WatchRequest {
-            since_revision: since,
-            kinds: vec!["connectivity".into()],
-            ..Default::default()
-        };
-        let mut stream = client.watch(request).await.unwrap().into_inner();
-        let mut seen = Vec::new();
-        let deadline = tokio::time::Instant::now() + quiet;
-        while let Ok(Ok(Some(event))) = tokio::time::timeout_at(deadline, stream.message()).await {
-            seen.push(format!("{}: {} -> {}", event.node, event.from, event.to));
-        }
-        seen
     })
 }

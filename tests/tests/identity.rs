@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use opi_proto::v1::agent_client::AgentClient;
 use opi_proto::v1::agent_message::Body;
 use opi_proto::v1::manager_message::Body as ManagerBody;
-use opi_proto::v1::{AgentMessage, Hello, ManagerMessage, WatchRequest};
+use opi_proto::v1::{AgentMessage, Hello, ManagerMessage};
 use opi_tests::{
     all_online, fails, grpc, ok, wait_until, wait_until_every, Agent, Manager, POLL_OPICTL, WAIT,
 };
@@ -74,28 +74,6 @@ async fn open_session(
     }
 }
 
-/// The connectivity events of the fleet after revision `since` that arrive within `quiet`.
-fn connectivity_events(manager: &Manager, since: u64, quiet: Duration) -> Vec<String> {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let mut client = grpc::admin(&manager.endpoint(), &manager.data_dir)
-            .await
-            .unwrap();
-        let request = WatchRequest {
-            since_revision: since,
-            kinds: vec!["connectivity".into()],
-            ..Default::default()
-        };
-        let mut stream = client.watch(request).await.unwrap().into_inner();
-        let mut seen = Vec::new();
-        let deadline = tokio::time::Instant::now() + quiet;
-        while let Ok(Ok(Some(event))) = tokio::time::timeout_at(deadline, stream.message()).await {
-            seen.push(format!("{}: {} -> {}", event.node, event.from, event.to));
-        }
-        seen
-    })
-}
-
 #[test]
 fn rotating_a_fleet_of_20_changes_every_serial_with_no_node_offline() {
     // A grace period of 3 s: a node whose session stayed down longer would show offline.
@@ -154,7 +132,7 @@ fn rotating_a_fleet_of_20_changes_every_serial_with_no_node_offline() {
     println!("{FLEET_SIZE} nodes renewed in {renewed_in:?}");
 
     // Longer than the grace period: an offline transition during the rotation would be here.
-    let events = connectivity_events(&manager, revision, Duration::from_secs(4));
+    let events = manager.connectivity_events(revision, Duration::from_secs(4));
     assert!(
         events.is_empty(),
         "nodes went offline during the rotation: {events:?}"
