@@ -152,6 +152,8 @@ pub struct Running {
     certificates: JoinHandle<()>,
     /// The replica's lease keep-alive and campaign, on etcd.
     campaign: Option<JoinHandle<()>>,
+    /// The watch on other replicas' node records and rollouts, on etcd.
+    follower: Option<JoinHandle<()>>,
     metrics: Option<MetricsServer>,
     alerting: Option<Alerting>,
 }
@@ -250,6 +252,14 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
     let replica = open_replica(args, &store_url, addr)?;
     fleet.set_replica(replica.clone());
     let campaign = replica.run();
+    let follower = match replica.is_single() {
+        true => None,
+        false => {
+            let etcd = crate::store::EtcdStore::open(&store_url)?;
+            let fleet = fleet.clone();
+            Some(tokio::spawn(async move { fleet.follow(etcd).await }))
+        }
+    };
     let metrics = start_metrics(args, &dir, &fleet, &registry).await?;
     let alerting = start_alerting(args, &fleet, &registry);
     let (shutdown, stopped) = oneshot::channel::<()>();
@@ -301,6 +311,7 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
         supervisor,
         certificates,
         campaign,
+        follower,
         metrics,
         alerting,
     })
@@ -342,6 +353,9 @@ impl Running {
         }
         self.supervisor.abort();
         self.certificates.abort();
+        if let Some(follower) = self.follower {
+            follower.abort();
+        }
         if let Some(campaign) = self.campaign {
             campaign.abort();
         }
@@ -376,10 +390,10 @@ async fn supervise(
         tick.tick().await;
         notifier.watchdog();
         if !replica.is_single() {
-            // Other replicas write node records and rollouts: every replica reads them back each
-            // pass, two range reads (a watch would be cheaper).
+            // Node records and rollouts come through `Fleet::follow`'s watch; events and profiles
+            // are read back each pass.
             if let Err(error) = fleet.read_back(!leading && replica.is_leader()).await {
-                tracing::warn!(error = %error, "cannot read back the node records and rollouts");
+                tracing::warn!(error = %error, "cannot read back the events and profiles");
                 continue;
             }
         }

@@ -6,6 +6,7 @@ pub mod config_axis;
 mod conflicts;
 mod enroll;
 mod error;
+mod follow;
 mod identity;
 mod lanes;
 mod limiter;
@@ -248,42 +249,39 @@ impl Fleet {
         self.replica.get().is_none_or(|r| r.is_leader())
     }
 
-    /// Re-reads what other replicas wrote that this one keeps in memory: events (published to
-    /// this replica's watchers), node records and rollouts (profiles are not re-read yet).
-    /// See [`Fleet::reload_nodes`].
+    /// Re-reads what other replicas wrote that this one keeps in memory and does not follow
+    /// through a watch ([`Fleet::follow`]): events (published to this replica's watchers) and
+    /// the pools' latest profiles. `taking_lead` also starts every disconnected node's grace
+    /// period now, as at start.
     pub async fn read_back(&self, taking_lead: bool) -> Result<(), FleetError> {
         self.events.read_back().await?;
-        self.reload_nodes(taking_lead).await?;
-        self.rollouts.refresh(&*self.store).await
+        self.refresh_profiles().await?;
+        if taking_lead {
+            let now = OffsetDateTime::now_utc();
+            let mut nodes = self.nodes.write().expect("fleet lock poisoned");
+            for entry in nodes.values_mut().filter(|e| e.live.is_none()) {
+                entry.last_contact = now;
+            }
+        }
+        Ok(())
     }
 
-    /// Re-reads the node records other replicas changed; `taking_lead` also starts every
-    /// disconnected node's grace period now, as at start.
-    pub async fn reload_nodes(&self, taking_lead: bool) -> Result<(), FleetError> {
+    /// Reads every node record again and takes in those other replicas changed (see
+    /// [`follow::take_record`]).
+    pub async fn reload_nodes(&self) -> Result<(), FleetError> {
         let records = list_json::<NodeRecord>(&*self.store, NODES).await?;
-        let now = OffsetDateTime::now_utc();
-        let mut nodes = self.nodes.write().expect("fleet lock poisoned");
-        for v in records {
-            match nodes.get_mut(&v.value.name) {
-                Some(entry) => {
-                    if taking_lead && entry.live.is_none() {
-                        entry.last_contact = now;
-                    }
-                    if v.mod_revision > entry.revision {
-                        entry.record = v.value;
-                        entry.revision = v.mod_revision;
-                    }
-                }
-                None => {
-                    let entry = NodeEntry {
-                        record: v.value,
-                        revision: v.mod_revision,
-                        live: None,
-                        last_contact: now,
-                    };
-                    nodes.insert(entry.record.name.clone(), entry);
-                }
-            }
+        let retargeted: Vec<String> = {
+            let mut nodes = self.nodes.write().expect("fleet lock poisoned");
+            records
+                .into_iter()
+                .filter_map(|v| {
+                    let name = v.value.name.clone();
+                    follow::take_record(&mut nodes, v).then_some(name)
+                })
+                .collect()
+        };
+        for name in retargeted {
+            self.send_desired(&name).await;
         }
         Ok(())
     }

@@ -26,10 +26,13 @@ use crate::store::{decode, get_json, list_json, to_json, Store, Txn, TxnOutcome}
 /// Largest profile document stored; each agent of the pool receives it whole.
 pub const MAX_PROFILE_BYTES: usize = 256 * 1024;
 
-/// The latest profile of each pool and the store's epoch, as loaded at start.
+/// The latest profile of each pool and the store's epoch, as loaded at start and re-read when
+/// the generation counter moves (another replica stored a generation).
 pub(super) struct ProfileCache {
     pub epoch: u64,
     pub latest: HashMap<String, ProfileRecord>,
+    /// Mod revision of the generation counter when `latest` was read (0: no counter yet).
+    counter_revision: u64,
 }
 
 /// A new generation of a pool's profile, with the rollout that gives it to the pool.
@@ -59,24 +62,64 @@ impl ProfileCache {
     /// Reads the epoch (making it 1 in a new store) and the latest generation of each pool.
     pub(super) async fn load(store: &dyn Store) -> Result<Self, FleetError> {
         let epoch = load_epoch(store).await?;
-        let mut latest: HashMap<String, ProfileRecord> = HashMap::new();
+        let mut cache = Self {
+            epoch,
+            latest: HashMap::new(),
+            counter_revision: 0,
+        };
+        cache.counter_revision = counter_revision(store).await?;
         for versioned in list_json::<ProfileRecord>(store, PROFILES).await? {
-            let profile = versioned.value;
-            let newer = latest
-                .get(&profile.pool)
-                .is_none_or(|p| p.generation < profile.generation);
-            if newer {
-                latest.insert(profile.pool.clone(), profile);
-            }
+            cache.take(versioned.value);
         }
-        Ok(Self { epoch, latest })
+        Ok(cache)
     }
+
+    /// Keeps `profile` as its pool's latest unless a later generation is known.
+    fn take(&mut self, profile: ProfileRecord) {
+        let newer = self
+            .latest
+            .get(&profile.pool)
+            .is_none_or(|p| p.generation < profile.generation);
+        if newer {
+            self.latest.insert(profile.pool.clone(), profile);
+        }
+    }
+}
+
+/// The generation counter's mod revision, 0 before the first generation.
+async fn counter_revision(store: &dyn Store) -> Result<u64, FleetError> {
+    Ok(store
+        .get(GENERATION_KEY)
+        .await?
+        .map_or(0, |kv| kv.mod_revision))
 }
 
 impl Fleet {
     /// The store's epoch.
     pub fn epoch(&self) -> u64 {
         self.profiles.read().expect("profile lock poisoned").epoch
+    }
+
+    /// Re-reads the pools' latest profiles if another replica stored a generation since they
+    /// were read: one read of the generation counter when none did.
+    pub(super) async fn refresh_profiles(&self) -> Result<(), FleetError> {
+        let store = self.store();
+        let known = self
+            .profiles
+            .read()
+            .expect("profile lock poisoned")
+            .counter_revision;
+        let now = counter_revision(store).await?;
+        if now == known {
+            return Ok(());
+        }
+        let stored = list_json::<ProfileRecord>(store, PROFILES).await?;
+        let mut cache = self.profiles.write().expect("profile lock poisoned");
+        for versioned in stored {
+            cache.take(versioned.value);
+        }
+        cache.counter_revision = cache.counter_revision.max(now);
+        Ok(())
     }
 
     /// The latest profile of `pool`, if it has one.
@@ -169,8 +212,7 @@ impl Fleet {
         self.profiles
             .write()
             .expect("profile lock poisoned")
-            .latest
-            .insert(new.pool.to_string(), profile.clone());
+            .take(profile.clone());
         self.rollout_started(rollout, revision);
         Ok(SetOutcome {
             profile,

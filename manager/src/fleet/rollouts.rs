@@ -54,17 +54,21 @@ impl RolloutCache {
 
     /// Takes in the rollouts other replicas wrote since they were read.
     pub(super) async fn refresh(&self, store: &dyn Store) -> Result<(), FleetError> {
-        let stored = list_json::<RolloutRecord>(store, ROLLOUTS).await?;
-        let mut records = self.records.write().expect("rollout lock poisoned");
-        for v in stored {
-            let newer = records
-                .get(&v.value.pool)
-                .is_none_or(|known| known.mod_revision < v.mod_revision);
-            if newer {
-                records.insert(v.value.pool.clone(), v);
-            }
+        for v in list_json::<RolloutRecord>(store, ROLLOUTS).await? {
+            self.take(v);
         }
         Ok(())
+    }
+
+    /// Keeps `v` unless memory holds a later write of the pool's rollout.
+    pub(super) fn take(&self, v: Versioned<RolloutRecord>) {
+        let mut records = self.records.write().expect("rollout lock poisoned");
+        let newer = records
+            .get(&v.value.pool)
+            .is_none_or(|known| known.mod_revision < v.mod_revision);
+        if newer {
+            records.insert(v.value.pool.clone(), v);
+        }
     }
 
     /// Holds off every other writer of rollouts until the guard is dropped.
