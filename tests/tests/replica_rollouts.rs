@@ -112,7 +112,13 @@ fn rollouts_reach_nodes_at_every_replica_and_survive_the_leaders_death() {
     // new generation there.
     let path = dir.path().join("g1-again.yaml");
     std::fs::write(&path, worker()).expect("profile file");
-    let args = ["profile", "set", "workers", "-f", path.to_str().expect("path")];
+    let args = [
+        "profile",
+        "set",
+        "workers",
+        "-f",
+        path.to_str().expect("path"),
+    ];
     let again = replicas[0].opictl().json(&args);
     assert_eq!(again["changed"], false, "{again}");
     assert_eq!(again["generation"], first, "{again}");
@@ -133,7 +139,16 @@ fn rollouts_reach_nodes_at_every_replica_and_survive_the_leaders_death() {
     let before = rollout_status(&replicas[0].opictl());
     replicas[0].kill();
     let killed = Instant::now();
-    let done = wait_state(&replicas[1].opictl(), second, "completed");
+    let done = match try_wait_state(&replicas[1].opictl(), second, "completed") {
+        Some(done) => done,
+        None => {
+            for agent in &agents {
+                eprintln!("--- {}\n{}", agent.name, tail(&agent.log_text(), 40));
+            }
+            eprintln!("--- b\n{}", tail(&replicas[1].log_text(), 200));
+            panic!("the rollout to {second} did not complete at b after the leader died");
+        }
+    };
     eprintln!(
         "generation {second} completed at b {:?} after the leader died mid-rollout \
          ({} of 4 nodes done before)",
@@ -229,6 +244,29 @@ fn wait_state(opictl: &Opictl, generation: u64, state: &str) -> Value {
         status["to_generation"] == generation && status["state"] == state
     });
     rollout_status(opictl)
+}
+
+/// Like [`wait_state`], but `None` on a timeout.
+fn try_wait_state(opictl: &Opictl, generation: u64, state: &str) -> Option<Value> {
+    let deadline = Instant::now() + ROLLOUT_WAIT;
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        let status = rollout_status(opictl);
+        if status != last {
+            eprintln!("rollout status: {status}");
+            last = status.clone();
+        }
+        if status["to_generation"] == generation && status["state"] == state {
+            return Some(status);
+        }
+        std::thread::sleep(POLL_OPICTL);
+    }
+    None
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Nodes done over all waves of a rollout status.

@@ -15,9 +15,16 @@ use opi_tests::sim::table::markdown;
 #[derive(Debug, Parser)]
 #[command(name = "opi-bench", version)]
 struct Args {
-    /// Fleet sizes, comma-separated.
+    /// Fleet sizes, comma-separated (0 for none).
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     agents: Vec<usize>,
+    /// Fleet sizes spread over `--replicas` manager replicas on one etcd member (with one
+    /// simulator and one echo ceiling per replica), comma-separated; measured after `--agents`.
+    #[arg(long, value_delimiter = ',')]
+    replicated_agents: Vec<usize>,
+    /// Manager replicas of the `--replicated-agents` runs.
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
     /// Heartbeat interval of the fleet-size runs.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
@@ -77,7 +84,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     let bench = Bench {
         bin_dir: exe.parent().expect("binary in a directory").to_path_buf(),
         work_dir: args.work_dir,
-        sizes: args.agents,
+        sizes: args.agents.into_iter().filter(|&n| n > 0).collect(),
+        replicated: args.replicated_agents,
+        replicas: args.replicas.max(1),
         heartbeat: args.heartbeat,
         duration: args.duration,
         sources: args.sources,

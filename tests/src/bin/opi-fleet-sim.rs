@@ -61,6 +61,9 @@ struct Args {
     /// is lost) until standard input closes.
     #[arg(long)]
     hold: bool,
+    /// Index of the first agent's name (`sim-NNNNN`), for simulators sharing one fleet.
+    #[arg(long, default_value_t = 0)]
+    first: usize,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -102,6 +105,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         concurrency: args.concurrency.max(1),
         uses_per_token: args.uses_per_token.clamp(1, USES_PER_TOKEN),
         hold: args.hold,
+        first: args.first,
     };
     sim::run(config, |report| {
         if json {

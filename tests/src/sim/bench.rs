@@ -20,11 +20,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time a freshly started server gets to settle before its idle memory is read.
 const SETTLE: Duration = Duration::from_secs(1);
 /// Longest wait for every agent to be back after a manager restart.
-const STORM_TIMEOUT: Duration = Duration::from_secs(300);
+pub(super) const STORM_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest wait for a stopped manager to exit.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between two checks of a server's state.
-const POLL: Duration = Duration::from_millis(100);
+pub(super) const POLL: Duration = Duration::from_millis(100);
 /// Runs of each timed `opictl` command; the median is reported.
 const OPICTL_RUNS: usize = 5;
 
@@ -38,6 +38,10 @@ pub struct Bench {
     pub work_dir: PathBuf,
     /// Fleet sizes, each measured in turn.
     pub sizes: Vec<usize>,
+    /// Fleet sizes measured spread over `replicas` manager replicas on etcd, after `sizes`.
+    pub replicated: Vec<usize>,
+    /// Manager replicas of the `replicated` sizes.
+    pub replicas: usize,
     /// Heartbeat interval of the fleet-size runs.
     pub heartbeat: Duration,
     /// Measurement window of each run.
@@ -61,6 +65,9 @@ pub struct Bench {
 pub struct Row {
     /// Simulated agents.
     pub agents: usize,
+    /// Manager replicas on etcd the agents were spread over; 0 for a single manager on
+    /// SQLite.
+    pub replicas: usize,
     /// The manager under load.
     pub manager: Report,
     /// The echo ceiling under the same load.
@@ -119,9 +126,9 @@ impl Drop for Server {
 }
 
 /// A simulator holding its agents connected until dropped.
-struct Held {
-    child: Child,
-    report: Report,
+pub(super) struct Held {
+    pub(super) child: Child,
+    pub(super) report: Report,
 }
 
 impl Bench {
@@ -130,6 +137,11 @@ impl Bench {
         let mut results = Results::default();
         for &agents in &self.sizes {
             results.rows.push(self.run_size(agents)?);
+        }
+        for &agents in &self.replicated {
+            results
+                .rows
+                .push(self.run_replicated(agents, self.replicas)?);
         }
         if self.saturation.0 > 0 {
             results.saturation = Some(self.run_saturation()?);
@@ -176,7 +188,7 @@ impl Bench {
     }
 
     /// `opictl` latency and watch fan-out against the loaded manager; failures become notes.
-    fn loaded_measurements(&self, row: &mut Row, data_dir: &Path, listen: &str) {
+    pub(super) fn loaded_measurements(&self, row: &mut Row, data_dir: &Path, listen: &str) {
         let endpoint = format!("https://{listen}");
         let filtered = ["nodes", "--pool", "sim", "--health", "degraded"];
         for (args, slot) in [
@@ -277,7 +289,7 @@ impl Bench {
     }
 
     /// A scratch directory of its own under the work directory, emptied.
-    fn fresh_dir(&self, name: &str) -> anyhow::Result<PathBuf> {
+    pub(super) fn fresh_dir(&self, name: &str) -> anyhow::Result<PathBuf> {
         let dir = self.work_dir.join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
@@ -375,7 +387,7 @@ impl Bench {
         Ok(median(&mut times))
     }
 
-    fn sim_command(
+    pub(super) fn sim_command(
         &self,
         data_dir: &Path,
         agents: usize,
@@ -438,7 +450,7 @@ fn simulate(command: &mut Command) -> anyhow::Result<Report> {
 }
 
 /// The first line of a simulator's standard output, as a report.
-fn first_report(stdout: ChildStdout) -> anyhow::Result<Report> {
+pub(super) fn first_report(stdout: ChildStdout) -> anyhow::Result<Report> {
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
     anyhow::ensure!(!line.is_empty(), "the simulator ended without a report");
@@ -446,7 +458,7 @@ fn first_report(stdout: ChildStdout) -> anyhow::Result<Report> {
 }
 
 /// Closes a held simulator's standard input and returns its final report.
-fn release(mut held: Held) -> anyhow::Result<Report> {
+pub(super) fn release(mut held: Held) -> anyhow::Result<Report> {
     drop(held.child.stdin.take());
     let status = held.child.wait()?;
     anyhow::ensure!(status.success(), "opi-fleet-sim failed ({status})");
@@ -454,7 +466,7 @@ fn release(mut held: Held) -> anyhow::Result<Report> {
 }
 
 /// Sends SIGTERM and waits for the process to exit.
-fn stop(mut server: Server) -> anyhow::Result<()> {
+pub(super) fn stop(mut server: Server) -> anyhow::Result<()> {
     let pid = nix::unistd::Pid::from_raw(server.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
     let started = Instant::now();
@@ -487,7 +499,7 @@ pub fn addresses(run_dir: &Path) -> anyhow::Result<(String, String)> {
     }
 }
 
-fn idle_rss(server: &Server) -> anyhow::Result<u64> {
+pub(super) fn idle_rss(server: &Server) -> anyhow::Result<u64> {
     std::thread::sleep(SETTLE);
     rss_kib(server.pid()).context("server exited before the benchmark")
 }

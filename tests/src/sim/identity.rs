@@ -136,7 +136,7 @@ async fn enroll_one(
         &config.endpoint,
         tls,
         config.source(i),
-        &node_name(i),
+        &node_name(config.first + i),
         token,
     )
     .await

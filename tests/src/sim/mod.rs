@@ -20,6 +20,7 @@ pub mod echo;
 pub mod fanout;
 pub mod footprint;
 pub mod identity;
+pub mod replicated;
 pub mod scrape;
 pub mod table;
 
@@ -86,6 +87,8 @@ pub struct Config {
     pub uses_per_token: usize,
     /// Keep the agents connected after the report, until standard input closes.
     pub hold: bool,
+    /// Index of the first agent: simulators sharing one fleet name their agents apart.
+    pub first: usize,
 }
 
 /// What one simulation measured.
@@ -273,6 +276,36 @@ async fn measure(
 }
 
 impl Report {
+    /// The reports of simulators that ran side by side against several servers, as one:
+    /// counts, rates, memory and CPU add up, times and latencies take the worst.
+    pub fn combine(reports: &[Report]) -> Report {
+        let sum = |f: fn(&Report) -> f64| reports.iter().map(f).sum::<f64>();
+        let max = |f: fn(&Report) -> f64| reports.iter().map(f).fold(0.0, f64::max);
+        let worst = |f: fn(&Report) -> Option<f64>| reports.iter().filter_map(f).reduce(f64::max);
+        let all = |f: fn(&Report) -> Option<f64>| reports.iter().map(f).sum::<Option<f64>>();
+        Report {
+            agents: reports.iter().map(|r| r.agents).sum(),
+            enrolled: reports.iter().map(|r| r.enrolled).sum(),
+            enroll_per_sec: sum(|r| r.enroll_per_sec),
+            enroll_retries: reports.iter().map(|r| r.enroll_retries).sum(),
+            connected: reports.iter().map(|r| r.connected).sum(),
+            connect_secs: max(|r| r.connect_secs),
+            sessions_seen: sum(|r| r.sessions_seen),
+            window_secs: max(|r| r.window_secs),
+            sent: reports.iter().map(|r| r.sent).sum(),
+            accepted: reports.iter().map(|r| r.accepted).sum(),
+            sent_per_sec: sum(|r| r.sent_per_sec),
+            accepted_per_sec: sum(|r| r.accepted_per_sec),
+            reports_sent: reports.iter().map(|r| r.reports_sent).sum(),
+            sessions_lost: reports.iter().map(|r| r.sessions_lost).sum(),
+            reconnected: reports.iter().map(|r| r.reconnected).sum(),
+            p50_seconds: worst(|r| r.p50_seconds),
+            p99_seconds: worst(|r| r.p99_seconds),
+            target_rss_kib: reports.iter().map(|r| r.target_rss_kib).sum(),
+            target_cpu_secs: all(|r| r.target_cpu_secs),
+        }
+    }
+
     /// The report as people read it.
     pub fn summary(&self) -> String {
         let ms = |s: Option<f64>| s.map_or("n/a".into(), |s| format!("{:.3} ms", s * 1e3));

@@ -43,16 +43,24 @@ pub fn markdown(bench: &Bench, results: &Results, machine: &str, date: &str) -> 
     out
 }
 
+/// A row's fleet size, with the replicas it was spread over if more than one manager.
+fn fleet(row: &Row) -> String {
+    match row.replicas {
+        0 | 1 => row.agents.to_string(),
+        n => format!("{} over {n} replicas", row.agents),
+    }
+}
+
 fn heartbeat_table(out: &mut String, rows: &[Row]) {
     out.push_str("## Heartbeats and memory against fleet size\n\n");
-    out.push_str("Each size runs twice on the same machine: against the echo ceiling (the manager's TLS and gRPC stack with nothing behind it), then against the real manager. Processing is the manager's own handling time of one heartbeat (`opi_heartbeat_processing_seconds`). Memory per agent is the growth of resident memory from idle to loaded, over the connected agents; CPU is the server's user and system time over the window.\n\n");
+    out.push_str("Each size runs twice on the same machine: against the echo ceiling (the manager's TLS and gRPC stack with nothing behind it), then against the real manager. Processing is the manager's own handling time of one heartbeat (`opi_heartbeat_processing_seconds`). Memory per agent is the growth of resident memory from idle to loaded, over the connected agents; CPU is the server's user and system time over the window. A size \"over N replicas\" is spread evenly over N manager replicas on one etcd member, one simulator each, against N echo ceilings holding the same shares; its memory, CPU and throughput add up over the N servers, its latencies are the worst of them. One process cannot hold more agents than its open-file limit, since every agent holds a socket.\n\n");
     out.push_str("| agents | connected | heartbeats/s manager / ceiling | p50 / p99 processing | RSS per agent manager / ceiling | CPU manager / ceiling |\n");
     out.push_str("|---:|---:|---:|---:|---:|---:|\n");
     for row in rows {
         let _ = writeln!(
             out,
             "| {} | {} / {} | {:.0} / {:.0} ({}) | {} / {} | {} / {} | {} / {} |",
-            row.agents,
+            fleet(row),
             row.manager.connected,
             row.echo.connected,
             row.manager.accepted_per_sec,
@@ -88,7 +96,7 @@ fn control_table(out: &mut String, rows: &[Row]) {
         let _ = writeln!(
             out,
             "| {} | {:.0} / {:.0} ({}) | {} | {} | {} | {} |",
-            row.agents,
+            fleet(row),
             row.manager.enroll_per_sec,
             row.echo.enroll_per_sec,
             percent(row.manager.enroll_per_sec, row.echo.enroll_per_sec),
@@ -100,7 +108,7 @@ fn control_table(out: &mut String, rows: &[Row]) {
     }
     for row in rows {
         for note in &row.notes {
-            let _ = writeln!(out, "\n{} agents: {note}", row.agents);
+            let _ = writeln!(out, "\n{} agents: {note}", fleet(row));
         }
     }
     out.push('\n');
@@ -178,7 +186,7 @@ fn targets(out: &mut String, results: &Results) {
         let _ = writeln!(out, "| {target} | {measured} | {verdict} |");
     };
     let largest = results.rows.iter().max_by_key(|r| r.agents);
-    let at = |r: &Row| format!(" at {} agents", r.agents);
+    let at = |r: &Row| format!(" at {} agents", fleet(r));
     let fifty = results.rows.iter().find(|r| r.agents >= 50_000);
     line(
         "50,000 concurrent agents at 10 s heartbeats",
