@@ -64,7 +64,7 @@ impl Bench {
                 let extra = ["--target", "echo", "--metrics", metrics, "--first", &first];
                 let mut command =
                     self.sim_command(&place.data_dir, count, self.heartbeat, echo, addr, &extra);
-                Ok(Self::hold_started(command.arg("--hold"))?)
+                Self::hold_started(command.arg("--hold"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let echo = finish(sims)?;
@@ -201,8 +201,7 @@ impl Bench {
                 .collect();
             stops
                 .into_iter()
-                .map(|stop| stop.join().expect("stop thread"))
-                .collect::<anyhow::Result<()>>()
+                .try_for_each(|stop| stop.join().expect("stop thread"))
         })?;
         let mut restarted = Vec::new();
         let mut metrics = Vec::new();
