@@ -19,7 +19,7 @@ use crate::datadir::{self, DataDir};
 use crate::fleet::{Fleet, Settings};
 use crate::identity::ManagerCerts;
 use crate::metrics::{Exporter, MetricsServer, Registry};
-use crate::replica::Replica;
+use crate::replica::{as_leader, FencedStore, Replica};
 use crate::server::{self, ServeError};
 use crate::store::{MeasuredStore, Store};
 use opi_systemd::Notifier;
@@ -248,8 +248,12 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
         heartbeat: args.heartbeat,
         endpoints: endpoints.clone(),
     };
-    let fleet = Fleet::load(store, authority, settings, Arc::new(certs)).await?;
     let replica = open_replica(args, &store_url, addr)?;
+    let store = match replica.is_single() {
+        true => store,
+        false => FencedStore::wrap(store, replica.clone()),
+    };
+    let fleet = Fleet::load(store, authority, settings, Arc::new(certs)).await?;
     fleet.set_replica(replica.clone());
     let campaign = replica.run();
     let follower = match replica.is_single() {
@@ -397,26 +401,29 @@ async fn supervise(
                 continue;
             }
         }
-        // Fencing: checked before each pass (see `crate::replica`).
-        if !replica.is_leader() {
+        // Checked before each pass, whose writes are then fenced (see `crate::replica`).
+        let Some(lead) = replica.lead() else {
             leading = false;
             continue;
-        }
+        };
         leading = true;
-        fleet.supervise().await;
-        fleet.advance_rollouts().await;
-        if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
-            last_prune = Some(std::time::Instant::now());
-            if let Err(error) = fleet.events().prune().await {
-                tracing::warn!(error = %error, "cannot prune old events");
+        as_leader(lead, async {
+            fleet.supervise().await;
+            fleet.advance_rollouts().await;
+            if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                last_prune = Some(std::time::Instant::now());
+                if let Err(error) = fleet.events().prune().await {
+                    tracing::warn!(error = %error, "cannot prune old events");
+                }
             }
-        }
-        if last_checkpoint.elapsed() >= checkpoints {
-            last_checkpoint = std::time::Instant::now();
-            if let Err(error) = crate::audit::checkpoint::create_if_moved(&fleet).await {
-                tracing::warn!(error = %error, "cannot sign an audit checkpoint");
+            if last_checkpoint.elapsed() >= checkpoints {
+                last_checkpoint = std::time::Instant::now();
+                if let Err(error) = crate::audit::checkpoint::create_if_moved(&fleet).await {
+                    tracing::warn!(error = %error, "cannot sign an audit checkpoint");
+                }
             }
-        }
+        })
+        .await;
     }
 }
 

@@ -265,6 +265,21 @@ pub enum StoreError {
         source: BackendError,
     },
 
+    /// A leader's write was refused because this replica no longer leads: the leader key it
+    /// wrote at `revision` expired or another replica holds it. Nothing was written.
+    #[error(
+        "replica {replica} no longer leads (its leader key of revision {revision} is gone from \
+         fleet store {store}); the leader's write was not applied"
+    )]
+    Fenced {
+        /// The store, as [`Store::describe`] puts it.
+        store: String,
+        /// The replica that tried to write.
+        replica: String,
+        /// The create revision of the leader key it held.
+        revision: Revision,
+    },
+
     /// The blocking task running a store call did not finish (runtime shutting down).
     #[error("fleet store {store} call did not finish")]
     Interrupted {

@@ -3,11 +3,11 @@
 //! (`replicas/leader`), created under its lease only if absent. Only the leader supervises,
 //! delivers alerts and steps rollouts.
 //!
-//! Fencing: the leader checks before each supervision pass that it still leads, which means
-//! its last keep-alive was *sent* less than two thirds of the lease TTL ago (etcd counts the
-//! TTL from when it received it, so the lease outlives that window) and the leader key still
-//! has the create revision it wrote. Limit: the leader's writes carry no compare on the leader
-//! key, so a pass that starts within the window and stalls past the TTL can still write.
+//! The leader checks before each supervision pass that it still leads, which means its last
+//! keep-alive was *sent* less than two thirds of the lease TTL ago (etcd counts the TTL from
+//! when it received it, so the lease outlives that window) and the leader key still has the
+//! create revision it wrote. The pass's writes are fenced by that revision ([`fence`]), so a
+//! pass that stalls past the lease while another replica takes the lead writes nothing.
 //!
 //! With the SQLite store there is a single manager, always the leader.
 
@@ -22,10 +22,14 @@ use tracing::{info, warn};
 use crate::store::etcd::Lease;
 use crate::store::{EtcdStore, Op, Store, Txn, TxnOutcome};
 
+pub mod fence;
+
+pub use fence::{as_leader, FencedStore, Lead};
+
 /// Keys that live only under replicas' leases: never copied, backed up or restored.
 pub const LEASED: &str = "replicas/";
 /// The leader's key, under the fleet's store prefix.
-const LEADER_KEY: &str = "replicas/leader";
+pub const LEADER_KEY: &str = "replicas/leader";
 /// Where each replica records the sessions it holds.
 const SESSIONS: &str = "replicas/sessions/";
 
@@ -93,14 +97,23 @@ impl Replica {
 
     /// Whether this replica leads now (checked before each leader step, see the module doc).
     pub fn is_leader(&self) -> bool {
+        self.lead().is_some()
+    }
+
+    /// How this replica leads now, with the fence its leader passes run under
+    /// ([`as_leader`]); `None` while it does not lead.
+    pub fn lead(&self) -> Option<Lead> {
         if self.etcd.is_none() {
-            return true;
+            return Some(Lead { fence: None });
         }
         let state = self.state.lock().expect("replica lock poisoned");
         let fresh = state
             .renewed_at
             .is_some_and(|at| at.elapsed() < self.ttl * 2 / 3);
-        *self.leading.borrow() && fresh && state.leader_revision.is_some()
+        let revision = state.leader_revision?;
+        (*self.leading.borrow() && fresh).then_some(Lead {
+            fence: Some(revision),
+        })
     }
 
     /// The replica that leads, as this one last read it: its own name while it leads, `None`
@@ -228,7 +241,8 @@ impl Replica {
         Ok(lease)
     }
 
-    fn step_down(&self, why: &str) {
+    /// Stops leading, saying why in the log if it led.
+    pub fn step_down(&self, why: &str) {
         let was = {
             let mut state = self.state.lock().expect("replica lock poisoned");
             state.leader_revision.take().is_some()
