@@ -27,13 +27,16 @@ use opi_proto::v1::{
 };
 use tonic::transport::Channel;
 use tonic::Streaming;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::error::Error;
 
 /// How long one request may take before it is given up, so on-call never waits forever.
 /// A watch has no such bound: HTTP/2 keep-alive pings detect a dead manager instead.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The metadata key of an answer the manager gave from memory while its store was
+/// unreachable, with the RFC 3339 time since when.
+pub const STALE_SINCE: &str = "opi-stale-since";
 /// What a failed watch was asking, as in errors.
 const WATCH: &str = "to watch events";
 
@@ -366,9 +369,16 @@ impl Client {
         what: impl Into<String>,
         answer: Result<tonic::Response<T>, tonic::Status>,
     ) -> Result<T, Error> {
-        answer
-            .map(tonic::Response::into_inner)
-            .map_err(|status| Error::failed(what, &self.endpoint, status))
+        let response = answer.map_err(|status| Error::failed(what, &self.endpoint, status))?;
+        if let Some(since) = response.metadata().get(STALE_SINCE) {
+            let since = since.to_str().unwrap_or("an unreadable time");
+            warn!(
+                endpoint = %self.endpoint,
+                since,
+                "the manager cannot reach its fleet store: this answer comes from its memory and may be stale"
+            );
+        }
+        Ok(response.into_inner())
     }
 }
 

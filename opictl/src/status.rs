@@ -37,6 +37,11 @@ pub struct StatusView {
     pub replica: String,
     /// The replica that leads, as the one that answered last read it; `null` when none leads.
     pub leader: Option<String>,
+    /// The fleet store, as the manager describes it.
+    pub store: String,
+    /// Set while the replica that answered cannot reach the fleet store: its answer comes from
+    /// memory and may be stale (RFC 3339).
+    pub store_unavailable_since: Option<String>,
     /// Nodes per agent version (revoked ones left out), newest first.
     pub agent_versions: Vec<AgentVersionView>,
     /// Counts per pool.
@@ -121,6 +126,8 @@ impl From<StatusResponse> for StatusView {
             manager_version: status.manager_version,
             replica: status.replica,
             leader: (!status.leader.is_empty()).then_some(status.leader),
+            store: status.store,
+            store_unavailable_since: output::timestamp(status.store_unavailable_since.as_ref()),
             agent_versions: status
                 .agent_versions
                 .into_iter()
@@ -167,6 +174,18 @@ impl From<PoolStatus> for PoolView {
     }
 }
 
+/// The store, and whether the replica that answered reaches it.
+fn store_line(view: &StatusView) -> String {
+    let store = output::sanitize(&view.store);
+    match &view.store_unavailable_since {
+        Some(since) => format!(
+            "{store} (UNREACHABLE since {since}: this answer comes from the replica's memory and \
+             may be stale; changes are refused)"
+        ),
+        None => store,
+    }
+}
+
 /// The totals as a field list, then one row per pool.
 fn render(view: &StatusView) -> String {
     let mut text = fields(&[
@@ -187,6 +206,7 @@ fn render(view: &StatusView) -> String {
                 .as_deref()
                 .map_or_else(|| "none".to_string(), output::sanitize),
         ),
+        ("store", store_line(view)),
         ("agent versions", agent_versions(&view.agent_versions)),
         ("revision", view.store_revision.to_string()),
         ("event revision", view.event_revision.to_string()),
@@ -283,6 +303,8 @@ mod tests {
             event_revision: 1042,
             replica: "m2".into(),
             leader: "m1".into(),
+            store: "etcd://e1:2379/opi-fleet/".into(),
+            store_unavailable_since: None,
             agent_versions: vec![
                 AgentVersionCount {
                     version: "0.1.0".into(),
@@ -372,6 +394,31 @@ mod tests {
         });
         assert!(render(&none).contains("leader           none\n"));
         assert!(serde_json::to_value(none).unwrap()["leader"].is_null());
+    }
+
+    #[test]
+    fn status_says_when_the_replica_answers_from_memory_without_its_store() {
+        let reachable = render(&StatusView::from(status()));
+        assert!(
+            reachable.contains("store            etcd://e1:2379/opi-fleet/\n"),
+            "{reachable}"
+        );
+
+        let lost = StatusView::from(StatusResponse {
+            store_unavailable_since: Some(prost_types::Timestamp {
+                seconds: 1_900_000_000,
+                nanos: 0,
+            }),
+            ..status()
+        });
+        let text = render(&lost);
+        assert!(
+            text.contains("(UNREACHABLE since 2030-03-17T17:46:40Z: this answer comes from"),
+            "{text}"
+        );
+        let json = serde_json::to_value(lost).unwrap();
+        assert_eq!(json["store_unavailable_since"], "2030-03-17T17:46:40Z");
+        assert_eq!(json["store"], "etcd://e1:2379/opi-fleet/");
     }
 
     #[test]

@@ -112,6 +112,17 @@ impl Etcd {
         self.members[index].kill();
     }
 
+    /// Starts member `index` again on its data and ports, after [`Etcd::kill`], and waits
+    /// until the cluster answers.
+    pub fn restart(&mut self, index: usize) {
+        assert!(
+            self.members[index].child.is_none(),
+            "member {index} still runs"
+        );
+        self.launch(index, None);
+        self.wait_healthy(None);
+    }
+
     /// Where the members keep their data.
     pub fn dir(&self) -> &Path {
         self.dir.path()

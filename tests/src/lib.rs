@@ -21,6 +21,7 @@ pub mod grpc;
 pub mod hardening;
 pub mod http;
 pub mod node;
+pub mod proxy;
 pub mod rollout;
 pub mod sim;
 

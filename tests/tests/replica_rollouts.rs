@@ -3,11 +3,12 @@
 //! follower holds while the leader steps the rollout; and a rollout the leader was stepping when
 //! it died is finished by the other replica, with every node on the new generation.
 
+mod common;
+
 use std::path::Path;
 use std::time::Instant;
 
-use opi_manager::records::{EventRecord, EVENTS};
-use opi_manager::store::{EtcdStore, Store};
+use common::{events, free_port, leader_at, session_nodes};
 use opi_tests::etcd::Etcd;
 use opi_tests::rollout::{worker, worker_with_max_pods, KUBELET_FILE, ROLLOUT_WAIT};
 use opi_tests::{all_online, node, ok, wait_until, wait_until_every, Agent, Manager, Opictl};
@@ -275,37 +276,4 @@ fn waves_done(status: &Value) -> u64 {
         .as_array()
         .map(|waves| waves.iter().filter_map(|w| w["done"].as_u64()).sum())
         .unwrap_or(0)
-}
-
-/// The leader `opictl status -o json` names at `replica`.
-fn leader_at(replica: &Manager) -> Option<String> {
-    let status = replica.opictl().json(&["status"]);
-    status["leader"].as_str().map(str::to_owned)
-}
-
-/// Nodes whose session etcd records at replica `name`, in name order.
-fn session_nodes(etcd: &Etcd, name: &str) -> Vec<String> {
-    let store = EtcdStore::open(&etcd.url()).expect("open etcd store");
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let kvs = runtime
-        .block_on(store.list(&format!("replicas/sessions/{name}/")))
-        .unwrap_or_default();
-    kvs.iter()
-        .filter_map(|kv| kv.key.rsplit('/').next().map(str::to_owned))
-        .collect()
-}
-
-/// Every event of the fleet, as the store holds them, in revision order.
-fn events(etcd: &Etcd) -> Vec<EventRecord> {
-    let store = EtcdStore::open(&etcd.url()).expect("open etcd store");
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let kvs = runtime.block_on(store.list(EVENTS)).expect("list events");
-    kvs.iter()
-        .map(|kv| serde_json::from_slice(&kv.value).expect("event JSON"))
-        .collect()
-}
-
-fn free_port() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
 }

@@ -4,19 +4,19 @@
 //! SIGKILL makes another replica lead within the lease time, which then still turns a stopped
 //! node offline; and the event history has no duplicated or missing revision.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use opi_manager::records::{EventRecord, EVENTS};
-use opi_manager::store::{EtcdStore, Store};
+use common::{connectivity, events, free_port, leader_at, session_nodes, LEADING};
+
 use opi_tests::etcd::Etcd;
-use opi_tests::{all_online, node, ok, sample, wait_until, Agent, Manager, Opictl, WAIT};
+use opi_tests::{all_online, ok, sample, wait_until, Agent, Manager, Opictl, WAIT};
 
 /// `--leader-lease` of every replica.
 const LEASE: Duration = Duration::from_secs(3);
 /// `--offline-after`: the grace period.
 const GRACE: Duration = Duration::from_secs(12);
-/// What a replica logs when it takes the lead.
-const LEADING: &str = "leading: this replica supervises";
 const NODES: [&str; 2] = ["rep-1", "rep-2"];
 
 #[test]
@@ -114,7 +114,7 @@ fn replicas_fail_over_without_losing_nodes_or_events() {
     replicas[1].kill();
     let killed = Instant::now();
     wait_until(WAIT, "both sessions recorded at f2", || {
-        sessions_at(&etcd, "f2") == NODES.len()
+        session_nodes(&etcd, "f2").len() == NODES.len()
     });
     eprintln!(
         "agents reconnected to f2 {:?} after f1 died",
@@ -171,12 +171,6 @@ fn replicas_fail_over_without_losing_nodes_or_events() {
         revisions.len()
     );
     drop(agents);
-}
-
-/// The leader `opictl status -o json` names at `replica`.
-fn leader_at(replica: &Manager) -> Option<String> {
-    let status = replica.opictl().json(&["status"]);
-    status["leader"].as_str().map(str::to_owned)
 }
 
 #[test]
@@ -247,7 +241,11 @@ fn a_watch_follows_every_replica_and_resumes_on_another_without_loss_or_repeat()
         );
         (events, agents)
     });
-    assert_eq!(sessions_at(&etcd, "a"), NODES.len(), "the agents are at a");
+    assert_eq!(
+        session_nodes(&etcd, "a").len(),
+        NODES.len(),
+        "the agents are at a"
+    );
     assert_consecutive(&at_b, 1);
 
     // A watch on "a" up to both nodes online; then "a" commits one more event and dies.
@@ -401,18 +399,6 @@ fn replicas_joined_with_their_own_issuing_ca_accept_each_others_certificates() {
     }
 }
 
-/// Nodes whose session etcd records at replica `name`.
-fn session_nodes(etcd: &Etcd, name: &str) -> Vec<String> {
-    let store = EtcdStore::open(&etcd.url()).expect("open etcd store");
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let kvs = runtime
-        .block_on(store.list(&format!("replicas/sessions/{name}/")))
-        .unwrap_or_default();
-    kvs.iter()
-        .filter_map(|kv| kv.key.rsplit('/').next().map(str::to_owned))
-        .collect()
-}
-
 /// Asserts that `events` have revisions `first`, `first + 1`, … with none missing or repeated.
 fn assert_consecutive(events: &[opi_proto::v1::Event], first: u64) {
     let revisions: Vec<u64> = events.iter().map(|e| e.revision).collect();
@@ -421,38 +407,6 @@ fn assert_consecutive(events: &[opi_proto::v1::Event], first: u64) {
         revisions, expected,
         "revisions from {first}, none lost or repeated"
     );
-}
-
-fn connectivity(opictl: &Opictl, name: &str) -> String {
-    let nodes = opictl.nodes();
-    node(&nodes, name)
-        .map(|n| n["connectivity"].as_str().unwrap_or_default().to_string())
-        .unwrap_or_default()
-}
-
-/// Sessions etcd records for replica `name`.
-fn sessions_at(etcd: &Etcd, name: &str) -> usize {
-    let store = EtcdStore::open(&etcd.url()).expect("open etcd store");
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime
-        .block_on(store.list(&format!("replicas/sessions/{name}/")))
-        .map(|kvs| kvs.len())
-        .unwrap_or(0)
-}
-
-fn free_port() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
-}
-
-/// Every event of the fleet, as the store holds them, in key (revision) order.
-fn events(etcd: &Etcd) -> Vec<EventRecord> {
-    let store = EtcdStore::open(&etcd.url()).expect("open etcd store");
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let kvs = runtime.block_on(store.list(EVENTS)).expect("list events");
-    kvs.iter()
-        .map(|kv| serde_json::from_slice(&kv.value).expect("event JSON"))
-        .collect()
 }
 
 #[test]

@@ -87,6 +87,9 @@ impl Latest {
     }
 }
 
+/// A `reported` revision that no evaluation has: the next [`send_report_if_due`] sends.
+pub const NOTHING_REPORTED: u64 = u64::MAX;
+
 /// Queues a report of `latest` if a condition changed since revision `reported`; returns
 /// the revision the manager now has (unchanged when the stream is not draining, so that
 /// the next heartbeat tries again).

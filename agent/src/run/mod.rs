@@ -152,6 +152,11 @@ struct Agent {
     reconnect: Backoff,
     next_endpoint: usize,
     session_opened: Option<Instant>,
+    /// The replica of the current session said it cannot record the session in the fleet
+    /// store: look for one that can.
+    unrecorded: bool,
+    /// The replica records the session again after it could not: report the latest again.
+    report_again: bool,
     readiness: Readiness,
 }
 
@@ -181,6 +186,8 @@ impl Agent {
             reconnect: Backoff::new(BACKOFF_BASE, BACKOFF_CAP),
             next_endpoint: 0,
             session_opened: None,
+            unrecorded: false,
+            report_again: false,
             readiness,
             paths,
             state,
@@ -202,6 +209,15 @@ impl Agent {
             let mut until_renewal = Duration::ZERO;
             let why = match self.connect_and_serve(&endpoint).await {
                 Ok(SessionEnd::Renewed) => continue,
+                Ok(SessionEnd::Moved(to)) => {
+                    info!(from = %endpoint, to = %to, "moving the session to a manager replica that records it");
+                    let managers = &self.state.config.managers;
+                    if let Some(index) = managers.iter().position(|m| *m == to) {
+                        self.next_endpoint = index;
+                    }
+                    self.reconnect.reset();
+                    continue;
+                }
                 Ok(SessionEnd::Closed) => {
                     info!(endpoint = %endpoint, "the manager closed the session");
                     "the manager closed the session".to_string()

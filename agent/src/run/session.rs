@@ -3,18 +3,22 @@
 //! messages (welcome, renew now, profile generations) on the same stream, and what became of
 //! each generation as soon as the applier knows.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opi_pki::channel::ChannelError;
+use opi_pki::channel::{self, ChannelError};
 use opi_pki::tls::{ManagerRefused, TlsError};
 use opi_proto::v1::agent_client::AgentClient;
 use opi_proto::v1::agent_message::Body as AgentBody;
 use opi_proto::v1::manager_message::Body as ManagerBody;
 use opi_proto::v1::{
-    AgentMessage, Heartbeat, Hello, ManagerMessage, TrustBundle, TrustBundleStored, Welcome,
+    AgentMessage, Heartbeat, Hello, ManagerMessage, RecordingRequest, TrustBundle,
+    TrustBundleStored, Welcome,
 };
+use rustls::ClientConfig;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::{interval_at, Interval, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -32,6 +36,13 @@ pub const OUTBOX_CAPACITY: usize = 4;
 /// Time allowed for the manager to accept the stream.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How often an agent whose replica cannot record its session asks the other replicas
+/// whether they can; the first ask comes at a point of this period set by when the session
+/// opened, so agents of one replica do not all ask at once.
+pub const LOOK_ELSEWHERE_EVERY: Duration = Duration::from_secs(2);
+/// Time one other replica has to connect and answer whether it records sessions.
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How a session ended without failing.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SessionEnd {
@@ -39,6 +50,9 @@ pub enum SessionEnd {
     Renewed,
     /// The manager ended the stream.
     Closed,
+    /// The replica could not record the session and the one at this endpoint can: connect
+    /// there at once.
+    Moved(String),
 }
 
 /// Why a session could not be opened or broke.
@@ -128,9 +142,26 @@ impl Agent {
         let mut seq = 0u64;
         let mut evaluating = true;
         let mut applying = true;
+        self.unrecorded = false;
+        let mut look_elsewhere = heartbeat_timer(LOOK_ELSEWHERE_EVERY);
+        let mut looking: Option<JoinHandle<Option<String>>> = None;
         loop {
             tokio::select! {
                 _ = watchdog.tick() => self.readiness.watchdog(),
+                _ = look_elsewhere.tick(), if self.unrecorded && looking.is_none() => {
+                    let others = self.other_endpoints(endpoint);
+                    if let Ok((_, tls)) = self.tls() {
+                        looking = Some(tokio::spawn(recording_elsewhere(others, tls)));
+                    }
+                }
+                found = async { looking.as_mut().expect("guarded by is_some").await },
+                    if looking.is_some() =>
+                {
+                    looking = None;
+                    if let (Ok(Some(other)), true) = (found, self.unrecorded) {
+                        return Ok(SessionEnd::Moved(other));
+                    }
+                }
                 _ = heartbeat.tick() => {
                     seq += 1;
                     // Also retries a report the full outbox could not take.
@@ -165,6 +196,9 @@ impl Agent {
                     };
                     if self.on_message(endpoint, &channel, &outbox, message, &mut heartbeat).await {
                         return Ok(SessionEnd::Renewed);
+                    }
+                    if std::mem::take(&mut self.report_again) {
+                        reported = evaluation::NOTHING_REPORTED;
                     }
                 }
                 () = sleep_until(self.renew_at) => {
@@ -265,6 +299,21 @@ impl Agent {
                 self.on_trust_bundle(endpoint, outbox, bundle);
                 false
             }
+            Some(ManagerBody::Recording(recording)) => {
+                match recording.recorded {
+                    false => {
+                        warn!(endpoint = %endpoint, replica = %recording.replica, "the manager replica cannot record this session in the fleet store; looking for one that can")
+                    }
+                    true => {
+                        info!(endpoint = %endpoint, replica = %recording.replica, "the manager replica records this session again")
+                    }
+                }
+                // Reports sent while unrecorded may be lost: the next heartbeat sends the
+                // latest again.
+                self.report_again |= self.unrecorded && recording.recorded;
+                self.unrecorded = !recording.recorded;
+                false
+            }
             None => {
                 debug!(endpoint = %endpoint, "ignoring an empty or unknown manager message");
                 false
@@ -306,6 +355,20 @@ impl Agent {
         if outbox.try_send(stored).is_err() {
             debug!("trust bundle acknowledgement skipped: the stream is not draining; the next hello says it");
         }
+    }
+
+    /// The manager endpoints other than `current`, in the order the agent tries them.
+    fn other_endpoints(&self, current: &str) -> Vec<String> {
+        let managers = &self.state.config.managers;
+        let start = self.next_endpoint % managers.len().max(1);
+        managers
+            .iter()
+            .cycle()
+            .skip(start + 1)
+            .take(managers.len())
+            .filter(|m| m.as_str() != current)
+            .cloned()
+            .collect()
     }
 
     fn on_welcome(&mut self, endpoint: &str, welcome: Welcome, heartbeat: &mut Interval) {
@@ -367,6 +430,27 @@ fn keeps_a_root(current: &str, next: &str) -> bool {
 }
 
 /// A heartbeat timer whose first tick is one period from now.
+/// The first of `endpoints` whose replica says it records sessions, asking each in turn.
+async fn recording_elsewhere(endpoints: Vec<String>, tls: Arc<ClientConfig>) -> Option<String> {
+    for endpoint in endpoints {
+        let ask = async {
+            let channel = channel::connect(&endpoint, tls.clone()).await.ok()?;
+            let answer = AgentClient::new(channel)
+                .recording(RecordingRequest {})
+                .await
+                .ok()?;
+            Some(answer.into_inner().recorded)
+        };
+        match tokio::time::timeout(ASK_TIMEOUT, ask).await {
+            Ok(Some(true)) => return Some(endpoint),
+            answer => {
+                debug!(endpoint = %endpoint, recorded = ?answer.ok().flatten(), "replica cannot take the session")
+            }
+        }
+    }
+    None
+}
+
 fn heartbeat_timer(period: Duration) -> Interval {
     let mut timer = interval_at(tokio::time::Instant::now() + period, period);
     timer.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -19,7 +19,7 @@ use opi_proto::v1::enrollment_server::{Enrollment, EnrollmentServer};
 use opi_proto::v1::manager_message::Body as ManagerBody;
 use opi_proto::v1::{
     AgentMessage, ConditionStatus, EnrollRequest, EnrollResponse, HealthReport, ManagerMessage,
-    RenewNow, RenewRequest, RenewResponse, Welcome,
+    RecordingRequest, RecordingResponse, RenewNow, RenewRequest, RenewResponse, Welcome,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -255,6 +255,17 @@ impl Agent for Service {
         Ok(Response::new(RenewResponse {
             cert_chain_pem: chain,
             ca_bundle_pem: self.root_pem.clone(),
+        }))
+    }
+
+    async fn recording(
+        &self,
+        request: Request<RecordingRequest>,
+    ) -> Result<Response<RecordingResponse>, Status> {
+        Self::peer(&request)?;
+        Ok(Response::new(RecordingResponse {
+            recorded: true,
+            replica: "fake".into(),
         }))
     }
 }

@@ -152,6 +152,8 @@ pub struct Running {
     certificates: JoinHandle<()>,
     /// The replica's lease keep-alive and campaign, on etcd.
     campaign: Option<JoinHandle<()>>,
+    /// What tells agents whether this replica records their sessions, on etcd.
+    announcer: Option<JoinHandle<()>>,
     /// The watch on other replicas' node records and rollouts, on etcd.
     follower: Option<JoinHandle<()>>,
     metrics: Option<MetricsServer>,
@@ -256,6 +258,8 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
     let fleet = Fleet::load(store, authority, settings, Arc::new(certs)).await?;
     fleet.set_replica(replica.clone());
     let campaign = replica.run();
+    let announcer =
+        (!replica.is_single()).then(|| tokio::spawn(announce(fleet.clone(), replica.clone())));
     let follower = match replica.is_single() {
         true => None,
         false => {
@@ -315,6 +319,7 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
         supervisor,
         certificates,
         campaign,
+        announcer,
         follower,
         metrics,
         alerting,
@@ -360,8 +365,8 @@ impl Running {
         if let Some(follower) = self.follower {
             follower.abort();
         }
-        if let Some(campaign) = self.campaign {
-            campaign.abort();
+        for task in [self.campaign, self.announcer].into_iter().flatten() {
+            task.abort();
         }
         self.fleet.shut_down();
         let _ = self.shutdown.send(());
@@ -373,6 +378,16 @@ impl Running {
             }
         }
         Ok(())
+    }
+}
+
+/// Tells the connected agents each time this replica starts or stops recording their
+/// sessions, so that they move to a replica that records them.
+async fn announce(fleet: Arc<Fleet>, replica: Arc<Replica>) {
+    let mut recording = replica.recording();
+    while recording.changed().await.is_ok() {
+        let recorded = *recording.borrow_and_update();
+        fleet.announce_recording(recorded, replica.name());
     }
 }
 

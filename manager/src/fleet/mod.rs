@@ -42,7 +42,7 @@ pub use identity::{RotateSelection, Rotation};
 pub use limiter::FailureLimiter;
 pub use login::{LoggedIn, LoginCodeSpec};
 pub use profiles::SetOutcome;
-pub use sessions::{Session, SessionHello};
+pub use sessions::{recording_message, Session, SessionHello};
 pub use tokens::{NewToken, TokenSpec};
 
 /// Compare-and-swap attempts before a concurrent update is reported to the caller.
@@ -242,6 +242,12 @@ impl Fleet {
     /// This manager among replicas, once `serve` set it.
     pub fn replica(&self) -> Option<&Arc<crate::replica::Replica>> {
         self.replica.get()
+    }
+
+    /// Since when this replica cannot reach the fleet store (see
+    /// [`crate::replica::Replica::store_lost_since`]).
+    pub fn store_lost_since(&self) -> Option<OffsetDateTime> {
+        self.replica.get().and_then(|r| r.store_lost_since())
     }
 
     /// Whether this manager leads its replicas (a single manager always does).

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use opi_pki::tls::PeerCert;
-use opi_proto::v1::{HealthSummary, ManagerMessage};
+use opi_proto::v1::manager_message::Body as ManagerBody;
+use opi_proto::v1::{HealthSummary, ManagerMessage, Recording};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, Notify};
 use tonic::Status;
@@ -274,6 +275,27 @@ impl Fleet {
         }
     }
 
+    /// Tells every connected agent whether this replica records its session now (see
+    /// [`crate::replica::Replica::recording`]); returns how many were told.
+    pub fn announce_recording(&self, recorded: bool, replica: &str) -> usize {
+        let nodes = self.nodes.read().expect("fleet lock poisoned");
+        let told = nodes
+            .values()
+            .filter_map(|entry| entry.live.as_ref())
+            .filter(|live| {
+                let message = recording_message(recorded, replica);
+                live.outbound.try_send(Ok(message)).is_ok()
+            })
+            .count();
+        info!(
+            recorded,
+            replica,
+            sessions = told,
+            "agents told whether their sessions are recorded"
+        );
+        told
+    }
+
     pub(super) fn close_session(&self, name: &str, status: Status) {
         if let Ok(Some(live)) = self.swap_live(name, None) {
             close(live, status);
@@ -309,4 +331,14 @@ fn raise_desired(
 fn close(live: Live, status: Status) {
     let _ = live.outbound.try_send(Err(status));
     live.closed.notify_one();
+}
+
+/// The [`Recording`] message of `replica`.
+pub fn recording_message(recorded: bool, replica: &str) -> ManagerMessage {
+    ManagerMessage {
+        body: Some(ManagerBody::Recording(Recording {
+            recorded,
+            replica: replica.into(),
+        })),
+    }
 }

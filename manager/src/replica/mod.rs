@@ -15,6 +15,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -33,6 +34,10 @@ pub const LEADER_KEY: &str = "replicas/leader";
 /// Where each replica records the sessions it holds.
 const SESSIONS: &str = "replicas/sessions/";
 
+/// How long a successful keep-alive proves that a replica records sessions, for agents asking
+/// before they move to it.
+const CONFIRMED_FOR: Duration = Duration::from_millis(500);
+
 /// Drops the keys that live under replicas' leases (see [`LEASED`]).
 pub fn durable(mut keys: Vec<crate::store::KeyValue>) -> Vec<crate::store::KeyValue> {
     keys.retain(|kv| !kv.key.starts_with(LEASED));
@@ -46,6 +51,11 @@ pub struct Replica {
     ttl: Duration,
     state: Mutex<State>,
     leading: watch::Sender<bool>,
+    /// Whether the last lease round succeeded, so that the sessions this replica holds are
+    /// recorded under a live lease (always true for the single manager).
+    recording: watch::Sender<bool>,
+    /// Taken while [`Replica::confirm_recording`] asks etcd.
+    confirming: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -61,6 +71,8 @@ struct State {
     elsewhere: HashSet<String>,
     /// The leader key's value (a replica name) as last read; `None` when absent or unread.
     leader: Option<String>,
+    /// Since when lease rounds fail, so that etcd is unreachable from this replica.
+    lost_since: Option<OffsetDateTime>,
 }
 
 impl Replica {
@@ -72,6 +84,8 @@ impl Replica {
             ttl: Duration::ZERO,
             state: Mutex::default(),
             leading: watch::channel(true).0,
+            recording: watch::channel(true).0,
+            confirming: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -83,6 +97,8 @@ impl Replica {
             ttl,
             state: Mutex::default(),
             leading: watch::channel(false).0,
+            recording: watch::channel(true).0,
+            confirming: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -134,6 +150,48 @@ impl Replica {
         self.leading.subscribe()
     }
 
+    /// Whether this replica can record a session right now, for an agent that asks before
+    /// moving here: a keep-alive sent less than [`CONFIRMED_FOR`] ago proves it, else one is
+    /// sent now (bounded by a third of the lease). Agents of a replica that lost etcd ask
+    /// together, so one check answers them all.
+    pub async fn confirm_recording(&self) -> bool {
+        let Some(etcd) = &self.etcd else { return true };
+        let _one_at_a_time = self.confirming.lock().await;
+        let (lease, renewed_at) = {
+            let state = self.state.lock().expect("replica lock poisoned");
+            (state.lease, state.renewed_at)
+        };
+        let Some(lease) = lease else { return false };
+        if renewed_at.is_some_and(|at| at.elapsed() < CONFIRMED_FOR) {
+            return self.records_sessions();
+        }
+        let sent = Instant::now();
+        let renewed = tokio::time::timeout(self.ttl / 3, etcd.keep_alive(lease.id)).await;
+        let confirmed = matches!(renewed, Ok(Ok(_)));
+        if confirmed {
+            self.state.lock().expect("replica lock poisoned").renewed_at = Some(sent);
+        }
+        confirmed && self.records_sessions()
+    }
+
+    /// Whether the sessions this replica holds are recorded in etcd now: false from a failed
+    /// lease round (the leader would count its nodes offline once the lease lapses) until the
+    /// next successful one. Agents told so move to a replica that records them.
+    pub fn recording(&self) -> watch::Receiver<bool> {
+        self.recording.subscribe()
+    }
+
+    /// Since when this replica cannot reach etcd (its lease rounds fail): its answers come
+    /// from memory and may be stale. Always `None` for the single manager.
+    pub fn store_lost_since(&self) -> Option<OffsetDateTime> {
+        self.state.lock().expect("replica lock poisoned").lost_since
+    }
+
+    /// The current value of [`Replica::recording`].
+    pub fn records_sessions(&self) -> bool {
+        *self.recording.borrow()
+    }
+
     /// Keeps the lease alive and campaigns, every third of the TTL, until aborted.
     pub fn run(self: &Arc<Self>) -> Option<JoinHandle<()>> {
         self.etcd.as_ref()?;
@@ -144,15 +202,32 @@ impl Replica {
             loop {
                 tick.tick().await;
                 let step = tokio::time::timeout(replica.ttl / 3, replica.step());
-                if let Err(error) = step.await.unwrap_or_else(|_| {
+                match step.await.unwrap_or_else(|_| {
                     Err(anyhow::anyhow!(
                         "etcd did not answer within {:?}",
                         replica.ttl / 3
                     ))
                 }) {
-                    replica.state.lock().expect("replica lock poisoned").leader = None;
-                    replica.step_down(&format!("{error:#}"));
-                    warn!(replica = %replica.name, error = %format!("{error:#}"), "replica lease or leader check failed");
+                    Ok(()) => {
+                        replica
+                            .state
+                            .lock()
+                            .expect("replica lock poisoned")
+                            .lost_since = None;
+                        if !replica.recording.send_replace(true) {
+                            info!(replica = %replica.name, "lease renewed: sessions recorded again");
+                        }
+                    }
+                    Err(error) => {
+                        {
+                            let mut state = replica.state.lock().expect("replica lock poisoned");
+                            state.leader = None;
+                            state.lost_since.get_or_insert_with(OffsetDateTime::now_utc);
+                        }
+                        replica.step_down(&format!("{error:#}"));
+                        replica.recording.send_replace(false);
+                        warn!(replica = %replica.name, error = %format!("{error:#}"), "replica lease or leader check failed; its agents look for a replica that can record their sessions");
+                    }
                 }
             }
         }))
@@ -187,20 +262,19 @@ impl Replica {
         match (ours, current) {
             (Some(revision), Some(kv)) if kv.create_revision == revision => {}
             (Some(_), _) => self.step_down("the leader key is gone or another replica's"),
+            // Ours from before a failed round (etcd was away but the lease lived on): lead
+            // again under it rather than wait for a lease this replica keeps alive to expire.
+            (None, Some(kv)) if kv.value == self.name.as_bytes() => self.lead_at(
+                kv.create_revision,
+                "the leader key this replica wrote outlived a failed lease round",
+            ),
             (None, Some(_)) => {}
             (None, None) => {
                 let txn = Txn::new()
                     .when_absent(LEADER_KEY)
                     .put(LEADER_KEY, self.name.clone().into_bytes());
                 if let TxnOutcome::Committed(revision) = etcd.txn_with_lease(txn, lease.id).await? {
-                    self.state
-                        .lock()
-                        .expect("replica lock poisoned")
-                        .leader_revision = Some(revision);
-                    self.state.lock().expect("replica lock poisoned").leader =
-                        Some(self.name.clone());
-                    info!(replica = %self.name, ttl = ?self.ttl, "leading: this replica supervises, delivers alerts and steps rollouts");
-                    self.leading.send_replace(true);
+                    self.lead_at(revision, "the leader key was free");
                 }
             }
         }
@@ -239,6 +313,17 @@ impl Replica {
         info!(replica = %self.name, lease = %format!("{:x}", lease.id), ttl = ?lease.ttl, "replica lease granted");
         self.state.lock().expect("replica lock poisoned").lease = Some(lease);
         Ok(lease)
+    }
+
+    /// Leads under the leader key created at `revision`.
+    fn lead_at(&self, revision: u64, why: &str) {
+        {
+            let mut state = self.state.lock().expect("replica lock poisoned");
+            state.leader_revision = Some(revision);
+            state.leader = Some(self.name.clone());
+        }
+        info!(replica = %self.name, ttl = ?self.ttl, reason = why, "leading: this replica supervises, delivers alerts and steps rollouts");
+        self.leading.send_replace(true);
     }
 
     /// Stops leading, saying why in the log if it led.

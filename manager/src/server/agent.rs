@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use opi_proto::v1::agent_message::Body as AgentBody;
 use opi_proto::v1::agent_server::Agent;
 use opi_proto::v1::manager_message::Body as ManagerBody;
-use opi_proto::v1::{AgentMessage, ManagerMessage, RenewRequest, RenewResponse, Welcome};
+use opi_proto::v1::{
+    AgentMessage, ManagerMessage, RecordingRequest, RecordingResponse, RenewRequest, RenewResponse,
+    Welcome,
+};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -17,7 +20,7 @@ use tracing::{debug, info_span, warn, Instrument};
 
 use super::convert::{self, facts_from_proto};
 use super::peer::{self, Caller};
-use crate::fleet::{Fleet, FleetError, Session, SessionHello};
+use crate::fleet::{recording_message, Fleet, FleetError, Session, SessionHello};
 use crate::records::{rfc3339, Facts, GenerationId};
 use crate::versions;
 
@@ -41,14 +44,7 @@ impl Agent for AgentService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let caller = match peer::node(&request, &self.fleet) {
-            // Another replica may have enrolled it since this one read the store.
-            Err(FleetError::UnknownNode { name }) => {
-                self.fleet.learn_node(&name).await?;
-                peer::node(&request, &self.fleet)?
-            }
-            other => other?,
-        };
+        let caller = self.caller(&request).await?;
         let remote = peer::peer_info(&request).remote;
         let mut inbound = request.into_inner();
         let hello = read_hello(&mut inbound, &caller).await?;
@@ -59,6 +55,11 @@ impl Agent for AgentService {
             .attach(&caller.cert, hello, remote, outbound.clone())
             .await?;
         let _ = outbound.send(Ok(welcome(&self.fleet, &session))).await;
+        if let Some(replica) = self.fleet.replica().filter(|r| !r.records_sessions()) {
+            let _ = outbound
+                .send(Ok(recording_message(false, replica.name())))
+                .await;
+        }
         self.fleet.send_desired(&session.node).await;
         self.fleet.ask_pending_rotation(&session.node);
         self.fleet.send_trust_bundle_if_stale(&session.node);
@@ -68,6 +69,22 @@ impl Agent for AgentService {
         let not_after = caller.cert.not_after;
         tokio::spawn(serve_session(fleet, session, inbound, outbound, not_after).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn recording(
+        &self,
+        request: Request<RecordingRequest>,
+    ) -> Result<Response<RecordingResponse>, Status> {
+        self.caller(&request).await?;
+        let replica = self.fleet.replica();
+        let recorded = match replica {
+            Some(replica) => replica.confirm_recording().await,
+            None => true,
+        };
+        Ok(Response::new(RecordingResponse {
+            recorded,
+            replica: replica.map(|r| r.name().to_string()).unwrap_or_default(),
+        }))
     }
 
     async fn renew(
@@ -81,6 +98,20 @@ impl Agent for AgentService {
             cert_chain_pem: chain,
             ca_bundle_pem: self.fleet.trust().bundle_pem.clone(),
         }))
+    }
+}
+
+impl AgentService {
+    /// The calling node, read from the store if another replica enrolled it since this one
+    /// last did.
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        match peer::node(request, &self.fleet) {
+            Err(FleetError::UnknownNode { name }) => {
+                self.fleet.learn_node(&name).await?;
+                Ok(peer::node(request, &self.fleet)?)
+            }
+            other => Ok(other?),
+        }
     }
 }
 

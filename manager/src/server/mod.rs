@@ -16,6 +16,7 @@ mod peer;
 mod profiles;
 mod query;
 mod rollouts;
+pub mod stale;
 mod status;
 mod watch;
 
@@ -188,10 +189,11 @@ impl Port {
             .max_decoding_message_size(MAX_AGENT_MESSAGE)
         });
         let operator = operators.then(|| {
-            OperatorServer::new(operator::OperatorService {
+            let service = OperatorServer::new(operator::OperatorService {
                 fleet: fleet.clone(),
             })
-            .max_decoding_message_size(MAX_OPERATOR_MESSAGE)
+            .max_decoding_message_size(MAX_OPERATOR_MESSAGE);
+            stale::MarkStale::new(service, fleet.clone())
         });
         let login = operators.then(|| {
             LoginServer::new(login::LoginService {

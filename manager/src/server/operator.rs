@@ -14,6 +14,7 @@ use super::{audit, identity, profiles, query, rollouts, watch};
 use crate::compliance;
 use crate::fleet::login::DEFAULT_LOGIN_CERT_TTL;
 use crate::fleet::{Fleet, FleetError, LoginCodeSpec, TokenSpec};
+use crate::store::StoreError;
 
 /// Serves operators.
 pub struct OperatorService {
@@ -104,6 +105,7 @@ impl Operator for OperatorService {
         peer::operator(&request, &self.fleet, Action::Status)?;
         let pools = query::pool_counts(&self.fleet.nodes(None));
         let replica = self.fleet.replica();
+        let lost_since = self.fleet.store_lost_since();
         Ok(Response::new(pb::StatusResponse {
             fleet: self.fleet.fleet_name().into(),
             nodes: pools.iter().map(|p| p.nodes).sum(),
@@ -121,12 +123,9 @@ impl Operator for OperatorService {
             certificates: identity::expiries(&self.fleet),
             replica: replica.map(|r| r.name().to_string()).unwrap_or_default(),
             leader: replica.and_then(|r| r.leader()).unwrap_or_default(),
-            store_revision: self
-                .fleet
-                .store()
-                .revision()
-                .await
-                .map_err(FleetError::from)?,
+            store: self.fleet.store().describe(),
+            store_unavailable_since: lost_since.map(timestamp),
+            store_revision: store_revision(&self.fleet, lost_since.is_some()).await?,
         }))
     }
 
@@ -392,5 +391,17 @@ impl Operator for OperatorService {
             role: role.to_string(),
             not_after: Some(timestamp(caller.cert.not_after)),
         }))
+    }
+}
+
+/// The store's revision for `status`; 0 when the store is known lost or does not answer,
+/// since the rest of the answer comes from memory anyway.
+async fn store_revision(fleet: &Fleet, lost: bool) -> Result<u64, FleetError> {
+    if lost {
+        return Ok(0);
+    }
+    match fleet.store().revision().await {
+        Err(StoreError::Unavailable { .. }) => Ok(0),
+        other => Ok(other?),
     }
 }

@@ -3,6 +3,7 @@
 use tonic::{Code, Status};
 
 use crate::fleet::FleetError;
+use crate::store::StoreError;
 
 impl From<FleetError> for Status {
     fn from(error: FleetError) -> Self {
@@ -45,9 +46,17 @@ impl From<FleetError> for Status {
             FleetError::LoginCodeRefused { .. } => Code::Unauthenticated,
             FleetError::TooManyLoginFailures { .. } => Code::ResourceExhausted,
         };
-        Status::new(code, message(&error))
+        let mut text = message(&error);
+        if let FleetError::Store(StoreError::Unavailable { .. }) = &error {
+            text.push_str(STORE_LOST_HINT);
+        }
+        Status::new(code, text)
     }
 }
+
+/// Said after a change refused because the fleet store is unreachable.
+const STORE_LOST_HINT: &str = "; this replica cannot reach its fleet store: it answers reads \
+     from memory (marked stale) and refuses changes until the store is back, then retry";
 
 /// The error and its causes on one line, each said once.
 fn message(error: &FleetError) -> String {

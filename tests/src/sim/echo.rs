@@ -20,8 +20,8 @@ use opi_proto::v1::agent_server::{Agent, AgentServer};
 use opi_proto::v1::enrollment_server::{Enrollment, EnrollmentServer};
 use opi_proto::v1::manager_message::Body as ManagerBody;
 use opi_proto::v1::{
-    AgentMessage, EnrollRequest, EnrollResponse, ManagerMessage, RenewRequest, RenewResponse,
-    Welcome,
+    AgentMessage, EnrollRequest, EnrollResponse, ManagerMessage, RecordingRequest,
+    RecordingResponse, RenewRequest, RenewResponse, Welcome,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -212,6 +212,13 @@ impl Agent for EchoAgent {
 
     async fn renew(&self, _: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
         Err(Status::unimplemented("the echo ceiling renews nothing"))
+    }
+
+    async fn recording(
+        &self,
+        _: Request<RecordingRequest>,
+    ) -> Result<Response<RecordingResponse>, Status> {
+        Err(Status::unimplemented("the echo ceiling records nothing"))
     }
 }
 

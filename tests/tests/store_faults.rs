@@ -1,0 +1,281 @@
+//! Faults between manager replicas and etcd, with real processes: etcd stopped entirely (the
+//! replicas keep their agents, answer reads from memory marked stale, refuse changes with an
+//! error that says why, and recover by themselves), and one replica cut from etcd by a
+//! userspace proxy that drops every byte (it steps down, another leads, and its agents move
+//! to a replica that records their sessions before the grace period ends). Each run ends with
+//! the check that the event history is gapless and every acknowledged change is stored.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{assert_nothing_lost, leader_at, replicas, session_nodes, Acknowledged, LEADING};
+use opi_tests::etcd::Etcd;
+use opi_tests::proxy::Proxy;
+use opi_tests::{all_online, fails, ok, sample, wait_until, Agent, Manager, WAIT};
+
+/// `--leader-lease` of every replica.
+const LEASE: Duration = Duration::from_secs(3);
+/// `--offline-after`: the grace period.
+const GRACE: Duration = Duration::from_secs(12);
+const NODES: [&str; 2] = ["fault-1", "fault-2"];
+/// What `opictl` says of an answer from a replica that cannot reach its store.
+const STALE: &str = "may be stale";
+
+fn serve_args() -> Vec<&'static str> {
+    vec![
+        "--leader-lease",
+        "3s",
+        "--heartbeat",
+        "1s",
+        "--offline-after",
+        "12s",
+        "--report-freshness",
+        "30s",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]
+}
+
+#[test]
+fn with_etcd_stopped_replicas_keep_their_agents_answer_stale_reads_refuse_changes_and_recover() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut etcd = Etcd::single();
+    let url = etcd.url();
+    let names = ["a", "b"];
+    let stores = [url.clone(), url.clone()];
+    let mut replicas = replicas(dir.path(), "outage", &names, &stores, &serve_args());
+    replicas[0].start();
+    wait_until(WAIT, "a to lead", || {
+        replicas[0].log_text().contains(LEADING)
+    });
+    replicas[1].start();
+    let mut acknowledged = Acknowledged::default();
+    let mut agents = enroll_and_start(dir.path(), &replicas[0], &mut acknowledged);
+    wait_until(WAIT, "both nodes online", || {
+        all_online(&replicas[0].opictl(), &NODES)
+    });
+    let sessions = |agents: &[Agent]| -> Vec<usize> {
+        agents
+            .iter()
+            .map(|a| a.log_text().matches("session open").count())
+            .collect()
+    };
+    let opened = sessions(&agents);
+
+    etcd.kill(0);
+    let stopped = Instant::now();
+    for replica in &replicas {
+        wait_until(WAIT, "the replica to mark its answers stale", || {
+            status_of(replica)["store_unavailable_since"].is_string()
+        });
+    }
+    eprintln!(
+        "both replicas mark answers stale {:?} after etcd stopped",
+        stopped.elapsed()
+    );
+
+    // Reads come from memory, with a warning; `opictl status` says so in its store line.
+    let listed = replicas[1].opictl().run(&["nodes"]);
+    assert!(listed.status.success(), "{listed:?}");
+    let (stdout, stderr) = texts(&listed);
+    assert!(NODES.iter().all(|n| stdout.contains(n)), "{stdout}");
+    assert!(stderr.contains(STALE), "{stderr}");
+    let status = ok(replicas[0].opictl().run(&["status"]));
+    assert!(status.contains("UNREACHABLE since"), "{status}");
+
+    // Changes are refused, saying why; nothing of them is stored later.
+    let stderr = fails(
+        replicas[0]
+            .opictl()
+            .run(&["token", "create", "--pool", "workers"]),
+    );
+    assert!(stderr.contains("is unavailable"), "{stderr}");
+    assert!(
+        stderr.contains("refuses changes until the store is back"),
+        "{stderr}"
+    );
+
+    // The agents keep their sessions through the outage, past the lease: every replica
+    // says it cannot record sessions, so none moves.
+    wait_until(
+        WAIT,
+        "the agents to hear that their replica records nothing",
+        || {
+            agents
+                .iter()
+                .all(|a| a.log_text().contains("cannot record this session"))
+        },
+    );
+    std::thread::sleep(LEASE * 2);
+    assert_eq!(
+        sessions(&agents),
+        opened,
+        "no agent reconnected during the outage"
+    );
+
+    etcd.restart(0);
+    let restarted = Instant::now();
+    let took = wait_until(WAIT, "a replica to lead again", || {
+        replicas
+            .iter()
+            .all(|r| status_of(r)["store_unavailable_since"].is_null())
+            && leader_at(&replicas[0]).is_some()
+    });
+    eprintln!("replicas fresh and a leader elected {took:?} after etcd returned");
+    assert!(
+        agents
+            .iter()
+            .all(|a| a.log_text().contains("records this session again")),
+        "agents were told their sessions are recorded again"
+    );
+    let (id, _) = replicas[1].opictl().create_token("workers", 1, &[]);
+    acknowledged.tokens.insert(id);
+    let leader = leader_at(&replicas[0]).expect("a leader");
+    let leader = &replicas[names.iter().position(|n| *n == leader).expect("named")];
+    wait_until(WAIT, "both nodes online at the leader", || {
+        all_online(&leader.opictl(), &NODES)
+    });
+    assert_eq!(
+        sessions(&agents),
+        opened,
+        "no agent reconnected after the outage"
+    );
+    eprintln!("recovered {:?} after etcd returned", restarted.elapsed());
+
+    let history = assert_nothing_lost(&etcd, &acknowledged);
+    let offline = history
+        .iter()
+        .filter(|e| e.kind == "connectivity" && e.to == "offline")
+        .count();
+    assert_eq!(offline, 0, "no node went offline: {history:?}");
+    for agent in &mut agents {
+        agent.stop();
+    }
+}
+
+#[test]
+fn a_replica_cut_from_etcd_steps_down_and_its_agents_move_to_one_that_records_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etcd = Etcd::single();
+    let url = etcd.url();
+    let proxy = Proxy::start(&etcd.endpoints());
+    let names = ["a", "b"];
+    let stores = [format!("etcd://{}", proxy.addr), url.clone()];
+    let mut replicas = replicas(dir.path(), "partition", &names, &stores, &serve_args());
+    replicas[0].start();
+    wait_until(WAIT, "a to lead", || {
+        replicas[0].log_text().contains(LEADING)
+    });
+    replicas[1].start();
+    let mut acknowledged = Acknowledged::default();
+    let mut agents = enroll_and_start(dir.path(), &replicas[0], &mut acknowledged);
+    wait_until(WAIT, "both sessions recorded at a", || {
+        session_nodes(&etcd, "a").len() == NODES.len()
+    });
+
+    // Revoked before the cut: must still be revoked at the end.
+    let (_, token) = replicas[0].opictl().create_token("workers", 1, &[]);
+    let spare = Agent::new(dir.path(), "fault-spare");
+    ok(spare.enroll(&replicas[0].endpoint(), &replicas[0].ca_pin(), &token));
+    ok(replicas[0]
+        .opictl()
+        .run(&["node", "revoke", "fault-spare", "--reason", "test"]));
+    acknowledged.enrolled.insert("fault-spare".into());
+    acknowledged.revoked.insert("fault-spare".into());
+
+    proxy.cut();
+    let cut = Instant::now();
+    let took = wait_until(WAIT, "b to lead", || {
+        replicas[1].log_text().contains(LEADING)
+    });
+    eprintln!("b leads {took:?} after a was cut from etcd (lease {LEASE:?})");
+    assert!(
+        replicas[0].log_text().contains("stopped leading"),
+        "a stepped down"
+    );
+    assert!(took <= LEASE * 4 / 3 + Duration::from_secs(2), "{took:?}");
+    // One leader at a time: a says it does not lead (fencing keeps a stalled write out too,
+    // see tests/fencing.rs).
+    let leads = |replica: &Manager, name: &str| {
+        sample(
+            &replica.scrape(),
+            &format!("opi_manager_leader{{replica=\"{name}\"}}"),
+        )
+    };
+    assert_eq!(leads(&replicas[0], "a"), Some(0.0));
+    assert_eq!(leads(&replicas[1], "b"), Some(1.0));
+
+    let took = wait_until(GRACE, "both sessions recorded at b", || {
+        session_nodes(&etcd, "b").len() == NODES.len()
+    });
+    eprintln!(
+        "agents moved to b {took:?} after b led, {:?} after the cut",
+        cut.elapsed()
+    );
+    assert!(
+        agents.iter().all(|a| a
+            .log_text()
+            .contains("moving the session to a manager replica")),
+        "each agent moved because a could not record its session"
+    );
+    // Past a's lease and the grace period, b still counts both nodes online.
+    std::thread::sleep(GRACE.saturating_sub(cut.elapsed()) + LEASE);
+    assert!(all_online(&replicas[1].opictl(), &NODES));
+    assert!(status_of(&replicas[0])["store_unavailable_since"].is_string());
+
+    proxy.heal();
+    let healed = Instant::now();
+    wait_until(WAIT, "a to reach etcd again", || {
+        status_of(&replicas[0])["store_unavailable_since"].is_null()
+    });
+    eprintln!("a fresh again {:?} after the link healed", healed.elapsed());
+    assert_eq!(
+        leader_at(&replicas[0]).as_deref(),
+        Some("b"),
+        "b still leads"
+    );
+
+    let history = assert_nothing_lost(&etcd, &acknowledged);
+    let offline: Vec<_> = history
+        .iter()
+        .filter(|e| e.kind == "connectivity" && e.to == "offline")
+        .collect();
+    assert!(offline.is_empty(), "no node went offline: {offline:?}");
+    for agent in &mut agents {
+        agent.stop();
+    }
+}
+
+/// Enrolls and starts [`NODES`] at `replica`, recording what was acknowledged.
+fn enroll_and_start(
+    dir: &std::path::Path,
+    replica: &Manager,
+    acknowledged: &mut Acknowledged,
+) -> Vec<Agent> {
+    let (id, token) = replica
+        .opictl()
+        .create_token("workers", NODES.len() as u32, &[]);
+    acknowledged.tokens.insert(id);
+    NODES
+        .iter()
+        .map(|name| {
+            let mut agent = Agent::new(dir, name);
+            ok(agent.enroll(&replica.endpoint(), &replica.ca_pin(), &token));
+            acknowledged.enrolled.insert(name.to_string());
+            agent.start();
+            agent
+        })
+        .collect()
+}
+
+fn status_of(replica: &Manager) -> serde_json::Value {
+    replica.opictl().json(&["status"])
+}
+
+fn texts(output: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
