@@ -1,8 +1,9 @@
-//! Three manager replicas on a real 3-member etcd, agents connected to one of them: killing the
-//! replica that holds the agents' sessions leaves the nodes online (they reconnect to another
-//! within the grace period, and the leader sees their sessions there); killing the leader with
-//! SIGKILL makes another replica lead within the lease time, which then still turns a stopped
-//! node offline; and the event history has no duplicated or missing revision.
+//! Three manager replicas on a real 3-member etcd, agents connected to one of them: the fleet
+//! keeps working when one etcd member dies; killing the replica that holds the agents'
+//! sessions leaves the nodes online (they reconnect to another within the grace period, and
+//! the leader sees their sessions there); killing the leader with SIGKILL makes another
+//! replica lead within the lease time, which then still turns a stopped node offline; and the
+//! event history has no duplicated or missing revision.
 
 mod common;
 
@@ -22,7 +23,7 @@ const NODES: [&str; 2] = ["rep-1", "rep-2"];
 #[test]
 fn replicas_fail_over_without_losing_nodes_or_events() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let etcd = Etcd::cluster();
+    let mut etcd = Etcd::cluster();
     let url = etcd.url();
     let addrs: Vec<String> = (0..3).map(|_| free_port()).collect();
     // Agents try the replicas in this order: the follower "f1" first, then "f2", then "l".
@@ -108,6 +109,14 @@ fn replicas_fail_over_without_losing_nodes_or_events() {
             "a follower leads while the first replica does"
         );
     }
+
+    // One etcd member dies, the first endpoint every replica tries: the fleet keeps working on
+    // the other two, changes included, and the rest of this test runs without it.
+    etcd.kill(0);
+    let (id, _) = replicas[2].opictl().create_token("workers", 1, &[]);
+    assert!(!id.is_empty());
+    assert!(all_online(&leader, &NODES), "{:?}", leader.nodes());
+    assert_eq!(leader_at(&replicas[1]).as_deref(), Some("l"));
 
     // The follower holding both sessions dies: the agents move to "f2"; the leader keeps
     // them online through the lease expiry of "f1"'s sessions and past the grace period.
