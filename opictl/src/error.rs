@@ -88,7 +88,7 @@ pub enum Error {
         reason: ManagerRefused,
     },
     /// The manager answered the request with an error status.
-    #[error("the manager refused {what}: {message} ({code:?}){hint}", hint = code_hint(*.code))]
+    #[error("the manager refused {what}: {message} ({code:?}){hint}", hint = code_hint(*.code, .message))]
     Refused {
         /// What was asked, as a phrase following "refused" ("to list nodes").
         what: String,
@@ -307,8 +307,12 @@ pub fn report(error: &(dyn StdError + 'static)) -> String {
     text
 }
 
-/// A hint, appended to a refusal, for the codes where the operator can act.
-fn code_hint(code: tonic::Code) -> &'static str {
+/// A hint, appended to a refusal, for the codes where the operator can act, unless the
+/// manager's message already ends with its own.
+fn code_hint(code: tonic::Code, message: &str) -> &'static str {
+    if message.ends_with("then retry") {
+        return "";
+    }
     match code {
         tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
             "; `opictl whoami` shows the role your bundle carries"
@@ -334,6 +338,22 @@ mod tests {
             "the manager refused to show node `web-9`: node `web-9` is not enrolled (NotFound)"
         );
         assert_eq!(error.exit_code(), EXIT_FAILURE);
+    }
+
+    #[test]
+    fn unavailable_refusal_gets_one_hint_the_managers_own_when_it_gives_one() {
+        let generic = Error::refused("to list nodes", tonic::Status::unavailable("overloaded"));
+        assert!(generic
+            .to_string()
+            .ends_with("(Unavailable); check that the manager runs and is reachable, then retry"));
+
+        let message =
+            "fleet store etcd://e1/ is unavailable; … until the store is back, then retry";
+        let own = Error::refused("to create a token", tonic::Status::unavailable(message));
+        assert!(
+            own.to_string().ends_with("then retry (Unavailable)"),
+            "{own}"
+        );
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     token: String,
     cluster: String,
+    /// A second loopback address every member also serves clients on (see
+    /// [`Etcd::single_also_on`]).
+    also: Option<String>,
 }
 
 /// One etcd member.
@@ -62,8 +65,19 @@ impl Etcd {
         Self::start(1, Some(tls))
     }
 
+    /// One member that also serves clients on loopback address `host` (e.g. `127.0.0.2`, same
+    /// port): a client given [`Etcd::url_via`] that address can be cut off alone by a drop
+    /// rule on it.
+    pub fn single_also_on(host: &str) -> Self {
+        Self::start_also_on(1, None, Some(host))
+    }
+
     /// `count` members on free ports, waited for until all answer.
     fn start(count: usize, tls: Option<&TlsFiles>) -> Self {
+        Self::start_also_on(count, tls, None)
+    }
+
+    fn start_also_on(count: usize, tls: Option<&TlsFiles>, also: Option<&str>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("opi-etcd-")
             .tempdir()
@@ -88,6 +102,7 @@ impl Etcd {
             dir,
             token,
             cluster,
+            also: also.map(str::to_owned),
         };
         for index in 0..count {
             etcd.launch(index, tls);
@@ -99,6 +114,21 @@ impl Etcd {
     /// The store URL of every member: `etcd://127.0.0.1:A,127.0.0.1:B,…`.
     pub fn url(&self) -> String {
         format!("etcd://{}", self.endpoints())
+    }
+
+    /// The store URL of every member at the second address of [`Etcd::single_also_on`].
+    pub fn url_via(&self, host: &str) -> String {
+        assert_eq!(
+            self.also.as_deref(),
+            Some(host),
+            "etcd serves clients on {host}"
+        );
+        let clients: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| m.client.replace("127.0.0.1", host))
+            .collect();
+        format!("etcd://{}", clients.join(","))
     }
 
     /// The members' client addresses, comma-separated.
@@ -133,6 +163,10 @@ impl Etcd {
         let data = self.dir.path().join(&member.name);
         let scheme = if tls.is_some() { "https" } else { "http" };
         let client_url = format!("{scheme}://{}", member.client);
+        let listen_urls = match &self.also {
+            Some(host) => format!("{client_url},{}", client_url.replace("127.0.0.1", host)),
+            None => client_url.clone(),
+        };
         let log = std::fs::File::create(self.dir.path().join(format!("{}.log", member.name)))
             .expect("etcd log file");
         let mut command = Command::new(system_bin("etcd", "etcd-server"));
@@ -141,7 +175,7 @@ impl Etcd {
             .arg(&member.name)
             .arg("--data-dir")
             .arg(&data)
-            .args(["--listen-client-urls", &client_url])
+            .args(["--listen-client-urls", &listen_urls])
             .args(["--advertise-client-urls", &client_url])
             .args(["--listen-peer-urls", &format!("http://{}", member.peer)])
             .args([

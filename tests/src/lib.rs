@@ -20,8 +20,8 @@ pub mod etcd;
 pub mod grpc;
 pub mod hardening;
 pub mod http;
+pub mod netns;
 pub mod node;
-pub mod proxy;
 pub mod rollout;
 pub mod sim;
 

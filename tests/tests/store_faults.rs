@@ -1,9 +1,10 @@
 //! Faults between manager replicas and etcd, with real processes: etcd stopped entirely (the
 //! replicas keep their agents, answer reads from memory marked stale, refuse changes with an
-//! error that says why, and recover by themselves), and one replica cut from etcd by a
-//! userspace proxy that drops every byte (it steps down, another leads, and its agents move
-//! to a replica that records their sessions before the grace period ends). Each run ends with
-//! the check that the event history is gapless and every acknowledged change is stored.
+//! error that says why, and recover by themselves), and one replica cut from etcd by an
+//! nftables drop in the test's own network namespace (it steps down, another leads, and its
+//! agents move to a replica that records their sessions before the grace period ends). Each
+//! run ends with the check that the event history is gapless and every acknowledged change is
+//! stored.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{assert_nothing_lost, leader_at, replicas, session_nodes, Acknowledged, LEADING};
 use opi_tests::etcd::Etcd;
-use opi_tests::proxy::Proxy;
+use opi_tests::netns::Netns;
 use opi_tests::{all_online, fails, ok, sample, wait_until, Agent, Manager, WAIT};
 
 /// `--leader-lease` of every replica.
@@ -19,6 +20,8 @@ const LEASE: Duration = Duration::from_secs(3);
 /// `--offline-after`: the grace period.
 const GRACE: Duration = Duration::from_secs(12);
 const NODES: [&str; 2] = ["fault-1", "fault-2"];
+/// The loopback address replica a alone reaches etcd at, in the partition test.
+const A_PATH: &str = "127.0.0.2";
 /// What `opictl` says of an answer from a replica that cannot reach its store.
 const STALE: &str = "may be stale";
 
@@ -156,12 +159,13 @@ fn with_etcd_stopped_replicas_keep_their_agents_answer_stale_reads_refuse_change
 
 #[test]
 fn a_replica_cut_from_etcd_steps_down_and_its_agents_move_to_one_that_records_them() {
+    // Everything below runs in a network namespace of this test's own; replica a reaches
+    // etcd at a second loopback address, which the cut drops both ways.
+    let netns = Netns::enter();
     let dir = tempfile::tempdir().expect("temp dir");
-    let etcd = Etcd::single();
-    let url = etcd.url();
-    let proxy = Proxy::start(&etcd.endpoints());
+    let etcd = Etcd::single_also_on(A_PATH);
     let names = ["a", "b"];
-    let stores = [format!("etcd://{}", proxy.addr), url.clone()];
+    let stores = [etcd.url_via(A_PATH), etcd.url()];
     let mut replicas = replicas(dir.path(), "partition", &names, &stores, &serve_args());
     replicas[0].start();
     wait_until(WAIT, "a to lead", || {
@@ -184,7 +188,14 @@ fn a_replica_cut_from_etcd_steps_down_and_its_agents_move_to_one_that_records_th
     acknowledged.enrolled.insert("fault-spare".into());
     acknowledged.revoked.insert("fault-spare".into());
 
-    proxy.cut();
+    netns.nft(&["add table inet opi_fault"]);
+    netns.nft(&["add chain inet opi_fault output { type filter hook output priority 0 ; }"]);
+    netns.nft(&[&format!(
+        "add rule inet opi_fault output ip daddr {A_PATH} drop"
+    )]);
+    netns.nft(&[&format!(
+        "add rule inet opi_fault output ip saddr {A_PATH} drop"
+    )]);
     let cut = Instant::now();
     let took = wait_until(WAIT, "b to lead", || {
         replicas[1].log_text().contains(LEADING)
@@ -224,7 +235,7 @@ fn a_replica_cut_from_etcd_steps_down_and_its_agents_move_to_one_that_records_th
     assert!(all_online(&replicas[1].opictl(), &NODES));
     assert!(status_of(&replicas[0])["store_unavailable_since"].is_string());
 
-    proxy.heal();
+    netns.nft(&["delete table inet opi_fault"]);
     let healed = Instant::now();
     wait_until(WAIT, "a to reach etcd again", || {
         status_of(&replicas[0])["store_unavailable_since"].is_null()
