@@ -19,7 +19,8 @@ use opi_tests::{all_online, fails, ok, sample, wait_until, Agent, Manager, WAIT}
 const LEASE: Duration = Duration::from_secs(3);
 /// `--offline-after`: the grace period.
 const GRACE: Duration = Duration::from_secs(12);
-const NODES: [&str; 2] = ["fault-1", "fault-2"];
+/// Agents of each run: `OPI_FAULT_AGENTS` (scripts/soak raises it), 2 by default.
+const AGENTS_ENV: &str = "OPI_FAULT_AGENTS";
 /// The loopback address replica a alone reaches etcd at, in the partition test.
 const A_PATH: &str = "127.0.0.2";
 /// What `opictl` says of an answer from a replica that cannot reach its store.
@@ -45,6 +46,8 @@ fn with_etcd_stopped_replicas_keep_their_agents_answer_stale_reads_refuse_change
     let dir = tempfile::tempdir().expect("temp dir");
     let mut etcd = Etcd::single();
     let url = etcd.url();
+    let nodes = node_names();
+    let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
     let names = ["a", "b"];
     let stores = [url.clone(), url.clone()];
     let mut replicas = replicas(dir.path(), "outage", &names, &stores, &serve_args());
@@ -54,9 +57,9 @@ fn with_etcd_stopped_replicas_keep_their_agents_answer_stale_reads_refuse_change
     });
     replicas[1].start();
     let mut acknowledged = Acknowledged::default();
-    let mut agents = enroll_and_start(dir.path(), &replicas[0], &mut acknowledged);
+    let mut agents = enroll_and_start(dir.path(), &replicas[0], &nodes, &mut acknowledged);
     wait_until(WAIT, "both nodes online", || {
-        all_online(&replicas[0].opictl(), &NODES)
+        all_online(&replicas[0].opictl(), &nodes)
     });
     let sessions = |agents: &[Agent]| -> Vec<usize> {
         agents
@@ -82,7 +85,7 @@ fn with_etcd_stopped_replicas_keep_their_agents_answer_stale_reads_refuse_change
     let listed = replicas[1].opictl().run(&["nodes"]);
     assert!(listed.status.success(), "{listed:?}");
     let (stdout, stderr) = texts(&listed);
-    assert!(NODES.iter().all(|n| stdout.contains(n)), "{stdout}");
+    assert!(nodes.iter().all(|n| stdout.contains(n)), "{stdout}");
     assert!(stderr.contains(STALE), "{stderr}");
     let status = ok(replicas[0].opictl().run(&["status"]));
     assert!(status.contains("UNREACHABLE since"), "{status}");
@@ -137,7 +140,7 @@ fn with_etcd_stopped_replicas_keep_their_agents_answer_stale_reads_refuse_change
     let leader = leader_at(&replicas[0]).expect("a leader");
     let leader = &replicas[names.iter().position(|n| *n == leader).expect("named")];
     wait_until(WAIT, "both nodes online at the leader", || {
-        all_online(&leader.opictl(), &NODES)
+        all_online(&leader.opictl(), &nodes)
     });
     assert_eq!(
         sessions(&agents),
@@ -164,6 +167,8 @@ fn a_replica_cut_from_etcd_steps_down_and_its_agents_move_to_one_that_records_th
     let netns = Netns::enter();
     let dir = tempfile::tempdir().expect("temp dir");
     let etcd = Etcd::single_also_on(A_PATH);
+    let nodes = node_names();
+    let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
     let names = ["a", "b"];
     let stores = [etcd.url_via(A_PATH), etcd.url()];
     let mut replicas = replicas(dir.path(), "partition", &names, &stores, &serve_args());
@@ -173,9 +178,9 @@ fn a_replica_cut_from_etcd_steps_down_and_its_agents_move_to_one_that_records_th
     });
     replicas[1].start();
     let mut acknowledged = Acknowledged::default();
-    let mut agents = enroll_and_start(dir.path(), &replicas[0], &mut acknowledged);
+    let mut agents = enroll_and_start(dir.path(), &replicas[0], &nodes, &mut acknowledged);
     wait_until(WAIT, "both sessions recorded at a", || {
-        session_nodes(&etcd, "a").len() == NODES.len()
+        session_nodes(&etcd, "a").len() == nodes.len()
     });
 
     // Revoked before the cut: must still be revoked at the end.
@@ -218,7 +223,7 @@ fn a_replica_cut_from_etcd_steps_down_and_its_agents_move_to_one_that_records_th
     assert_eq!(leads(&replicas[1], "b"), Some(1.0));
 
     let took = wait_until(GRACE, "both sessions recorded at b", || {
-        session_nodes(&etcd, "b").len() == NODES.len()
+        session_nodes(&etcd, "b").len() == nodes.len()
     });
     eprintln!(
         "agents moved to b {took:?} after b led, {:?} after the cut",
@@ -232,7 +237,7 @@ fn a_replica_cut_from_etcd_steps_down_and_its_agents_move_to_one_that_records_th
     );
     // Past a's lease and the grace period, b still counts both nodes online.
     std::thread::sleep(GRACE.saturating_sub(cut.elapsed()) + LEASE);
-    assert!(all_online(&replicas[1].opictl(), &NODES));
+    assert!(all_online(&replicas[1].opictl(), &nodes));
     assert!(status_of(&replicas[0])["store_unavailable_since"].is_string());
 
     netns.nft(&["delete table inet opi_fault"]);
@@ -258,17 +263,27 @@ fn a_replica_cut_from_etcd_steps_down_and_its_agents_move_to_one_that_records_th
     }
 }
 
-/// Enrolls and starts [`NODES`] at `replica`, recording what was acknowledged.
+/// `fault-1`, `fault-2`, … as many as [`AGENTS_ENV`] says.
+fn node_names() -> Vec<String> {
+    let count: usize = std::env::var(AGENTS_ENV)
+        .ok()
+        .map(|v| v.parse().expect("OPI_FAULT_AGENTS is a number"))
+        .unwrap_or(2);
+    (1..=count).map(|i| format!("fault-{i}")).collect()
+}
+
+/// Enrolls and starts `nodes` at `replica`, recording what was acknowledged.
 fn enroll_and_start(
     dir: &std::path::Path,
     replica: &Manager,
+    nodes: &[&str],
     acknowledged: &mut Acknowledged,
 ) -> Vec<Agent> {
     let (id, token) = replica
         .opictl()
-        .create_token("workers", NODES.len() as u32, &[]);
+        .create_token("workers", nodes.len() as u32, &[]);
     acknowledged.tokens.insert(id);
-    NODES
+    nodes
         .iter()
         .map(|name| {
             let mut agent = Agent::new(dir, name);
