@@ -2,9 +2,9 @@
 //! replicas keep their agents, answer reads from memory marked stale, refuse changes with an
 //! error that says why, and recover by themselves), and one replica cut from etcd by an
 //! nftables drop in the test's own network namespace (it steps down, another leads, and its
-//! agents move to a replica that records their sessions before the grace period ends). Each
-//! run ends with the check that the event history is gapless and every acknowledged change is
-//! stored.
+//! agents move to a replica that records their sessions before the grace period ends), and
+//! the leader SIGKILLed while an operator writes without pause. Each run ends with the check
+//! that the event history is gapless and every acknowledged change is stored.
 
 mod common;
 
@@ -258,6 +258,94 @@ fn a_replica_cut_from_etcd_steps_down_and_its_agents_move_to_one_that_records_th
         .filter(|e| e.kind == "connectivity" && e.to == "offline")
         .collect();
     assert!(offline.is_empty(), "no node went offline: {offline:?}");
+    for agent in &mut agents {
+        agent.stop();
+    }
+}
+
+#[test]
+fn the_leader_killed_under_load_loses_no_acknowledged_change_and_no_node() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etcd = Etcd::cluster();
+    let url = etcd.url();
+    let nodes = node_names();
+    let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let names = ["a", "b", "c"];
+    let stores = [url.clone(), url.clone(), url.clone()];
+    let mut replicas = replicas(dir.path(), "load", &names, &stores, &serve_args());
+    replicas[0].start();
+    wait_until(WAIT, "a to lead", || {
+        replicas[0].log_text().contains(LEADING)
+    });
+    replicas[1].start();
+    replicas[2].start();
+    let mut acknowledged = Acknowledged::default();
+    // The agents are at the leader: its death cuts every stream.
+    let mut agents = enroll_and_start(dir.path(), &replicas[0], &nodes, &mut acknowledged);
+    wait_until(WAIT, "every session recorded at a", || {
+        session_nodes(&etcd, "a").len() == nodes.len()
+    });
+
+    // An operator keeps creating tokens at b through the failover; each one answered must be
+    // stored at the end, each one refused must not be.
+    let writing = std::sync::atomic::AtomicBool::new(true);
+    let operator = replicas[1].opictl();
+    let (created, refused, took, moved) = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let opictl = &operator;
+            let (mut created, mut refused) = (Vec::new(), 0);
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                let answer = opictl.run(&["token", "create", "--pool", "load", "-o", "json"]);
+                match answer.status.success() {
+                    true => {
+                        let token: serde_json::Value =
+                            serde_json::from_slice(&answer.stdout).expect("token JSON");
+                        created.push(token["id"].as_str().expect("id").to_string());
+                    }
+                    false => refused += 1,
+                }
+            }
+            (created, refused)
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        replicas[0].kill();
+        let killed = Instant::now();
+        let moved = wait_until(GRACE, "every session recorded at b or c", || {
+            session_nodes(&etcd, "b").len() + session_nodes(&etcd, "c").len() == nodes.len()
+        });
+        wait_until(WAIT, "b or c to lead", || {
+            matches!(leader_at(&replicas[1]).as_deref(), Some("b" | "c"))
+        });
+        let took = killed.elapsed();
+        // Past a's lease and the grace period, no node went offline.
+        std::thread::sleep(GRACE.saturating_sub(killed.elapsed()) + LEASE);
+        writing.store(false, std::sync::atomic::Ordering::Relaxed);
+        let (created, refused) = writer.join().expect("writer");
+        (created, refused, took, moved)
+    });
+    eprintln!(
+        "new leader within {took:?} after a was killed (lease {LEASE:?}); {} agents back at b or c \
+         {moved:?} after the kill; {} tokens created during the failover, {refused} refused",
+        nodes.len(),
+        created.len()
+    );
+    assert!(took <= LEASE * 4 / 3 + Duration::from_secs(2), "{took:?}");
+    assert!(!created.is_empty(), "the operator's writes went on");
+    acknowledged.tokens.extend(created);
+
+    let history = assert_nothing_lost(&etcd, &acknowledged);
+    let offline: Vec<_> = history
+        .iter()
+        .filter(|e| e.kind == "connectivity" && e.to == "offline")
+        .collect();
+    assert!(offline.is_empty(), "no node went offline: {offline:?}");
+    let tokens = replicas[2].opictl().json(&["token", "list"]);
+    let listed = tokens.as_array().map_or(0, Vec::len);
+    assert_eq!(
+        listed,
+        acknowledged.tokens.len(),
+        "only the acknowledged tokens exist: {tokens}"
+    );
     for agent in &mut agents {
         agent.stop();
     }
