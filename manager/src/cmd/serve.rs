@@ -384,9 +384,9 @@ impl Running {
 /// Tells the connected agents each time this replica starts or stops recording their
 /// sessions, so that they move to a replica that records them.
 async fn announce(fleet: Arc<Fleet>, replica: Arc<Replica>) {
-    let mut recording = replica.recording();
-    while recording.changed().await.is_ok() {
-        let recorded = *recording.borrow_and_update();
+    let mut lost = replica.store_lost();
+    while lost.changed().await.is_ok() {
+        let recorded = lost.borrow_and_update().is_none();
         fleet.announce_recording(recorded, replica.name());
     }
 }

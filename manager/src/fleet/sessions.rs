@@ -276,17 +276,16 @@ impl Fleet {
     }
 
     /// Tells every connected agent whether this replica records its session now (see
-    /// [`crate::replica::Replica::recording`]); returns how many were told.
+    /// [`crate::replica::Replica::store_lost`]); returns how many were told.
     pub fn announce_recording(&self, recorded: bool, replica: &str) -> usize {
         let nodes = self.nodes.read().expect("fleet lock poisoned");
-        let told = nodes
-            .values()
-            .filter_map(|entry| entry.live.as_ref())
-            .filter(|live| {
-                let message = recording_message(recorded, replica);
-                live.outbound.try_send(Ok(message)).is_ok()
-            })
-            .count();
+        let mut told = 0;
+        for live in nodes.values().filter_map(|entry| entry.live.as_ref()) {
+            // A message a full queue refuses is not sent again: that agent learns the state
+            // at its next session only.
+            let message = recording_message(recorded, replica);
+            told += usize::from(live.outbound.try_send(Ok(message)).is_ok());
+        }
         info!(
             recorded,
             replica,

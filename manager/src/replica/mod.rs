@@ -51,9 +51,10 @@ pub struct Replica {
     ttl: Duration,
     state: Mutex<State>,
     leading: watch::Sender<bool>,
-    /// Whether the last lease round succeeded, so that the sessions this replica holds are
-    /// recorded under a live lease (always true for the single manager).
-    recording: watch::Sender<bool>,
+    /// Since when lease rounds fail, so that etcd is unreachable from this replica and the
+    /// sessions it holds are not recorded under a live lease; `None` while they succeed (and
+    /// always for the single manager).
+    lost: watch::Sender<Option<OffsetDateTime>>,
     /// Taken while [`Replica::confirm_recording`] asks etcd.
     confirming: tokio::sync::Mutex<()>,
 }
@@ -71,8 +72,6 @@ struct State {
     elsewhere: HashSet<String>,
     /// The leader key's value (a replica name) as last read; `None` when absent or unread.
     leader: Option<String>,
-    /// Since when lease rounds fail, so that etcd is unreachable from this replica.
-    lost_since: Option<OffsetDateTime>,
 }
 
 impl Replica {
@@ -84,7 +83,7 @@ impl Replica {
             ttl: Duration::ZERO,
             state: Mutex::default(),
             leading: watch::channel(true).0,
-            recording: watch::channel(true).0,
+            lost: watch::channel(None).0,
             confirming: tokio::sync::Mutex::new(()),
         })
     }
@@ -97,7 +96,7 @@ impl Replica {
             ttl,
             state: Mutex::default(),
             leading: watch::channel(false).0,
-            recording: watch::channel(true).0,
+            lost: watch::channel(None).0,
             confirming: tokio::sync::Mutex::new(()),
         }))
     }
@@ -174,22 +173,23 @@ impl Replica {
         confirmed && self.records_sessions()
     }
 
-    /// Whether the sessions this replica holds are recorded in etcd now: false from a failed
-    /// lease round (the leader would count its nodes offline once the lease lapses) until the
-    /// next successful one. Agents told so move to a replica that records them.
-    pub fn recording(&self) -> watch::Receiver<bool> {
-        self.recording.subscribe()
+    /// Changes of [`Replica::store_lost_since`]: from a failed lease round (the leader would
+    /// count this replica's nodes offline once its lease lapses) until the next successful
+    /// one, the sessions it holds are not recorded, and agents told so move to a replica that
+    /// records them.
+    pub fn store_lost(&self) -> watch::Receiver<Option<OffsetDateTime>> {
+        self.lost.subscribe()
     }
 
     /// Since when this replica cannot reach etcd (its lease rounds fail): its answers come
     /// from memory and may be stale. Always `None` for the single manager.
     pub fn store_lost_since(&self) -> Option<OffsetDateTime> {
-        self.state.lock().expect("replica lock poisoned").lost_since
+        *self.lost.borrow()
     }
 
-    /// The current value of [`Replica::recording`].
+    /// Whether the sessions this replica holds are recorded under a live lease now.
     pub fn records_sessions(&self) -> bool {
-        *self.recording.borrow()
+        self.lost.borrow().is_none()
     }
 
     /// Keeps the lease alive and campaigns, every third of the TTL, until aborted.
@@ -208,29 +208,28 @@ impl Replica {
                         replica.ttl / 3
                     ))
                 }) {
-                    Ok(()) => {
-                        replica
-                            .state
-                            .lock()
-                            .expect("replica lock poisoned")
-                            .lost_since = None;
-                        if !replica.recording.send_replace(true) {
-                            info!(replica = %replica.name, "lease renewed: sessions recorded again");
-                        }
-                    }
-                    Err(error) => {
-                        {
-                            let mut state = replica.state.lock().expect("replica lock poisoned");
-                            state.leader = None;
-                            state.lost_since.get_or_insert_with(OffsetDateTime::now_utc);
-                        }
-                        replica.step_down(&format!("{error:#}"));
-                        replica.recording.send_replace(false);
-                        warn!(replica = %replica.name, error = %format!("{error:#}"), "replica lease or leader check failed; its agents look for a replica that can record their sessions");
-                    }
+                    Ok(()) => replica.round_succeeded(),
+                    Err(error) => replica.round_failed(&format!("{error:#}")),
                 }
             }
         }))
+    }
+
+    fn round_succeeded(&self) {
+        if self.lost.send_if_modified(|lost| lost.take().is_some()) {
+            info!(replica = %self.name, "lease renewed: sessions recorded again");
+        }
+    }
+
+    fn round_failed(&self, error: &str) {
+        self.state.lock().expect("replica lock poisoned").leader = None;
+        self.step_down(error);
+        self.lost.send_if_modified(|lost| {
+            let first = lost.is_none();
+            lost.get_or_insert_with(OffsetDateTime::now_utc);
+            first
+        });
+        warn!(replica = %self.name, error, "replica lease or leader check failed; its agents look for a replica that can record their sessions");
     }
 
     /// One round: renew (or regrant) the lease, then check or claim the leader key.
