@@ -120,6 +120,19 @@ fn with_etcd_stopped_replicas_keep_their_agents_answer_stale_reads_refuse_change
         "no agent reconnected during the outage"
     );
 
+    // An agent restarted during the outage gets a session from memory at once, recorded when
+    // etcd is back.
+    agents[0].stop();
+    agents[0].start();
+    let mut opened = opened;
+    opened[0] += 1;
+    wait_until(WAIT, "the restarted agent to have a session", || {
+        sessions(&agents) == opened
+    });
+    assert!(replicas
+        .iter()
+        .any(|r| r.log_text().contains("session accepted from memory")));
+
     etcd.restart(0);
     let restarted = Instant::now();
     let took = wait_until(WAIT, "a replica to lead again", || {
@@ -146,6 +159,17 @@ fn with_etcd_stopped_replicas_keep_their_agents_answer_stale_reads_refuse_change
         sessions(&agents),
         opened,
         "no agent reconnected after the outage"
+    );
+    wait_until(
+        WAIT,
+        "the session opened from memory to be recorded",
+        || {
+            replicas.iter().any(|r| {
+                r.log_text().contains(
+                    "sessions accepted while the store was unreachable are recorded sessions=1",
+                )
+            })
+        },
     );
     eprintln!("recovered {:?} after etcd returned", restarted.elapsed());
 

@@ -387,6 +387,13 @@ async fn announce(fleet: Arc<Fleet>, replica: Arc<Replica>) {
     let mut lost = replica.store_lost();
     while lost.changed().await.is_ok() {
         let recorded = lost.borrow_and_update().is_none();
+        if recorded {
+            let sessions = fleet.record_unrecorded_sessions().await;
+            info!(
+                sessions,
+                "sessions accepted while the store was unreachable are recorded"
+            );
+        }
         fleet.announce_recording(recorded, replica.name());
     }
 }

@@ -135,6 +135,9 @@ struct Live {
     remote_addr: String,
     outbound: mpsc::Sender<Result<ManagerMessage, Status>>,
     closed: Arc<Notify>,
+    /// Set when the session opened while the store was unreachable: its opening is recorded
+    /// once the store is back.
+    unrecorded: Option<Box<sessions::Arrival>>,
 }
 
 /// A node as operators see it: its record plus live state.

@@ -20,6 +20,7 @@ use super::config_axis::{self, ApplyReport};
 use super::supervise::{apply_axes, apply_report, Observed};
 use super::{Fleet, FleetError, Live};
 use crate::records::{ConditionRecord, Facts, GenerationId, NodeRecord};
+use crate::store::StoreError;
 
 /// What the agent said in its hello.
 #[derive(Clone, Debug)]
@@ -46,6 +47,10 @@ pub struct Session {
 
 impl Fleet {
     /// Registers a node's session, replacing (and closing) any previous one.
+    ///
+    /// While this replica cannot reach the fleet store, the session is accepted from memory
+    /// (the certificate checked against the node as last read) and recorded once the store
+    /// is back ([`Fleet::record_unrecorded_sessions`]).
     pub async fn attach(
         &self,
         cert: &PeerCert,
@@ -54,29 +59,82 @@ impl Fleet {
         outbound: mpsc::Sender<Result<ManagerMessage, Status>>,
     ) -> Result<Session, FleetError> {
         let name = cert.identity.name.clone();
-        let now = OffsetDateTime::now_utc();
-        let wanted = self
-            .node(&name)
-            .ok()
-            .and_then(|view| self.generation_wanted(&view.record.pool, &name));
-        self.update_node(&name, None, |record, drafts| {
-            if !record.accepts_serial(&cert.serial) {
-                let serial = cert.serial.clone();
-                return Err(FleetError::StaleCertificate {
-                    name: name.clone(),
-                    serial,
-                });
+        let arrival = Arrival {
+            serial: cert.serial.clone(),
+            hello,
+            remote,
+            at: OffsetDateTime::now_utc(),
+        };
+        let unrecorded = match self.record_arrival(&name, &arrival).await {
+            Ok(()) => None,
+            Err(FleetError::Store(StoreError::Unavailable { .. }))
+                if self.store_lost_since().is_some() =>
+            {
+                let (record, _) = self.node_record(&name)?;
+                check_serial(&record, &arrival.serial)?;
+                warn!(node = %name, remote = %remote, "fleet store unreachable: session accepted from memory, recorded when the store is back");
+                Some(Box::new(arrival.clone()))
             }
+            Err(error) => return Err(error),
+        };
+        let (now, hello) = (arrival.at, arrival.hello);
+
+        let session = Session {
+            node: name.clone(),
+            id: self.next_session.fetch_add(1, Ordering::Relaxed),
+            closed: Arc::new(Notify::new()),
+        };
+        let live = Live {
+            session: session.id,
+            last_seen: now,
+            summary: hello.summary,
+            conditions_observed_at: hello.report.is_some().then_some(now),
+            remote_addr: remote.to_string(),
+            outbound,
+            closed: session.closed.clone(),
+            unrecorded,
+        };
+        if let Some(previous) = self.swap_live(&name, Some(live))? {
+            // Heard from within two heartbeats: not a half-open connection.
+            let alive = now - previous.last_seen <= self.settings.heartbeat * 2;
+            let older = previous.remote_addr.clone();
+            close(
+                previous,
+                Status::aborted("replaced by a newer session of the same node"),
+            );
+            if alive {
+                self.live_session_replaced(&name, &older, &remote.to_string())
+                    .await;
+            }
+        }
+        if let Some(replica) = self.replica.get() {
+            replica.hold(&name).await;
+        }
+        info!(node = %name, remote = %remote, boot_id = %hello.boot_id, "session open");
+        Ok(session)
+    }
+
+    /// Writes what a session's opening changes in the node's record: the certificate it
+    /// came with, facts, boot id, last seen, the applied generation and the hello's report.
+    async fn record_arrival(&self, name: &str, arrival: &Arrival) -> Result<(), FleetError> {
+        let hello = &arrival.hello;
+        let now = arrival.at;
+        let wanted = self
+            .node(name)
+            .ok()
+            .and_then(|view| self.generation_wanted(&view.record.pool, name));
+        self.update_node(name, None, |record, drafts| {
+            check_serial(record, &arrival.serial)?;
             // A session with the newest certificate supersedes the previous one, which stays
             // accepted only until then (in case the renewal's answer was lost).
-            if record.serials.first() == Some(&cert.serial) {
+            if record.serials.first() == Some(&arrival.serial) {
                 record.serials.truncate(1);
             }
             record.facts = hello.facts.clone();
             record.trust_bundle_digest = hello.trust_bundle_digest.clone();
             record.boot_id = hello.boot_id.clone();
             record.last_seen = Some(now);
-            record.remote_addr = remote.to_string();
+            record.remote_addr = arrival.remote.to_string();
             config_axis::on_hello(record, hello.applied, now, drafts);
             raise_desired(record, wanted, now, drafts);
             let mut flaps = self.flaps.lock().expect("flap lock poisoned");
@@ -104,39 +162,37 @@ impl Fleet {
             Ok(())
         })
         .await?;
+        Ok(())
+    }
 
-        let session = Session {
-            node: name.clone(),
-            id: self.next_session.fetch_add(1, Ordering::Relaxed),
-            closed: Arc::new(Notify::new()),
+    /// Records the sessions accepted from memory while the store was unreachable; returns
+    /// how many were recorded. Those that still cannot be stay pending.
+    pub async fn record_unrecorded_sessions(&self) -> usize {
+        let pending: Vec<(String, u64, Box<Arrival>)> = {
+            let nodes = self.nodes.read().expect("fleet lock poisoned");
+            nodes
+                .values()
+                .filter_map(|e| e.live.as_ref().map(|live| (&e.record.name, live)))
+                .filter_map(|(name, live)| {
+                    let arrival = live.unrecorded.clone()?;
+                    Some((name.clone(), live.session, arrival))
+                })
+                .collect()
         };
-        let live = Live {
-            session: session.id,
-            last_seen: now,
-            summary: hello.summary,
-            conditions_observed_at: hello.report.is_some().then_some(now),
-            remote_addr: remote.to_string(),
-            outbound,
-            closed: session.closed.clone(),
-        };
-        if let Some(previous) = self.swap_live(&name, Some(live))? {
-            // Heard from within two heartbeats: not a half-open connection.
-            let alive = now - previous.last_seen <= self.settings.heartbeat * 2;
-            let older = previous.remote_addr.clone();
-            close(
-                previous,
-                Status::aborted("replaced by a newer session of the same node"),
-            );
-            if alive {
-                self.live_session_replaced(&name, &older, &remote.to_string())
-                    .await;
+        let mut recorded = 0;
+        for (name, session, arrival) in pending {
+            if let Err(error) = self.record_arrival(&name, &arrival).await {
+                warn!(node = %name, error = %error, "cannot record a session accepted while the store was unreachable");
+                continue;
+            }
+            let mut nodes = self.nodes.write().expect("fleet lock poisoned");
+            let live = nodes.get_mut(&name).and_then(|e| e.live.as_mut());
+            if let Some(live) = live.filter(|l| l.session == session) {
+                live.unrecorded = None;
+                recorded += 1;
             }
         }
-        if let Some(replica) = self.replica.get() {
-            replica.hold(&name).await;
-        }
-        info!(node = %name, remote = %remote, boot_id = %hello.boot_id, "session open");
-        Ok(session)
+        recorded
     }
 
     /// Records a heartbeat; false when the session is no longer the node's current one.
@@ -340,4 +396,25 @@ pub fn recording_message(recorded: bool, replica: &str) -> ManagerMessage {
             replica: replica.into(),
         })),
     }
+}
+
+/// A session's opening, as recorded in the node's record.
+#[derive(Clone, Debug)]
+pub(super) struct Arrival {
+    /// Serial of the certificate the session opened with.
+    serial: String,
+    hello: SessionHello,
+    remote: SocketAddr,
+    at: OffsetDateTime,
+}
+
+/// Refuses a certificate the node's record no longer accepts (renewed or rotated since).
+fn check_serial(record: &NodeRecord, serial: &str) -> Result<(), FleetError> {
+    if record.accepts_serial(serial) {
+        return Ok(());
+    }
+    Err(FleetError::StaleCertificate {
+        name: record.name.clone(),
+        serial: serial.to_string(),
+    })
 }
