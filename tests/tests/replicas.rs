@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{connectivity, events, free_port, leader_at, session_nodes, LEADING};
+use common::{connectivity, events, free_port, leader_at, replicas, session_nodes, LEADING};
 
 use opi_tests::etcd::Etcd;
 use opi_tests::{all_online, ok, sample, wait_until, Agent, Manager, Opictl, WAIT};
@@ -187,30 +187,10 @@ fn a_watch_follows_every_replica_and_resumes_on_another_without_loss_or_repeat()
     let dir = tempfile::tempdir().expect("temp dir");
     let etcd = Etcd::cluster();
     let url = etcd.url();
-    let addrs: Vec<String> = (0..2).map(|_| free_port()).collect();
-    let first = Manager::init_with(dir.path(), "watches", &["--store", &url]);
-    let copy = first.copy_to(&dir.path().join("b"));
-    let mut replicas: Vec<Manager> = [first, copy]
-        .into_iter()
-        .zip(["a", "b"])
-        .enumerate()
-        .map(|(i, (replica, name))| {
-            let mut args: Vec<String> =
-                ["--store", &url, "--leader-lease", "3s", "--heartbeat", "1s"]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect();
-            args.extend(["--replica-name".to_string(), name.to_string()]);
-            // Agents try "a" first.
-            for addr in &addrs {
-                args.extend(["--advertise".to_string(), format!("https://{addr}")]);
-            }
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            replica
-                .with_args(&args)
-                .with_listen(addrs[i].parse().expect("address"))
-        })
-        .collect();
+    // Agents try "a" first.
+    let stores = [url.clone(), url.clone()];
+    let serve = ["--leader-lease", "3s", "--heartbeat", "1s"];
+    let mut replicas = replicas(dir.path(), "watches", &["a", "b"], &stores, &serve);
     for replica in &mut replicas {
         replica.start();
     }

@@ -11,6 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{assert_nothing_lost, leader_at, replicas, session_nodes, Acknowledged, LEADING};
+use opi_manager::records::EventRecord;
 use opi_tests::etcd::Etcd;
 use opi_tests::netns::Netns;
 use opi_tests::{all_online, fails, ok, sample, wait_until, Agent, Manager, WAIT};
@@ -50,14 +51,7 @@ fn with_etcd_stopped_replicas_keep_their_agents_answer_stale_reads_refuse_change
     let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
     let names = ["a", "b"];
     let stores = [url.clone(), url.clone()];
-    let mut replicas = replicas(dir.path(), "outage", &names, &stores, &serve_args());
-    replicas[0].start();
-    wait_until(WAIT, "a to lead", || {
-        replicas[0].log_text().contains(LEADING)
-    });
-    replicas[1].start();
-    let mut acknowledged = Acknowledged::default();
-    let mut agents = enroll_and_start(dir.path(), &replicas[0], &nodes, &mut acknowledged);
+    let (replicas, mut agents, mut acknowledged) = start(dir.path(), &names, &stores, &nodes);
     wait_until(WAIT, "both nodes online", || {
         all_online(&replicas[0].opictl(), &nodes)
     });
@@ -173,12 +167,7 @@ fn with_etcd_stopped_replicas_keep_their_agents_answer_stale_reads_refuse_change
     );
     eprintln!("recovered {:?} after etcd returned", restarted.elapsed());
 
-    let history = assert_nothing_lost(&etcd, &acknowledged);
-    let offline = history
-        .iter()
-        .filter(|e| e.kind == "connectivity" && e.to == "offline")
-        .count();
-    assert_eq!(offline, 0, "no node went offline: {history:?}");
+    assert_none_offline(&assert_nothing_lost(&etcd, &acknowledged));
     for agent in &mut agents {
         agent.stop();
     }
@@ -195,14 +184,7 @@ fn a_replica_cut_from_etcd_steps_down_and_its_agents_move_to_one_that_records_th
     let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
     let names = ["a", "b"];
     let stores = [etcd.url_via(A_PATH), etcd.url()];
-    let mut replicas = replicas(dir.path(), "partition", &names, &stores, &serve_args());
-    replicas[0].start();
-    wait_until(WAIT, "a to lead", || {
-        replicas[0].log_text().contains(LEADING)
-    });
-    replicas[1].start();
-    let mut acknowledged = Acknowledged::default();
-    let mut agents = enroll_and_start(dir.path(), &replicas[0], &nodes, &mut acknowledged);
+    let (replicas, mut agents, mut acknowledged) = start(dir.path(), &names, &stores, &nodes);
     wait_until(WAIT, "both sessions recorded at a", || {
         session_nodes(&etcd, "a").len() == nodes.len()
     });
@@ -276,12 +258,7 @@ fn a_replica_cut_from_etcd_steps_down_and_its_agents_move_to_one_that_records_th
         "b still leads"
     );
 
-    let history = assert_nothing_lost(&etcd, &acknowledged);
-    let offline: Vec<_> = history
-        .iter()
-        .filter(|e| e.kind == "connectivity" && e.to == "offline")
-        .collect();
-    assert!(offline.is_empty(), "no node went offline: {offline:?}");
+    assert_none_offline(&assert_nothing_lost(&etcd, &acknowledged));
     for agent in &mut agents {
         agent.stop();
     }
@@ -296,16 +273,8 @@ fn the_leader_killed_under_load_loses_no_acknowledged_change_and_no_node() {
     let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
     let names = ["a", "b", "c"];
     let stores = [url.clone(), url.clone(), url.clone()];
-    let mut replicas = replicas(dir.path(), "load", &names, &stores, &serve_args());
-    replicas[0].start();
-    wait_until(WAIT, "a to lead", || {
-        replicas[0].log_text().contains(LEADING)
-    });
-    replicas[1].start();
-    replicas[2].start();
-    let mut acknowledged = Acknowledged::default();
     // The agents are at the leader: its death cuts every stream.
-    let mut agents = enroll_and_start(dir.path(), &replicas[0], &nodes, &mut acknowledged);
+    let (mut replicas, mut agents, mut acknowledged) = start(dir.path(), &names, &stores, &nodes);
     wait_until(WAIT, "every session recorded at a", || {
         session_nodes(&etcd, "a").len() == nodes.len()
     });
@@ -357,12 +326,7 @@ fn the_leader_killed_under_load_loses_no_acknowledged_change_and_no_node() {
     assert!(!created.is_empty(), "the operator's writes went on");
     acknowledged.tokens.extend(created);
 
-    let history = assert_nothing_lost(&etcd, &acknowledged);
-    let offline: Vec<_> = history
-        .iter()
-        .filter(|e| e.kind == "connectivity" && e.to == "offline")
-        .collect();
-    assert!(offline.is_empty(), "no node went offline: {offline:?}");
+    assert_none_offline(&assert_nothing_lost(&etcd, &acknowledged));
     let tokens = replicas[2].opictl().json(&["token", "list"]);
     let listed = tokens.as_array().map_or(0, Vec::len);
     assert_eq!(
@@ -382,6 +346,36 @@ fn node_names() -> Vec<String> {
         .map(|v| v.parse().expect("OPI_FAULT_AGENTS is a number"))
         .unwrap_or(2);
     (1..=count).map(|i| format!("fault-{i}")).collect()
+}
+
+/// Asserts that no node of `history` went offline.
+fn assert_none_offline(history: &[EventRecord]) {
+    let offline: Vec<_> = history
+        .iter()
+        .filter(|e| e.kind == "connectivity" && e.to == "offline")
+        .collect();
+    assert!(offline.is_empty(), "no node went offline: {offline:?}");
+}
+
+/// Starts replicas `names` of one fleet on `stores`, the first one leading, and `nodes`
+/// enrolled at it, with what was acknowledged.
+fn start(
+    dir: &std::path::Path,
+    names: &[&str],
+    stores: &[String],
+    nodes: &[&str],
+) -> (Vec<Manager>, Vec<Agent>, Acknowledged) {
+    let mut replicas = replicas(dir, "faults", names, stores, &serve_args());
+    replicas[0].start();
+    wait_until(WAIT, "the first replica to lead", || {
+        replicas[0].log_text().contains(LEADING)
+    });
+    for replica in &mut replicas[1..] {
+        replica.start();
+    }
+    let mut acknowledged = Acknowledged::default();
+    let agents = enroll_and_start(dir, &replicas[0], nodes, &mut acknowledged);
+    (replicas, agents, acknowledged)
 }
 
 /// Enrolls and starts `nodes` at `replica`, recording what was acknowledged.
