@@ -34,10 +34,6 @@ pub const LEADER_KEY: &str = "replicas/leader";
 /// Where each replica records the sessions it holds.
 const SESSIONS: &str = "replicas/sessions/";
 
-/// How long a successful keep-alive proves that a replica records sessions, for agents asking
-/// before they move to it.
-const CONFIRMED_FOR: Duration = Duration::from_millis(500);
-
 /// Drops the keys that live under replicas' leases (see [`LEASED`]).
 pub fn durable(mut keys: Vec<crate::store::KeyValue>) -> Vec<crate::store::KeyValue> {
     keys.retain(|kv| !kv.key.starts_with(LEASED));
@@ -72,6 +68,8 @@ struct State {
     elsewhere: HashSet<String>,
     /// The leader key's value (a replica name) as last read; `None` when absent or unread.
     leader: Option<String>,
+    /// When the last keep-alive sent for an agent asking was sent, and whether it succeeded.
+    confirmed: Option<(Instant, bool)>,
 }
 
 impl Replica {
@@ -150,27 +148,32 @@ impl Replica {
     }
 
     /// Whether this replica can record a session right now, for an agent that asks before
-    /// moving here: a keep-alive sent less than [`CONFIRMED_FOR`] ago proves it, else one is
-    /// sent now (bounded by a third of the lease). Agents of a replica that lost etcd ask
-    /// together, so one check answers them all.
+    /// moving here: proven by a keep-alive of its lease sent after the agent asked (bounded by
+    /// a third of the lease). Agents of a replica that lost etcd ask together, so askers that
+    /// wait while a check runs take the next one's answer rather than each sending their own.
     pub async fn confirm_recording(&self) -> bool {
         let Some(etcd) = &self.etcd else { return true };
+        let asked = Instant::now();
         let _one_at_a_time = self.confirming.lock().await;
-        let (lease, renewed_at) = {
+        let (lease, confirmed) = {
             let state = self.state.lock().expect("replica lock poisoned");
-            (state.lease, state.renewed_at)
+            (state.lease, state.confirmed)
         };
-        let Some(lease) = lease else { return false };
-        if renewed_at.is_some_and(|at| at.elapsed() < CONFIRMED_FOR) {
-            return self.records_sessions();
+        if let Some((_, ok)) = confirmed.filter(|(sent, _)| *sent >= asked) {
+            return ok && self.records_sessions();
         }
+        let Some(lease) = lease else { return false };
         let sent = Instant::now();
         let renewed = tokio::time::timeout(self.ttl / 3, etcd.keep_alive(lease.id)).await;
-        let confirmed = matches!(renewed, Ok(Ok(_)));
-        if confirmed {
-            self.state.lock().expect("replica lock poisoned").renewed_at = Some(sent);
+        let ok = matches!(renewed, Ok(Ok(_)));
+        {
+            let mut state = self.state.lock().expect("replica lock poisoned");
+            state.confirmed = Some((sent, ok));
+            if ok {
+                state.renewed_at = Some(sent);
+            }
         }
-        confirmed && self.records_sessions()
+        ok && self.records_sessions()
     }
 
     /// Changes of [`Replica::store_lost_since`]: from a failed lease round (the leader would
