@@ -1,13 +1,15 @@
 //! How a replica follows the node records and rollouts other replicas write: one etcd watch on
 //! each prefix, applied to memory as changes arrive, instead of reading every record again.
-//! After a broken watch it reads everything once, then watches again from where that read was.
+//! A third watch on events makes the event log read back the events other replicas committed
+//! as soon as they land, for this replica's live watches. After a broken watch it reads
+//! everything once, then watches again from where that read was.
 
 use std::time::Duration;
 
 use tracing::{debug, warn};
 
 use super::{Fleet, FleetError, NodeEntry};
-use crate::records::{NodeRecord, NODES};
+use crate::records::{NodeRecord, EVENTS, NODES};
 use crate::rollout::{RolloutRecord, ROLLOUTS};
 use crate::store::etcd::Change;
 use crate::store::{decode, EtcdStore, Revision, Store, StoreError, Versioned};
@@ -16,7 +18,7 @@ use crate::store::{decode, EtcdStore, Revision, Store, StoreError, Versioned};
 const REWATCH_AFTER: Duration = Duration::from_secs(1);
 
 impl Fleet {
-    /// Follows what other replicas write to node records and rollouts, until aborted.
+    /// Follows what other replicas write to node records, rollouts and events, until aborted.
     pub async fn follow(&self, etcd: EtcdStore) {
         loop {
             match self.follow_once(&etcd).await {
@@ -36,8 +38,17 @@ impl Fleet {
         self.rollouts.refresh(&*self.store).await?;
         let mut nodes = etcd.watch_prefix(NODES, from).await?;
         let mut rollouts = etcd.watch_prefix(ROLLOUTS, from).await?;
+        let mut events = etcd.watch_prefix(EVENTS, from).await?;
         loop {
             tokio::select! {
+                // The event log reads them back in revision order, with its own last revision:
+                // the watch only says when (the supervisor's pass reads back each second too).
+                changes = events.next() => match changes? {
+                    Some(_) => {
+                        self.events.read_back().await?;
+                    }
+                    None => return Ok(()),
+                },
                 changes = nodes.next() => match changes? {
                     Some(changes) => self.take_node_changes(etcd, changes).await?,
                     None => return Ok(()),
