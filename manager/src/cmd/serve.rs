@@ -14,12 +14,13 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use super::leader::{announce, supervise, SUPERVISE_EVERY};
 use crate::alerts::{AlertSettings, Alerting, AlertmanagerUrl, RuleSettings};
 use crate::datadir::{self, DataDir};
 use crate::fleet::{Fleet, Settings};
 use crate::identity::ManagerCerts;
 use crate::metrics::{Exporter, MetricsServer, Registry};
-use crate::replica::{as_leader, FencedStore, Replica};
+use crate::replica::{FencedStore, Replica};
 use crate::server::{self, ServeError};
 use crate::store::{MeasuredStore, Store};
 use opi_systemd::Notifier;
@@ -28,15 +29,11 @@ use opi_systemd::Notifier;
 pub const MIN_NODE_CERT_TTL: Duration = Duration::from_secs(10);
 /// Shortest server certificate lifetime accepted (it renews when a third is left).
 pub const MIN_SERVER_CERT_TTL: Duration = Duration::from_secs(3);
-/// Interval of the supervisor's pass over the fleet.
-const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
 /// How long a stopping manager waits for its connections to close before it drops them; every
 /// state change is already in the store, so nothing is lost by dropping them.
 /// Known shortcoming: with a thousand agents or more some connections stay open after their
 /// sessions were closed, so the manager waits this whole time; the cause is not found yet.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Interval between prunings of old events.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Longest node certificate lifetime accepted.
 pub const MAX_NODE_CERT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Shortest and longest `--alert-resend` accepted.
@@ -378,74 +375,6 @@ impl Running {
             }
         }
         Ok(())
-    }
-}
-
-/// Tells the connected agents each time this replica starts or stops recording their
-/// sessions, so that they move to a replica that records them.
-async fn announce(fleet: Arc<Fleet>, replica: Arc<Replica>) {
-    let mut lost = replica.store_lost();
-    while lost.changed().await.is_ok() {
-        let recorded = lost.borrow_and_update().is_none();
-        if recorded {
-            let sessions = fleet.record_unrecorded_sessions().await;
-            info!(
-                sessions,
-                "sessions accepted while the store was unreachable are recorded"
-            );
-        }
-        fleet.announce_recording(recorded, replica.name());
-    }
-}
-
-/// While this replica leads: runs the supervisor's pass and steps the rollouts every second,
-/// prunes old events at start and every minute, and signs an audit checkpoint every
-/// `checkpoints`.
-async fn supervise(
-    fleet: Arc<Fleet>,
-    replica: Arc<Replica>,
-    notifier: Arc<Notifier>,
-    checkpoints: Duration,
-) {
-    let mut tick = tokio::time::interval(SUPERVISE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_prune: Option<std::time::Instant> = None;
-    let mut last_checkpoint = std::time::Instant::now();
-    let mut leading = false;
-    loop {
-        tick.tick().await;
-        notifier.watchdog();
-        if !replica.is_single() {
-            // Node records and rollouts come through `Fleet::follow`'s watch; events and profiles
-            // are read back each pass.
-            if let Err(error) = fleet.read_back(!leading && replica.is_leader()).await {
-                tracing::warn!(error = %error, "cannot read back the events and profiles");
-                continue;
-            }
-        }
-        // Checked before each pass, whose writes are then fenced (see `crate::replica`).
-        let Some(lead) = replica.lead() else {
-            leading = false;
-            continue;
-        };
-        leading = true;
-        as_leader(lead, async {
-            fleet.supervise().await;
-            fleet.advance_rollouts().await;
-            if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
-                last_prune = Some(std::time::Instant::now());
-                if let Err(error) = fleet.events().prune().await {
-                    tracing::warn!(error = %error, "cannot prune old events");
-                }
-            }
-            if last_checkpoint.elapsed() >= checkpoints {
-                last_checkpoint = std::time::Instant::now();
-                if let Err(error) = crate::audit::checkpoint::create_if_moved(&fleet).await {
-                    tracing::warn!(error = %error, "cannot sign an audit checkpoint");
-                }
-            }
-        })
-        .await;
     }
 }
 
