@@ -61,6 +61,10 @@ fn with_etcd_stopped_replicas_keep_their_agents_answer_stale_reads_refuse_change
             .map(|a| a.log_text().matches("session open").count())
             .collect()
     };
+    // The manager counts a node online before its agent logs the session.
+    wait_until(WAIT, "every agent to log its session", || {
+        sessions(&agents).iter().all(|&opened| opened == 1)
+    });
     let opened = sessions(&agents);
 
     etcd.kill(0);
@@ -136,11 +140,14 @@ fn with_etcd_stopped_replicas_keep_their_agents_answer_stale_reads_refuse_change
             && leader_at(&replicas[0]).is_some()
     });
     eprintln!("replicas fresh and a leader elected {took:?} after etcd returned");
-    assert!(
-        agents
-            .iter()
-            .all(|a| a.log_text().contains("records this session again")),
-        "agents were told their sessions are recorded again"
+    wait_until(
+        WAIT,
+        "the agents to hear their sessions are recorded again",
+        || {
+            agents
+                .iter()
+                .all(|a| a.log_text().contains("records this session again"))
+        },
     );
     let (id, _) = replicas[1].opictl().create_token("workers", 1, &[]);
     acknowledged.tokens.insert(id);

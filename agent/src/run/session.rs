@@ -149,17 +149,28 @@ impl Agent {
             tokio::select! {
                 _ = watchdog.tick() => self.readiness.watchdog(),
                 _ = look_elsewhere.tick(), if self.unrecorded && looking.is_none() => {
-                    let others = self.other_endpoints(endpoint);
+                    let asked = self.endpoints_to_ask(endpoint);
                     if let Ok((_, tls)) = self.tls() {
-                        looking = Some(tokio::spawn(recording_elsewhere(others, tls)));
+                        looking = Some(tokio::spawn(first_recording(asked, tls)));
                     }
                 }
                 found = async { looking.as_mut().expect("guarded by is_some").await },
                     if looking.is_some() =>
                 {
                     looking = None;
-                    if let (Ok(Some(other)), true) = (found, self.unrecorded) {
-                        return Ok(SessionEnd::Moved(other));
+                    match found {
+                        Ok(Some(same)) if same == endpoint => {
+                            info!(endpoint = %endpoint, "the manager replica records this session again");
+                            self.report_again |= self.unrecorded;
+                            self.unrecorded = false;
+                        }
+                        Ok(Some(other)) if self.unrecorded => {
+                            return Ok(SessionEnd::Moved(other));
+                        }
+                        _ => {}
+                    }
+                    if std::mem::take(&mut self.report_again) {
+                        reported = evaluation::NOTHING_REPORTED;
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -357,18 +368,19 @@ impl Agent {
         }
     }
 
-    /// The manager endpoints other than `current`, in the order the agent tries them.
-    fn other_endpoints(&self, current: &str) -> Vec<String> {
+    /// `current` first (its replica may record again: then the agent stays), then the other
+    /// manager endpoints in the order the agent tries them.
+    fn endpoints_to_ask(&self, current: &str) -> Vec<String> {
         let managers = &self.state.config.managers;
         let start = self.next_endpoint % managers.len().max(1);
-        managers
+        let others = managers
             .iter()
             .cycle()
             .skip(start + 1)
             .take(managers.len())
             .filter(|m| m.as_str() != current)
-            .cloned()
-            .collect()
+            .cloned();
+        std::iter::once(current.to_string()).chain(others).collect()
     }
 
     fn on_welcome(&mut self, endpoint: &str, welcome: Welcome, heartbeat: &mut Interval) {
@@ -431,7 +443,7 @@ fn keeps_a_root(current: &str, next: &str) -> bool {
 
 /// A heartbeat timer whose first tick is one period from now.
 /// The first of `endpoints` whose replica says it records sessions, asking each in turn.
-async fn recording_elsewhere(endpoints: Vec<String>, tls: Arc<ClientConfig>) -> Option<String> {
+async fn first_recording(endpoints: Vec<String>, tls: Arc<ClientConfig>) -> Option<String> {
     for endpoint in endpoints {
         let ask = async {
             let channel = channel::connect(&endpoint, tls.clone()).await.ok()?;

@@ -148,8 +148,8 @@ impl Replica {
     }
 
     /// Whether this replica can record a session right now, for an agent that asks before
-    /// moving here: proven by a keep-alive of its lease sent after the agent asked (bounded by
-    /// a third of the lease). Agents of a replica that lost etcd ask together, so askers that
+    /// moving here, or whose session is here and was told it was not recorded: proven by a
+    /// keep-alive of its lease sent after the agent asked (bounded by a third of the lease). Agents of a replica that lost etcd ask together, so askers that
     /// wait while a check runs take the next one's answer rather than each sending their own.
     pub async fn confirm_recording(&self) -> bool {
         let Some(etcd) = &self.etcd else { return true };
@@ -172,6 +172,11 @@ impl Replica {
             if ok {
                 state.renewed_at = Some(sent);
             }
+        }
+        // The lease lives, so the sessions held under it are recorded again: the agents of a
+        // replica that recovers are told at once, rather than move away from it meanwhile.
+        if ok {
+            self.round_succeeded();
         }
         ok && self.records_sessions()
     }
