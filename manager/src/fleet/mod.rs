@@ -333,12 +333,18 @@ impl Fleet {
 
     /// Every node, sorted by name, optionally only those of `pool`.
     pub fn nodes(&self, pool: Option<&str>) -> Vec<NodeView> {
+        self.nodes_where(|record| pool.is_none_or(|p| record.pool == p))
+    }
+
+    /// The nodes whose record passes `filter`, sorted by name; only those are copied.
+    pub fn nodes_where(&self, filter: impl Fn(&NodeRecord) -> bool) -> Vec<NodeView> {
         let nodes = self.nodes.read().expect("fleet lock poisoned");
         let mut views: Vec<NodeView> = nodes
             .values()
-            .filter(|e| pool.is_none_or(|p| e.record.pool == p))
+            .filter(|e| filter(&e.record))
             .map(NodeEntry::view)
             .collect();
+        drop(nodes);
         views.sort_by(|a, b| a.record.name.cmp(&b.record.name));
         views
     }
