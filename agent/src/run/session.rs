@@ -39,6 +39,8 @@ pub enum SessionEnd {
     Renewed,
     /// The manager ended the stream.
     Closed,
+    /// The manager said it is going away, and when to come back.
+    GoingAway,
 }
 
 /// Why a session could not be opened or broke.
@@ -115,6 +117,7 @@ impl Agent {
         let mut reports = self.applier.reports.clone();
         let (outbox, mut inbound) = self.open(endpoint, &channel).await?;
         self.session_opened = Some(Instant::now());
+        self.reconnect.opened();
         info!(endpoint = %endpoint, "session open");
         self.readiness.session_open(endpoint);
         // The manager learns what became of the last generation, even if it ended offline.
@@ -165,6 +168,9 @@ impl Agent {
                     };
                     if self.on_message(endpoint, &channel, &outbox, message, &mut heartbeat).await {
                         return Ok(SessionEnd::Renewed);
+                    }
+                    if self.reconnect.notice_pending() {
+                        return Ok(SessionEnd::GoingAway);
                     }
                 }
                 () = sleep_until(self.renew_at) => {
@@ -263,6 +269,12 @@ impl Agent {
             }
             Some(ManagerBody::TrustBundle(bundle)) => {
                 self.on_trust_bundle(endpoint, outbox, bundle);
+                false
+            }
+            Some(ManagerBody::GoingAway(notice)) => {
+                let after = Duration::from_millis(notice.reconnect_after_ms.into());
+                info!(endpoint = %endpoint, reason = %notice.reason, after = ?after, "the manager is going away; reconnecting after the delay it drew for this node");
+                self.reconnect.going_away(after);
                 false
             }
             None => {

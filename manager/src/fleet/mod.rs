@@ -7,6 +7,7 @@ mod conflicts;
 mod enroll;
 mod error;
 mod follow;
+pub mod going_away;
 mod identity;
 mod lanes;
 mod limiter;
@@ -85,8 +86,9 @@ pub struct Fleet {
     flaps: Mutex<FlapDetector>,
     /// Live sessions replaced, to tell two peers with one certificate from a half-open one.
     conflicts: Mutex<conflicts::ConflictTracker>,
-    /// Set when the manager shuts down, so that long-lived streams end.
-    stopping: tokio::sync::watch::Sender<bool>,
+    /// Set when the manager shuts down, so that long-lived streams end: to the spread of the
+    /// agents' reconnection delays.
+    stopping: tokio::sync::watch::Sender<Option<Duration>>,
     /// Enrollments, heartbeats and sessions, for the metrics page.
     counters: Arc<FleetCounters>,
     /// The store's epoch and each pool's latest profile.
@@ -191,7 +193,7 @@ impl Fleet {
             events,
             flaps: Mutex::new(FlapDetector::default()),
             conflicts: Mutex::default(),
-            stopping: tokio::sync::watch::channel(false).0,
+            stopping: tokio::sync::watch::channel(None).0,
             counters: Arc::default(),
             profiles: RwLock::new(profiles),
             rollouts,
@@ -288,32 +290,6 @@ impl Fleet {
 
     pub fn events(&self) -> &EventLog {
         &self.events
-    }
-
-    /// Ends every agent session and watch, so that the server can stop; agents reconnect
-    /// (to this manager when it is back, or another replica).
-    pub fn shut_down(&self) {
-        self.stopping.send_replace(true);
-        let names: Vec<String> = {
-            let nodes = self.nodes.read().expect("fleet lock poisoned");
-            nodes
-                .values()
-                .filter(|e| e.live.is_some())
-                .map(|e| e.record.name.clone())
-                .collect()
-        };
-        for name in names {
-            self.close_session(
-                &name,
-                Status::unavailable("the manager is shutting down; reconnect"),
-            );
-        }
-    }
-
-    /// Completes when the manager starts shutting down.
-    pub async fn stopping(&self) {
-        let mut stopping = self.stopping.subscribe();
-        let _ = stopping.wait_for(|stopping| *stopping).await;
     }
 
     /// What the fleet counts for the metrics page.

@@ -23,6 +23,8 @@ use crate::versions;
 
 /// Time an agent has to say hello after opening its session.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Why a session ends or is refused at shutdown.
+const SHUTTING_DOWN: &str = "the manager is shutting down; reconnect";
 /// Messages queued towards one agent at most.
 const OUTBOUND_QUEUE: usize = 16;
 
@@ -49,6 +51,9 @@ impl Agent for AgentService {
             }
             other => other?,
         };
+        if self.fleet.is_stopping() {
+            return Err(Status::unavailable(SHUTTING_DOWN));
+        }
         let remote = peer::peer_info(&request).remote;
         let mut inbound = request.into_inner();
         let hello = read_hello(&mut inbound, &caller).await?;
@@ -169,6 +174,9 @@ async fn serve_session(
         .unwrap_or(Duration::ZERO);
     let expiry = tokio::time::sleep(expires_in);
     tokio::pin!(expiry);
+    // Also ends a session attached while the manager was already stopping.
+    let stopping = fleet.stopping();
+    tokio::pin!(stopping);
     loop {
         tokio::select! {
             message = inbound.message() => match message {
@@ -220,6 +228,11 @@ async fn serve_session(
                 }
             },
             _ = session.closed.notified() => break,
+            () = &mut stopping => {
+                let _ = outbound.try_send(Ok(fleet.going_away()));
+                let _ = outbound.try_send(Err(Status::unavailable(SHUTTING_DOWN)));
+                break;
+            }
             _ = &mut expiry => {
                 let message = format!("certificate of node {} expired at {}; renew it", session.node, rfc3339(not_after));
                 let _ = outbound.send(Err(Status::unauthenticated(message))).await;
