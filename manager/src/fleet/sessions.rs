@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use super::config_axis::{self, ApplyReport};
 use super::supervise::{apply_axes, apply_report, Observed};
-use super::{Fleet, FleetError, Live};
+use super::{Fleet, FleetError, Live, Outgoing};
 use crate::records::{ConditionRecord, Facts, GenerationId, NodeRecord};
 
 /// What the agent said in its hello.
@@ -50,7 +50,7 @@ impl Fleet {
         cert: &PeerCert,
         hello: SessionHello,
         remote: SocketAddr,
-        outbound: mpsc::Sender<Result<ManagerMessage, Status>>,
+        outbound: mpsc::Sender<Outgoing>,
     ) -> Result<Session, FleetError> {
         let name = cert.identity.name.clone();
         let now = OffsetDateTime::now_utc();
@@ -265,7 +265,7 @@ impl Fleet {
         let Some(live) = nodes.get(name).and_then(|e| e.live.as_ref()) else {
             return false;
         };
-        match live.outbound.try_send(Ok(message)) {
+        match live.outbound.try_send(Box::new(Ok(message))) {
             Ok(()) => true,
             Err(error) => {
                 warn!(node = %name, error = %error, "cannot queue a message for the node; it gets it again at its next hello");
@@ -307,6 +307,6 @@ fn raise_desired(
 
 /// Ends a session: the agent receives `status`, then the stream closes.
 fn close(live: Live, status: Status) {
-    let _ = live.outbound.try_send(Err(status));
+    let _ = live.outbound.try_send(Box::new(Err(status)));
     live.closed.notify_one();
 }

@@ -11,13 +11,13 @@ use opi_proto::v1::{AgentMessage, ManagerMessage, RenewRequest, RenewResponse, W
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info_span, warn, Instrument};
 
 use super::convert::{self, facts_from_proto};
 use super::peer::{self, Caller};
-use crate::fleet::{Fleet, FleetError, Session, SessionHello};
+use crate::fleet::{Fleet, FleetError, Outgoing, Session, SessionHello};
 use crate::records::{rfc3339, Facts, GenerationId};
 use crate::versions;
 
@@ -63,7 +63,9 @@ impl Agent for AgentService {
             .fleet
             .attach(&caller.cert, hello, remote, outbound.clone())
             .await?;
-        let _ = outbound.send(Ok(welcome(&self.fleet, &session))).await;
+        let _ = outbound
+            .send(Box::new(Ok(welcome(&self.fleet, &session))))
+            .await;
         self.fleet.send_desired(&session.node).await;
         self.fleet.ask_pending_rotation(&session.node);
         self.fleet.send_trust_bundle_if_stale(&session.node);
@@ -72,7 +74,9 @@ impl Agent for AgentService {
         let fleet = self.fleet.clone();
         let not_after = caller.cert.not_after;
         tokio::spawn(serve_session(fleet, session, inbound, outbound, not_after).instrument(span));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(receiver).map(|m| *m),
+        )))
     }
 
     async fn renew(
@@ -165,7 +169,7 @@ async fn serve_session(
     fleet: Arc<Fleet>,
     session: Session,
     mut inbound: Streaming<AgentMessage>,
-    outbound: mpsc::Sender<Result<ManagerMessage, Status>>,
+    outbound: mpsc::Sender<Outgoing>,
     not_after: OffsetDateTime,
 ) {
     let _open = fleet.counters().session_opened();
@@ -229,13 +233,13 @@ async fn serve_session(
             },
             _ = session.closed.notified() => break,
             () = &mut stopping => {
-                let _ = outbound.try_send(Ok(fleet.going_away()));
-                let _ = outbound.try_send(Err(Status::unavailable(SHUTTING_DOWN)));
+                let _ = outbound.try_send(Box::new(Ok(fleet.going_away())));
+                let _ = outbound.try_send(Box::new(Err(Status::unavailable(SHUTTING_DOWN))));
                 break;
             }
             _ = &mut expiry => {
                 let message = format!("certificate of node {} expired at {}; renew it", session.node, rfc3339(not_after));
-                let _ = outbound.send(Err(Status::unauthenticated(message))).await;
+                let _ = outbound.send(Box::new(Err(Status::unauthenticated(message)))).await;
                 break;
             }
         }
