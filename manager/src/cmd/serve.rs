@@ -372,6 +372,7 @@ impl Running {
                 self.task.abort();
             }
         }
+        self.fleet.save_last_seen().await;
         Ok(())
     }
 }

@@ -5,8 +5,11 @@ use std::time::Duration;
 
 use opi_proto::v1::manager_message::Body;
 use opi_proto::v1::{GoingAway, ManagerMessage};
+use tracing::{info, warn};
 
 use super::Fleet;
+use crate::records::{node_key, NodeRecord};
+use crate::store::{to_json, Revision, Txn, TxnOutcome};
 
 /// Sessions a manager takes back per second after a restart, about what one replica
 /// handshakes on two shared cores (measured by the benchmark's restart row); the spread of
@@ -16,6 +19,8 @@ pub const RECONNECTS_PER_SEC: u64 = 2_000;
 pub const MIN_SPREAD: Duration = Duration::from_secs(1);
 /// Longest spread of the agents' reconnection delays.
 pub const MAX_SPREAD: Duration = Duration::from_secs(20);
+/// Node records written per transaction at shutdown, within etcd's 128 operations.
+const SAVE_BATCH: usize = 100;
 /// What an agent is told, beside its delay.
 pub const REASON: &str = "the manager is shutting down";
 
@@ -43,6 +48,41 @@ impl Fleet {
     pub async fn stopping(&self) {
         let mut stopping = self.stopping.subscribe();
         let _ = stopping.wait_for(Option::is_some).await;
+    }
+
+    /// Writes the last-seen time of every session the shutdown ended, [`SAVE_BATCH`] nodes per
+    /// transaction: one write per session made a large fleet's shutdown last seconds. A node
+    /// changed meanwhile keeps the time its own last write gave it.
+    pub async fn save_last_seen(&self) {
+        let ended: Vec<(NodeRecord, Revision)> = {
+            let nodes = self.nodes.read().expect("fleet lock poisoned");
+            nodes
+                .values()
+                .filter(|e| e.live.is_none() && e.record.last_seen < Some(e.last_contact))
+                .map(|e| {
+                    let mut record = e.record.clone();
+                    record.last_seen = Some(e.last_contact);
+                    (record, e.revision)
+                })
+                .collect()
+        };
+        for batch in ended.chunks(SAVE_BATCH) {
+            let txn = batch.iter().fold(Txn::new(), |txn, (record, revision)| {
+                let key = node_key(&record.name);
+                txn.when_revision(&key, *revision)
+                    .put(&key, to_json(record))
+            });
+            match self.store().txn(txn).await {
+                Ok(TxnOutcome::Committed(_)) => {}
+                Ok(TxnOutcome::Conflict { key }) => {
+                    warn!(key = %key, nodes = batch.len(), "a node changed during shutdown; the last-seen times of its batch are not saved")
+                }
+                Err(error) => {
+                    warn!(error = %error, nodes = batch.len(), "cannot save last-seen times at shutdown")
+                }
+            }
+        }
+        info!(nodes = ended.len(), "last-seen times saved at shutdown");
     }
 
     /// The going-away notice of one agent, with its own delay within the spread.

@@ -221,6 +221,11 @@ impl Fleet {
             }
         };
         info!(node = %session.node, "session closed");
+        if self.is_stopping() {
+            // Written with every other session's by `save_last_seen`; the replica's session
+            // keys go with its lease.
+            return;
+        }
         if let Some(replica) = self.replica.get() {
             replica.release(&session.node).await;
         }
