@@ -9,8 +9,7 @@ use std::fmt;
 
 use opi_proto::v1 as pb;
 
-use crate::fleet::NodeView;
-use crate::records::NodeState;
+use crate::records::{NodeRecord, NodeState};
 
 /// This manager's version.
 pub const MANAGER_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -126,17 +125,18 @@ pub fn check_against(agent: &str, manager: &str) -> Result<Skew, VersionRefused>
 }
 
 /// How many nodes (revoked ones left out) run each agent version, newest first.
-pub fn counts(views: &[NodeView]) -> Vec<pb::AgentVersionCount> {
+pub fn counts<'a>(records: impl Iterator<Item = &'a NodeRecord>) -> Vec<pb::AgentVersionCount> {
+    // Counted by text first: a fleet runs a handful of versions, each parsed once.
+    let mut by_text: BTreeMap<&str, u32> = BTreeMap::new();
+    for record in records.filter(|r| r.state != NodeState::Revoked) {
+        *by_text.entry(&record.facts.agent_version).or_default() += 1;
+    }
     let mut by_version: BTreeMap<Option<Version>, (String, u32)> = BTreeMap::new();
-    for view in views {
-        if view.record.state == NodeState::Revoked {
-            continue;
-        }
-        let text = &view.record.facts.agent_version;
+    for (text, nodes) in by_text {
         let entry = by_version
             .entry(Version::parse(text))
-            .or_insert_with(|| (text.clone(), 0));
-        entry.1 += 1;
+            .or_insert_with(|| (text.to_string(), 0));
+        entry.1 += nodes;
     }
     by_version
         .into_values()

@@ -32,6 +32,7 @@ pub mod evaluation;
 pub mod probe;
 pub mod profile_state;
 pub mod readiness;
+pub mod reconnect;
 pub mod renewal;
 mod session;
 pub mod signatures;
@@ -40,6 +41,7 @@ use applier::Applier;
 use evaluation::Checks;
 use probe::{SessionProbe, Target};
 use readiness::Readiness;
+use reconnect::Reconnect;
 
 use session::{SessionEnd, SessionError};
 
@@ -149,7 +151,7 @@ struct Agent {
     heartbeat: Duration,
     renew_at: OffsetDateTime,
     renew_retry: Backoff,
-    reconnect: Backoff,
+    reconnect: Reconnect,
     next_endpoint: usize,
     session_opened: Option<Instant>,
     /// The replica of the current session said it cannot record the session in the fleet
@@ -183,7 +185,7 @@ impl Agent {
             heartbeat: Duration::from_secs(state.config.heartbeat_secs().into()),
             renew_at: renewal::planned_at(&state.leaf, OffsetDateTime::now_utc()),
             renew_retry: Backoff::new(renewal::RETRY_BASE, renewal::RETRY_CAP),
-            reconnect: Backoff::new(BACKOFF_BASE, BACKOFF_CAP),
+            reconnect: Reconnect::new(BACKOFF_BASE, BACKOFF_CAP),
             next_endpoint: 0,
             session_opened: None,
             unrecorded: false,
@@ -218,6 +220,7 @@ impl Agent {
                     self.reconnect.reset();
                     continue;
                 }
+                Ok(SessionEnd::GoingAway) => "the manager is going away".to_string(),
                 Ok(SessionEnd::Closed) => {
                     info!(endpoint = %endpoint, "the manager closed the session");
                     "the manager closed the session".to_string()

@@ -53,6 +53,8 @@ pub enum SessionEnd {
     /// The replica could not record the session and the one at this endpoint can: connect
     /// there at once.
     Moved(String),
+    /// The manager said it is going away, and when to come back.
+    GoingAway,
 }
 
 /// Why a session could not be opened or broke.
@@ -129,6 +131,7 @@ impl Agent {
         let mut reports = self.applier.reports.clone();
         let (outbox, mut inbound) = self.open(endpoint, &channel).await?;
         self.session_opened = Some(Instant::now());
+        self.reconnect.opened();
         info!(endpoint = %endpoint, "session open");
         self.readiness.session_open(endpoint);
         // The manager learns what became of the last generation, even if it ended offline.
@@ -210,6 +213,9 @@ impl Agent {
                     }
                     if std::mem::take(&mut self.report_again) {
                         reported = evaluation::NOTHING_REPORTED;
+                    }
+                    if self.reconnect.notice_pending() {
+                        return Ok(SessionEnd::GoingAway);
                     }
                 }
                 () = sleep_until(self.renew_at) => {
@@ -323,6 +329,12 @@ impl Agent {
                 // latest again.
                 self.report_again |= self.unrecorded && recording.recorded;
                 self.unrecorded = !recording.recorded;
+                false
+            }
+            Some(ManagerBody::GoingAway(notice)) => {
+                let after = Duration::from_millis(notice.reconnect_after_ms.into());
+                info!(endpoint = %endpoint, reason = %notice.reason, after = ?after, "the manager is going away; reconnecting after the delay it drew for this node");
+                self.reconnect.going_away(after);
                 false
             }
             None => {

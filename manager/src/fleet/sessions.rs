@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::config_axis::{self, ApplyReport};
 use super::supervise::{apply_axes, apply_report, Observed};
-use super::{Fleet, FleetError, Live};
+use super::{Fleet, FleetError, Live, Outgoing};
 use crate::records::{ConditionRecord, Facts, GenerationId, NodeRecord};
 use crate::store::StoreError;
 
@@ -56,7 +56,7 @@ impl Fleet {
         cert: &PeerCert,
         hello: SessionHello,
         remote: SocketAddr,
-        outbound: mpsc::Sender<Result<ManagerMessage, Status>>,
+        outbound: mpsc::Sender<Outgoing>,
     ) -> Result<Session, FleetError> {
         let name = cert.identity.name.clone();
         let arrival = Arrival {
@@ -278,6 +278,11 @@ impl Fleet {
             }
         };
         info!(node = %session.node, "session closed");
+        if self.is_stopping() {
+            // Written with every other session's by `save_last_seen`; the replica's session
+            // keys go with its lease.
+            return;
+        }
         if let Some(replica) = self.replica.get() {
             replica.release(&session.node).await;
         }
@@ -322,7 +327,7 @@ impl Fleet {
         let Some(live) = nodes.get(name).and_then(|e| e.live.as_ref()) else {
             return false;
         };
-        match live.outbound.try_send(Ok(message)) {
+        match live.outbound.try_send(Box::new(Ok(message))) {
             Ok(()) => true,
             Err(error) => {
                 warn!(node = %name, error = %error, "cannot queue a message for the node; it gets it again at its next hello");
@@ -340,7 +345,7 @@ impl Fleet {
             // A message a full queue refuses is not sent again: that agent learns the state
             // at its next session only.
             let message = recording_message(recorded, replica);
-            told += usize::from(live.outbound.try_send(Ok(message)).is_ok());
+            told += usize::from(live.outbound.try_send(Box::new(Ok(message))).is_ok());
         }
         info!(
             recorded,
@@ -384,7 +389,7 @@ fn raise_desired(
 
 /// Ends a session: the agent receives `status`, then the stream closes.
 fn close(live: Live, status: Status) {
-    let _ = live.outbound.try_send(Err(status));
+    let _ = live.outbound.try_send(Box::new(Err(status)));
     live.closed.notify_one();
 }
 

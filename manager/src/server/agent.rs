@@ -14,18 +14,20 @@ use opi_proto::v1::{
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info_span, warn, Instrument};
 
 use super::convert::{self, facts_from_proto};
 use super::peer::{self, Caller};
-use crate::fleet::{recording_message, Fleet, FleetError, Session, SessionHello};
+use crate::fleet::{recording_message, Fleet, FleetError, Outgoing, Session, SessionHello};
 use crate::records::{rfc3339, Facts, GenerationId};
 use crate::versions;
 
 /// Time an agent has to say hello after opening its session.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Why a session ends or is refused at shutdown.
+const SHUTTING_DOWN: &str = "the manager is shutting down; reconnect";
 /// Messages queued towards one agent at most.
 const OUTBOUND_QUEUE: usize = 16;
 
@@ -45,6 +47,9 @@ impl Agent for AgentService {
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let caller = self.caller(&request).await?;
+        if self.fleet.is_stopping() {
+            return Err(Status::unavailable(SHUTTING_DOWN));
+        }
         let remote = peer::peer_info(&request).remote;
         let mut inbound = request.into_inner();
         let hello = read_hello(&mut inbound, &caller).await?;
@@ -54,11 +59,12 @@ impl Agent for AgentService {
             .fleet
             .attach(&caller.cert, hello, remote, outbound.clone())
             .await?;
-        let _ = outbound.send(Ok(welcome(&self.fleet, &session))).await;
+        let _ = outbound
+            .send(Box::new(Ok(welcome(&self.fleet, &session))))
+            .await;
         if let Some(replica) = self.fleet.replica().filter(|r| !r.records_sessions()) {
-            let _ = outbound
-                .send(Ok(recording_message(false, replica.name())))
-                .await;
+            let recording = recording_message(false, replica.name());
+            let _ = outbound.send(Box::new(Ok(recording))).await;
         }
         self.fleet.send_desired(&session.node).await;
         self.fleet.ask_pending_rotation(&session.node);
@@ -68,7 +74,9 @@ impl Agent for AgentService {
         let fleet = self.fleet.clone();
         let not_after = caller.cert.not_after;
         tokio::spawn(serve_session(fleet, session, inbound, outbound, not_after).instrument(span));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(receiver).map(|m| *m),
+        )))
     }
 
     async fn recording(
@@ -191,7 +199,7 @@ async fn serve_session(
     fleet: Arc<Fleet>,
     session: Session,
     mut inbound: Streaming<AgentMessage>,
-    outbound: mpsc::Sender<Result<ManagerMessage, Status>>,
+    outbound: mpsc::Sender<Outgoing>,
     not_after: OffsetDateTime,
 ) {
     let _open = fleet.counters().session_opened();
@@ -200,6 +208,9 @@ async fn serve_session(
         .unwrap_or(Duration::ZERO);
     let expiry = tokio::time::sleep(expires_in);
     tokio::pin!(expiry);
+    // Also ends a session attached while the manager was already stopping.
+    let stopping = fleet.stopping();
+    tokio::pin!(stopping);
     loop {
         tokio::select! {
             message = inbound.message() => match message {
@@ -251,9 +262,14 @@ async fn serve_session(
                 }
             },
             _ = session.closed.notified() => break,
+            () = &mut stopping => {
+                let _ = outbound.try_send(Box::new(Ok(fleet.going_away())));
+                let _ = outbound.try_send(Box::new(Err(Status::unavailable(SHUTTING_DOWN))));
+                break;
+            }
             _ = &mut expiry => {
                 let message = format!("certificate of node {} expired at {}; renew it", session.node, rfc3339(not_after));
-                let _ = outbound.send(Err(Status::unauthenticated(message))).await;
+                let _ = outbound.send(Box::new(Err(Status::unauthenticated(message)))).await;
                 break;
             }
         }

@@ -174,6 +174,13 @@ impl Port {
             self.limits.handshake,
         ));
         info!(%addr, fleet = %self.fleet.fleet_name(), operators, agents, "manager listening");
+        // The listener closes as shutdown starts, so that agents told to come back later are
+        // refused at once instead of waiting on a manager that no longer serves them.
+        let stop_accepting = accepting.abort_handle();
+        let shutdown = async move {
+            shutdown.await;
+            stop_accepting.abort();
+        };
 
         let fleet = &self.fleet;
         let enrollment = agents.then(|| {

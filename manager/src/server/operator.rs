@@ -103,7 +103,14 @@ impl Operator for OperatorService {
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         peer::operator(&request, &self.fleet, Action::Status)?;
-        let pools = query::pool_counts(&self.fleet.nodes(None));
+        // Counted in place under the fleet's read lock: no node record is copied.
+        let (pools, agent_versions) = self.fleet.with_records(|records| {
+            let records: Vec<_> = records.collect();
+            (
+                query::pool_counts(records.iter().copied()),
+                crate::versions::counts(records.iter().copied()),
+            )
+        });
         let replica = self.fleet.replica();
         let lost_since = self.fleet.store_lost_since();
         Ok(Response::new(pb::StatusResponse {
@@ -119,7 +126,7 @@ impl Operator for OperatorService {
             event_revision: self.fleet.events().last_revision(),
             pools,
             manager_version: crate::versions::MANAGER_VERSION.into(),
-            agent_versions: crate::versions::counts(&self.fleet.nodes(None)),
+            agent_versions,
             certificates: identity::expiries(&self.fleet),
             replica: replica.map(|r| r.name().to_string()).unwrap_or_default(),
             leader: replica.and_then(|r| r.leader()).unwrap_or_default(),
@@ -135,12 +142,10 @@ impl Operator for OperatorService {
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         peer::operator(&request, &self.fleet, Action::ListNodes)?;
         let query = query::NodeQuery::parse(request.into_inner())?;
-        let pool = (!query.pool.is_empty()).then_some(query.pool.as_str());
         let nodes = self
             .fleet
-            .nodes(pool)
+            .nodes_where(|record| query.matches(record))
             .iter()
-            .filter(|v| query.matches(v))
             .map(node_to_proto)
             .collect();
         Ok(Response::new(pb::ListNodesResponse { nodes }))

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use opi_proto::v1 as pb;
 
-use crate::fleet::{FleetError, NodeView};
-use crate::records::{ConditionStatus, ConfigStatus, Health, NodeState};
+use crate::fleet::FleetError;
+use crate::records::{ConditionStatus, ConfigStatus, Connectivity, Health, NodeRecord, NodeState};
 
 /// Every state of the config axis, as `--config` accepts them.
 const CONFIG_STATES: [ConfigStatus; 5] = [
@@ -16,11 +16,11 @@ const CONFIG_STATES: [ConfigStatus; 5] = [
     ConfigStatus::Drifted,
 ];
 
-/// Node counts per pool, by connectivity, health and maintenance, sorted by pool.
-pub fn pool_counts(views: &[NodeView]) -> Vec<pb::PoolStatus> {
+/// Node counts per pool, by connectivity, health and maintenance, sorted by pool; taken from
+/// the records in place, so that a status call copies no node.
+pub fn pool_counts<'a>(records: impl Iterator<Item = &'a NodeRecord>) -> Vec<pb::PoolStatus> {
     let mut pools: BTreeMap<&str, pb::PoolStatus> = BTreeMap::new();
-    for view in views {
-        let record = &view.record;
+    for record in records {
         let pool = pools.entry(&record.pool).or_insert_with(|| pb::PoolStatus {
             pool: record.pool.clone(),
             ..Default::default()
@@ -30,7 +30,7 @@ pub fn pool_counts(views: &[NodeView]) -> Vec<pb::PoolStatus> {
             pool.revoked += 1;
             continue;
         }
-        if view.online {
+        if record.supervision.connectivity == Connectivity::Online {
             pool.online += 1;
         } else {
             pool.offline += 1;
@@ -107,12 +107,14 @@ impl NodeQuery {
         })
     }
 
-    /// Whether a node passes every filter.
-    pub fn matches(&self, view: &NodeView) -> bool {
-        let sup = &view.record.supervision;
-        self.health.is_none_or(|h| h == sup.health)
-            && self.online.is_none_or(|online| online == view.online)
-            && self.config.is_none_or(|c| c == view.record.config.status)
+    /// Whether a node passes every filter, judged on its record alone.
+    pub fn matches(&self, record: &NodeRecord) -> bool {
+        let sup = &record.supervision;
+        let online = sup.connectivity == Connectivity::Online;
+        (self.pool.is_empty() || self.pool == record.pool)
+            && self.health.is_none_or(|h| h == sup.health)
+            && self.online.is_none_or(|wanted| wanted == online)
+            && self.config.is_none_or(|c| c == record.config.status)
             && self.condition.as_ref().is_none_or(|kind| {
                 sup.conditions
                     .iter()

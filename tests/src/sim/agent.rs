@@ -1,20 +1,22 @@
 //! One simulated agent: its own TCP+TLS connection, a hello, then heartbeats at the planned
 //! interval with a random phase, and now and then a changed health report. A lost session is
-//! opened again with the real agent's backoff, as after a manager restart.
+//! opened again as the real agent does: after the manager's going-away notice, at the delay it
+//! drew then at short intervals; after any other loss, with the real agent's backoff.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use opi_agent::backoff::Backoff;
+use opi_agent::run::reconnect::Reconnect;
 use opi_agent::run::{BACKOFF_BASE, BACKOFF_CAP};
 use opi_pki::tls::{client_config, ManagerVerifier};
 use opi_proto::v1::agent_client::AgentClient;
 use opi_proto::v1::agent_message::Body;
+use opi_proto::v1::manager_message::Body as ManagerBody;
 use opi_proto::v1::{
     AgentMessage, Condition, ConditionStatus, HealthReport, HealthSummary, Heartbeat, Hello,
-    Severity,
+    ManagerMessage, Severity,
 };
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::time::{sleep_until, Instant};
@@ -114,11 +116,15 @@ pub async fn run(
         }
     };
     counters.connected.fetch_add(1, Ordering::Relaxed);
+    let mut reconnect = Reconnect::new(BACKOFF_BASE, BACKOFF_CAP);
     loop {
-        if beat(&plan, sender, responses, &counters, stopped.clone()).await == Ended::Stopped {
-            return;
+        match beat(&plan, sender, responses, &counters, stopped.clone()).await {
+            Ended::Stopped => return,
+            // Sessions here last long enough for the real agent to reset its backoff.
+            Ended::Lost => reconnect.reset(),
+            Ended::GoingAway(after) => reconnect.going_away(after),
         }
-        match reopen(&plan, &creds, source, &mut stopped).await {
+        match reopen(&plan, &creds, source, &mut stopped, &mut reconnect).await {
             Some(opened) => (sender, responses) = opened,
             None => return,
         }
@@ -133,14 +139,15 @@ async fn reopen(
     creds: &Credentials,
     source: Option<IpAddr>,
     stopped: &mut watch::Receiver<bool>,
+    reconnect: &mut Reconnect,
 ) -> Option<Opened> {
-    let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = tokio::time::sleep(reconnect.next_delay()) => {}
             _ = stopped.changed() => return None,
         }
         if let Ok(opened) = open(plan, creds, source).await {
+            reconnect.opened();
             return Some(opened);
         }
     }
@@ -151,6 +158,8 @@ async fn reopen(
 enum Ended {
     Stopped,
     Lost,
+    /// The manager said it is going away, and to come back after this delay.
+    GoingAway(Duration),
 }
 
 /// The sending side and the answers of an open session.
@@ -198,6 +207,10 @@ async fn beat(
             _ = sleep_until(next) => {}
             _ = stopped.changed() => return Ended::Stopped,
             message = responses.message() => match message {
+                Ok(Some(ManagerMessage { body: Some(ManagerBody::GoingAway(notice)) })) => {
+                    counters.lost.fetch_add(1, Ordering::Relaxed);
+                    return Ended::GoingAway(Duration::from_millis(notice.reconnect_after_ms.into()));
+                }
                 Ok(Some(_)) => continue,
                 _ => {
                     counters.lost.fetch_add(1, Ordering::Relaxed);

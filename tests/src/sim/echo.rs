@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -188,12 +188,13 @@ impl Agent for EchoAgent {
         else {
             return Err(Status::invalid_argument("a session opens with a hello"));
         };
-        let (outbound, receiver) = mpsc::channel(1);
+        // Boxed as the manager queues them.
+        let (outbound, receiver) = mpsc::channel::<Box<Result<ManagerMessage, Status>>>(1);
         let welcome = ManagerBody::Welcome(Welcome::default());
         let _ = outbound
-            .send(Ok(ManagerMessage {
+            .send(Box::new(Ok(ManagerMessage {
                 body: Some(welcome),
-            }))
+            })))
             .await;
 
         let counts = self.counts.clone();
@@ -207,7 +208,9 @@ impl Agent for EchoAgent {
             counts.sessions.fetch_sub(1, Ordering::Relaxed);
             drop(outbound);
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(receiver).map(|m| *m),
+        )))
     }
 
     async fn renew(&self, _: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
