@@ -2,14 +2,14 @@
 //! notify at once, with a webhook receiver in the test that records every notification.
 
 use std::fs;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
 use crate::http::{self, Webhook};
-use crate::{system_bin, wait_until, WAIT};
+use crate::{free_port, system_bin, wait_until, WAIT};
 
 /// Tries at finding a free port before giving up (another process may take the one picked).
 const START_ATTEMPTS: usize = 3;
@@ -32,7 +32,7 @@ impl Alertmanager {
         fs::write(config(&home), config_text(&webhook.url())).expect("alertmanager config");
         let log = home.join("alertmanager.log");
         for _ in 0..START_ATTEMPTS {
-            let addr = free_port();
+            let addr = free_port().parse::<SocketAddr>().expect("loopback address");
             if let Some(child) = launch(&home, &log, addr) {
                 return Self {
                     addr,
@@ -114,11 +114,6 @@ fn config_text(webhook: &str) -> String {
          receivers:\n  - name: test\n    webhook_configs:\n      - url: {webhook}\n        \
          send_resolved: true\n"
     )
-}
-
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
-    listener.local_addr().expect("its address")
 }
 
 fn config(home: &Path) -> PathBuf {

@@ -3,13 +3,12 @@
 //!
 //! Needs Debian's `etcd-server` and `etcd-client` packages (scripts/install-test-deps).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::{system_bin, wait_until, POLL_OPICTL};
+use crate::{free_port, system_bin, wait_until, POLL_OPICTL};
 
 /// Bound of the wait for a cluster to elect a leader and answer.
 pub const READY: Duration = Duration::from_secs(20);
@@ -304,10 +303,4 @@ impl TlsFiles {
             client: leaf("etcd-client", Vec::new(), Usage::ClientAuth),
         }
     }
-}
-
-/// `127.0.0.1:PORT` of a port free a moment ago.
-fn free_port() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
-    listener.local_addr().expect("bound address").to_string()
 }

@@ -69,6 +69,24 @@ pub fn sample(page: &str, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// Ports [`free_port`] picks from: below Linux's ephemeral range (32768-60999 by default), so
+/// that no outgoing connection of another test takes the port between the pick and the bind.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// `127.0.0.1:PORT` of a loopback port that was free a moment ago, for a process the test
+/// starts to listen on.
+pub fn free_port() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(TEST_PORTS);
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("bound address").to_string();
+        }
+    }
+    panic!("no free loopback port in {TEST_PORTS:?}")
+}
+
 /// Polls `check` every [`POLL`] until it returns true, or panics after `timeout` naming `what`.
 pub fn wait_until(timeout: Duration, what: &str, check: impl FnMut() -> bool) -> Duration {
     wait_until_every(POLL, timeout, what, check)

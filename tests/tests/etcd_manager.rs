@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use opi_manager::store::{EtcdStore, Store};
 use opi_proto::v1::{CreateTokenRequest, EnrollRequest, Event, WatchRequest};
 use opi_tests::etcd::Etcd;
+use opi_tests::free_port;
 use opi_tests::{all_online, grpc, node, ok, wait_until, Agent, Manager, WAIT};
 use tonic::Code;
 
@@ -242,11 +243,6 @@ async fn enroll(
         }
     }
     panic!("enroll {}: aborted {ATTEMPTS} times", request.name)
-}
-
-fn free_port() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
 }
 
 /// Every event about the node so far, replayed by a watch, once `done` holds.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use opi_manager::store::etcd::Change;
 use opi_manager::store::{conformance, EtcdStore, Store, StoreError, Txn, TxnOutcome};
 use opi_tests::etcd::{Etcd, TlsFiles};
+use opi_tests::free_port;
 
 fn open(url: &str) -> Arc<dyn Store> {
     Arc::new(EtcdStore::open(url).unwrap_or_else(|e| panic!("open {url}: {e}")))
@@ -449,9 +450,4 @@ fn chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-fn free_port() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
 }

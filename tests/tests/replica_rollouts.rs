@@ -8,11 +8,11 @@ mod common;
 use std::path::Path;
 use std::time::Instant;
 
-use common::{events, free_port, leader_at, session_nodes};
+use common::{events, leader_at, session_nodes};
 use opi_tests::etcd::Etcd;
 use opi_tests::rollout::{worker, worker_with_max_pods, KUBELET_FILE, ROLLOUT_WAIT};
 use opi_tests::{all_online, node, ok, wait_until, wait_until_every, Agent, Manager, Opictl};
-use opi_tests::{POLL_OPICTL, WAIT};
+use opi_tests::{free_port, POLL_OPICTL, WAIT};
 use serde_json::Value;
 
 /// Nodes enrolled at "b", which hands out "a" first: their sessions are at the leader.

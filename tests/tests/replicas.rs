@@ -9,10 +9,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{connectivity, events, free_port, leader_at, replicas, session_nodes, LEADING};
+use common::{connectivity, events, leader_at, replicas, session_nodes, LEADING};
 
 use opi_tests::etcd::Etcd;
-use opi_tests::{all_online, ok, sample, wait_until, Agent, Manager, Opictl, WAIT};
+use opi_tests::{all_online, free_port, ok, sample, wait_until, Agent, Manager, Opictl, WAIT};
 
 /// `--leader-lease` of every replica.
 const LEASE: Duration = Duration::from_secs(3);

@@ -9,7 +9,7 @@ use std::path::Path;
 use opi_manager::records::{EventRecord, NodeRecord, NodeState, EVENTS, NODES, TOKENS};
 use opi_manager::store::{EtcdStore, KeyValue, Store, StoreError};
 use opi_tests::etcd::Etcd;
-use opi_tests::{node, Manager, Opictl};
+use opi_tests::{free_port, node, Manager, Opictl};
 
 /// What a replica logs when it takes the lead.
 pub const LEADING: &str = "leading: this replica supervises";
@@ -83,12 +83,6 @@ pub fn events(etcd: &Etcd) -> Vec<EventRecord> {
         .iter()
         .map(|kv| serde_json::from_slice(&kv.value).expect("event JSON"))
         .collect()
-}
-
-/// A free `127.0.0.1:PORT`.
-pub fn free_port() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
 }
 
 /// What operators were told was done during a run, to be found in the store at its end.
