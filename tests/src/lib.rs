@@ -243,7 +243,20 @@ impl Manager {
             .spawn()
             .expect("opi-manager serve starts");
         self.child = Some(child);
-        wait_until(WAIT, "the manager to listen", || addr_file.exists());
+        let started = Instant::now();
+        while !addr_file.exists() {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || started.elapsed() > WAIT {
+                panic!(
+                    "the manager did not listen within {WAIT:?} ({exited:?}); its log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
         let text = fs::read_to_string(&addr_file).expect("listen-addr file");
         let addr: SocketAddr = text.trim().parse().expect("listen address");
         wait_until(WAIT, "the manager port to accept", || {
