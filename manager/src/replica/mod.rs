@@ -149,8 +149,9 @@ impl Replica {
 
     /// Whether this replica can record a session right now, for an agent that asks before
     /// moving here, or whose session is here and was told it was not recorded: proven by a
-    /// keep-alive of its lease sent after the agent asked (bounded by a third of the lease). Agents of a replica that lost etcd ask together, so askers that
-    /// wait while a check runs take the next one's answer rather than each sending their own.
+    /// keep-alive of its lease sent after the agent asked (bounded by a third of the lease).
+    /// Agents of a replica that lost etcd ask together, so askers that wait while a check runs
+    /// take the next one's answer rather than each sending their own.
     pub async fn confirm_recording(&self) -> bool {
         let Some(etcd) = &self.etcd else { return true };
         let asked = Instant::now();
