@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Instant;
 
-use common::{events, leader_at, session_nodes};
+use common::{events, leader_at, serve_as, session_nodes};
 use opi_tests::etcd::Etcd;
 use opi_tests::rollout::{worker, worker_with_max_pods, KUBELET_FILE, ROLLOUT_WAIT};
 use opi_tests::{all_online, node, ok, wait_until, wait_until_every, Agent, Manager, Opictl};
@@ -34,26 +34,9 @@ fn rollouts_reach_nodes_at_every_replica_and_survive_the_leaders_death() {
         .zip(["a", "b"])
         .enumerate()
         .map(|(i, (replica, name))| {
-            let mut args: Vec<String> = [
-                "--store",
-                &url,
-                "--leader-lease",
-                "3s",
-                "--heartbeat",
-                "1s",
-                "--replica-name",
-                name,
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            for addr in [&addrs[1 - i], &addrs[i]] {
-                args.extend(["--advertise".to_string(), format!("https://{addr}")]);
-            }
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            replica
-                .with_args(&args)
-                .with_listen(addrs[i].parse().expect("address"))
+            let advertise = [&addrs[1 - i], &addrs[i]];
+            let serve = ["--leader-lease", "3s", "--heartbeat", "1s"];
+            serve_as(replica, name, &url, &serve, &advertise, &addrs[i])
         })
         .collect();
     replicas[0].start();

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{connectivity, events, leader_at, replicas, session_nodes, LEADING};
+use common::{connectivity, events, leader_at, replicas, serve_as, session_nodes, LEADING};
 
 use opi_tests::etcd::Etcd;
 use opi_tests::{all_online, free_port, ok, sample, wait_until, Agent, Manager, Opictl, WAIT};
@@ -339,19 +339,9 @@ fn replicas_joined_with_their_own_issuing_ca_accept_each_others_certificates() {
         .zip(["a", "b"])
         .enumerate()
         .map(|(i, (replica, name))| {
-            let mut args: Vec<String> =
-                ["--store", &url, "--leader-lease", "3s", "--heartbeat", "1s"]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect();
-            args.extend(["--replica-name".to_string(), name.to_string()]);
-            for addr in [&addrs[1 - i], &addrs[i]] {
-                args.extend(["--advertise".to_string(), format!("https://{addr}")]);
-            }
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            replica
-                .with_args(&args)
-                .with_listen(addrs[i].parse().expect("address"))
+            let advertise = [&addrs[1 - i], &addrs[i]];
+            let serve = ["--leader-lease", "3s", "--heartbeat", "1s"];
+            serve_as(replica, name, &url, &serve, &advertise, &addrs[i])
         })
         .collect();
     for replica in &mut replicas {

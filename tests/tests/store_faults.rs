@@ -175,9 +175,6 @@ fn with_etcd_stopped_replicas_keep_their_agents_answer_stale_reads_refuse_change
     eprintln!("recovered {:?} after etcd returned", restarted.elapsed());
 
     assert_none_offline(&assert_nothing_lost(&etcd, &acknowledged));
-    for agent in &mut agents {
-        agent.stop();
-    }
 }
 
 #[test]
@@ -191,7 +188,7 @@ fn a_replica_cut_from_etcd_steps_down_and_its_agents_move_to_one_that_records_th
     let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
     let names = ["a", "b"];
     let stores = [etcd.url_via(A_PATH), etcd.url()];
-    let (replicas, mut agents, mut acknowledged) = start(dir.path(), &names, &stores, &nodes);
+    let (replicas, agents, mut acknowledged) = start(dir.path(), &names, &stores, &nodes);
     wait_until(WAIT, "both sessions recorded at a", || {
         session_nodes(&etcd, "a").len() == nodes.len()
     });
@@ -266,9 +263,6 @@ fn a_replica_cut_from_etcd_steps_down_and_its_agents_move_to_one_that_records_th
     );
 
     assert_none_offline(&assert_nothing_lost(&etcd, &acknowledged));
-    for agent in &mut agents {
-        agent.stop();
-    }
 }
 
 #[test]
@@ -280,8 +274,8 @@ fn the_leader_killed_under_load_loses_no_acknowledged_change_and_no_node() {
     let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
     let names = ["a", "b", "c"];
     let stores = [url.clone(), url.clone(), url.clone()];
-    // The agents are at the leader: its death cuts every stream.
-    let (mut replicas, mut agents, mut acknowledged) = start(dir.path(), &names, &stores, &nodes);
+    // The agents are at the leader: its death cuts every stream. They run until the end.
+    let (mut replicas, _agents, mut acknowledged) = start(dir.path(), &names, &stores, &nodes);
     wait_until(WAIT, "every session recorded at a", || {
         session_nodes(&etcd, "a").len() == nodes.len()
     });
@@ -341,9 +335,6 @@ fn the_leader_killed_under_load_loses_no_acknowledged_change_and_no_node() {
         acknowledged.tokens.len(),
         "only the acknowledged tokens exist: {tokens}"
     );
-    for agent in &mut agents {
-        agent.stop();
-    }
 }
 
 /// `fault-1`, `fault-2`, … as many as [`AGENTS_ENV`] says.

@@ -26,6 +26,7 @@ pub fn replicas(
     extra: &[&str],
 ) -> Vec<Manager> {
     let addrs: Vec<String> = names.iter().map(|_| free_port()).collect();
+    let addrs: Vec<&String> = addrs.iter().collect();
     let first = Manager::init_with(dir, fleet, &["--store", &stores[0]]);
     let copies: Vec<Manager> = names[1..]
         .iter()
@@ -34,23 +35,34 @@ pub fn replicas(
     std::iter::once(first)
         .chain(copies)
         .enumerate()
-        .map(|(i, replica)| {
-            let mut args: Vec<String> = vec![
-                "--store".into(),
-                stores[i].clone(),
-                "--replica-name".into(),
-                names[i].into(),
-            ];
-            args.extend(extra.iter().map(|a| a.to_string()));
-            for addr in &addrs {
-                args.extend(["--advertise".to_string(), format!("https://{addr}")]);
-            }
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            replica
-                .with_args(&args)
-                .with_listen(addrs[i].parse().expect("address"))
-        })
+        .map(|(i, replica)| serve_as(replica, names[i], &stores[i], extra, &addrs, addrs[i]))
         .collect()
+}
+
+/// `replica`'s `serve` arguments: replica `name` on store URL `store`, with `extra`, the
+/// replica URLs agents learn (`advertise`, in the order they try them), listening at `listen`.
+pub fn serve_as(
+    replica: Manager,
+    name: &str,
+    store: &str,
+    extra: &[&str],
+    advertise: &[&String],
+    listen: &str,
+) -> Manager {
+    let mut args: Vec<String> = vec![
+        "--store".into(),
+        store.into(),
+        "--replica-name".into(),
+        name.into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    for addr in advertise {
+        args.extend(["--advertise".to_string(), format!("https://{addr}")]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    replica
+        .with_args(&args)
+        .with_listen(listen.parse().expect("address"))
 }
 
 /// The leader `opictl status -o json` names at `replica`.
