@@ -1,7 +1,9 @@
 //! The manager on etcd end to end: `serve --store etcd://…` enrolls an agent and keeps its node
-//! and events across a restart; and one single-use token raced through two manager processes
-//! on the same etcd enrolls exactly one node, a hundred times over.
+//! and events across a restart; one single-use token raced through two manager processes
+//! on the same etcd enrolls exactly one node, a hundred times over; and a simulated fleet
+//! enrolling and connecting at once is committed in transactions etcd takes.
 
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -9,7 +11,8 @@ use opi_manager::store::{EtcdStore, Store};
 use opi_proto::v1::{CreateTokenRequest, EnrollRequest, Event, WatchRequest};
 use opi_tests::etcd::Etcd;
 use opi_tests::free_port;
-use opi_tests::{all_online, grpc, node, ok, wait_until, Agent, Manager, WAIT};
+use opi_tests::sim::Report;
+use opi_tests::{all_online, bin, grpc, http, node, ok, sample, wait_until, Agent, Manager, WAIT};
 use tonic::Code;
 
 /// Rounds of the single-use token race.
@@ -123,6 +126,72 @@ fn serve_on_an_unreachable_etcd_exits_naming_each_endpoint() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn a_fleet_enrolling_and_connecting_at_once_is_committed_in_transactions_etcd_takes() {
+    const AGENTS: usize = 200;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etcd = Etcd::single();
+    let url = etcd.url();
+    let mut manager = Manager::init_with(dir.path(), "batches", &["--store", &url]).with_args(&[
+        "--store",
+        &url,
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    manager.start();
+
+    // 64 enrollments in flight through one token fill its lane beyond one transaction's
+    // worth, and the sessions opening after them queue their events together.
+    let output = Command::new(bin("opi-fleet-sim"))
+        .args([
+            "--manager",
+            &manager.endpoint(),
+            "--agents",
+            &AGENTS.to_string(),
+        ])
+        .args([
+            "--concurrency",
+            "64",
+            "--duration",
+            "1s",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(&manager.data_dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("opi-fleet-sim runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "simulator failed: {stderr}");
+    let report: Report = serde_json::from_slice(&output.stdout).expect("JSON report");
+    assert_eq!(
+        (report.enrolled, report.connected),
+        (AGENTS, AGENTS),
+        "{stderr}"
+    );
+    assert_eq!(
+        report.enroll_retries, 0,
+        "no enrollment was aborted back to the simulator"
+    );
+
+    let member = etcd.members[0].client.parse().expect("etcd client address");
+    let page = http::get(member, "/metrics").expect("etcd metrics").body;
+    let refused = r#"grpc_server_handled_total{grpc_code="InvalidArgument",grpc_method="Txn",grpc_service="etcdserverpb.KV",grpc_type="unary"}"#;
+    assert_eq!(
+        sample(&page, refused).unwrap_or(0.0),
+        0.0,
+        "etcd refused transactions (more than its 128 operations?)"
+    );
+    let enrolled = r#"opi_enrollments_total{outcome="ok",reason="none"}"#;
+    assert_eq!(sample(&manager.scrape(), enrolled), Some(AGENTS as f64));
+    let last = sample(&manager.scrape(), "opi_event_revision").expect("event revision") as usize;
+    assert!(last >= AGENTS, "at least an event per node, got {last}");
+    let events = manager.events_after(0, WAIT, |events| events.len() >= last);
+    let revisions: Vec<u64> = events.iter().map(|e| e.revision).collect();
+    let expected: Vec<u64> = (1..=last as u64).collect();
+    assert_eq!(revisions, expected, "event revisions without gap or repeat");
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! then follow a broadcast of new events, going back to the store whenever they fall behind.
 
 mod flap;
+mod group;
 mod watch;
 
 use std::collections::{HashMap, VecDeque};
@@ -13,14 +14,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use time::OffsetDateTime;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 use tracing::info;
 
 pub use flap::{FlapDetector, FlapVerdict, CALM_AFTER, FLAP_THRESHOLD, FLAP_WINDOW};
 pub use watch::{Sink, WatchError, WatchFilter};
 
 use crate::records::{event_key, EventRecord, Severity, EVENTS};
-use crate::store::{decode, to_json, Store, StoreError, Txn, TxnOutcome};
+use crate::store::{decode, Store, StoreError, Txn, TxnOutcome};
 
 /// Tries of a commit whose event revisions another replica took meanwhile.
 const EVENT_ATTEMPTS: usize = 8;
@@ -59,6 +60,8 @@ pub struct EventLog {
     live: broadcast::Sender<EventRecord>,
     recent: Mutex<HashMap<String, VecDeque<EventRecord>>>,
     retention: usize,
+    /// Commits waiting to be taken together ([`group`]).
+    queue: Mutex<group::Queue>,
 }
 
 impl EventLog {
@@ -80,50 +83,33 @@ impl EventLog {
             live,
             recent: Mutex::new(recent),
             retention: retention.max(1),
+            queue: Mutex::default(),
         })
     }
 
     /// Commits `txn` with `drafts` appended as events, all or nothing; publishes the events
-    /// once committed.
-    pub async fn commit(&self, txn: Txn, drafts: Vec<Draft>) -> Result<TxnOutcome, StoreError> {
+    /// once committed. Commits that wait meanwhile are taken together in one transaction
+    /// ([`group`]), each still all or nothing and answered with its own outcome.
+    pub async fn commit(
+        self: &Arc<Self>,
+        txn: Txn,
+        drafts: Vec<Draft>,
+    ) -> Result<TxnOutcome, StoreError> {
         // Nothing to number: no need to wait for other commits, so that the store can group
         // this one with them (sessions opening and closing by thousands after a restart).
         if drafts.is_empty() {
             return self.store.txn(txn).await;
         }
-        let mut last = self.commit_lock.lock().await;
-        let now = OffsetDateTime::now_utc();
-        let mut outcome = None;
-        // Each event key is created only if absent: another replica may have taken the next
-        // revisions, and then this one catches up from the store and numbers after them.
-        for _ in 0..EVENT_ATTEMPTS {
-            let events: Vec<EventRecord> = drafts
-                .iter()
-                .cloned()
-                .enumerate()
-                .map(|(i, draft)| draft.into_event(*last + 1 + i as u64, now))
-                .collect();
-            let with_events = events.iter().fold(txn.clone(), |txn, e| {
-                let key = event_key(e.revision);
-                txn.when_absent(&key).put(key, to_json(e))
-            });
-            let result = self.store.txn(with_events).await?;
-            match &result {
-                TxnOutcome::Committed(_) if !events.is_empty() => {
-                    *last += events.len() as u64;
-                    self.last.store(*last, Ordering::Release);
-                    self.publish(events);
-                }
-                TxnOutcome::Conflict { key } if key.starts_with(EVENTS) => {
-                    self.take_in(&mut last).await?;
-                    outcome = Some(result);
-                    continue;
-                }
-                _ => {}
-            }
-            return Ok(result);
-        }
-        Ok(outcome.expect("at least one attempt"))
+        let (done, outcome) = oneshot::channel();
+        self.enqueue(group::Pending {
+            txn,
+            drafts,
+            lead: crate::replica::fence::current(),
+            done,
+        });
+        outcome
+            .await
+            .expect("the event committer answers every commit it takes")
     }
 
     /// Takes in the events other replicas committed since this one last did, and publishes

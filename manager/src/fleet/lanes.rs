@@ -19,11 +19,15 @@ use tracing::debug;
 use super::enroll::{add_enrollment, check_token_usable, EnrollInput, EnrollOutput};
 use super::{Fleet, FleetError};
 use crate::records::{node_key, token_enrollment_key, token_key, TokenEnrollment, TokenRecord};
-use crate::store::{to_json, Txn, TxnOutcome, Versioned};
+use crate::store::{to_json, Txn, TxnOutcome, Versioned, MAX_TXN_OPS};
 use crate::tokens::BootstrapToken;
 
-/// Most enrollments committed in one transaction.
-const MAX_CLAIMS: usize = 128;
+/// Compares and ops one claim adds to its batch's transaction: the node and its answer must be
+/// absent (two compares), then the answer, the node and the audit entry are written.
+const OPS_PER_CLAIM: usize = 3;
+/// Most enrollments committed in one transaction: the token's compare and put, then the
+/// claims, within what every backend takes (etcd refuses the whole transaction otherwise).
+const MAX_CLAIMS: usize = (MAX_TXN_OPS - 1) / OPS_PER_CLAIM;
 
 /// A use of a token, its certificate already signed, waiting to be committed.
 pub(super) struct Claim {
@@ -187,4 +191,91 @@ fn owns_key(waiting: &Waiting, key: &str) -> bool {
     let answer = &waiting.claim.answer;
     let id = waiting.claim.token.id();
     key == node_key(&answer.node) || key == token_enrollment_key(id, &answer.spki_sha256)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use time::OffsetDateTime;
+    use tokio::sync::oneshot;
+
+    use super::{batch_txn, Claim, Waiting, MAX_CLAIMS};
+    use crate::fleet::enroll::EnrollInput;
+    use crate::records::{Facts, TokenEnrollment, TokenRecord};
+    use crate::store::Versioned;
+    use crate::tokens::BootstrapToken;
+
+    fn waiting(token: &BootstrapToken, i: usize) -> Waiting {
+        let node = format!("node-{i}");
+        let issued = opi_pki::IssuedCert {
+            cert_pem: String::new(),
+            chain_pem: String::new(),
+            serial: format!("{i:x}"),
+            not_after: OffsetDateTime::now_utc(),
+        };
+        let claim = Claim {
+            token: token.clone(),
+            answer: TokenEnrollment {
+                spki_sha256: format!("{i:064x}"),
+                node: node.clone(),
+                cert_chain_pem: String::new(),
+                at: OffsetDateTime::now_utc(),
+            },
+            issued,
+            input: EnrollInput {
+                token: token.to_string(),
+                csr_der: Vec::new(),
+                name: node,
+                reenroll: false,
+                facts: Facts::default(),
+                remote: "127.0.0.1:1".parse().expect("address"),
+            },
+        };
+        Waiting {
+            claim,
+            done: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn a_full_batch_fits_in_one_transaction_every_backend_takes() {
+        let token = BootstrapToken::generate();
+        let record = TokenRecord {
+            id: token.id().into(),
+            secret_sha256: String::new(),
+            pool: "workers".into(),
+            labels: BTreeMap::new(),
+            uses: 1000,
+            used: 0,
+            created_at: OffsetDateTime::now_utc(),
+            expires_at: OffsetDateTime::now_utc(),
+            revoked: false,
+            created_by: "test".into(),
+            description: String::new(),
+            enrollments: Vec::new(),
+        };
+        let versioned = Versioned {
+            value: record,
+            mod_revision: 1,
+            create_revision: 1,
+        };
+
+        let full: Vec<Waiting> = (0..MAX_CLAIMS).map(|i| waiting(&token, i)).collect();
+        let (txn, nodes) = batch_txn(&versioned, &full);
+        assert_eq!(nodes.len(), MAX_CLAIMS);
+        assert!(
+            txn.within_limit(),
+            "{} compares, {} ops",
+            txn.compares.len(),
+            txn.ops.len()
+        );
+
+        let over: Vec<Waiting> = (0..=MAX_CLAIMS).map(|i| waiting(&token, i)).collect();
+        let (txn, _) = batch_txn(&versioned, &over);
+        assert!(
+            !txn.within_limit(),
+            "one more claim must not fit: MAX_CLAIMS is too small"
+        );
+    }
 }

@@ -82,7 +82,7 @@ pub struct Fleet {
     nodes: RwLock<HashMap<String, NodeEntry>>,
     next_session: AtomicU64,
     limiter: Mutex<FailureLimiter>,
-    events: EventLog,
+    events: Arc<EventLog>,
     flaps: Mutex<FlapDetector>,
     /// Live sessions replaced, to tell two peers with one certificate from a half-open one.
     conflicts: Mutex<conflicts::ConflictTracker>,
@@ -181,7 +181,7 @@ impl Fleet {
                 (entry.record.name.clone(), entry)
             })
             .collect();
-        let events = EventLog::open(store.clone(), settings.event_retention).await?;
+        let events = Arc::new(EventLog::open(store.clone(), settings.event_retention).await?);
         let profiles = profiles::ProfileCache::load(&*store).await?;
         let rollouts = rollouts::RolloutCache::load(&*store).await?;
         let trust = Trust {
@@ -301,7 +301,7 @@ impl Fleet {
         Ok(())
     }
 
-    pub fn events(&self) -> &EventLog {
+    pub fn events(&self) -> &Arc<EventLog> {
         &self.events
     }
 

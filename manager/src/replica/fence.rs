@@ -36,6 +36,14 @@ pub async fn as_leader<F: Future>(lead: Lead, pass: F) -> F::Output {
     }
 }
 
+/// The fence of the leader pass running on this task, if any: what [`as_leader`] set, so that
+/// work handed to another task can run under the same fence.
+pub fn current() -> Lead {
+    Lead {
+        fence: LEADING_AT.try_with(|revision| *revision).ok(),
+    }
+}
+
 /// A store whose transactions made inside [`as_leader`] are fenced by the leader key.
 pub struct FencedStore {
     inner: Arc<dyn Store>,

@@ -30,6 +30,11 @@ pub type Revision = u64;
 /// The URL scheme of the embedded SQLite backend.
 const SQLITE_SCHEME: &str = "sqlite:";
 
+/// Most compares, and most ops, in one transaction the manager builds. etcd refuses a
+/// transaction with more than 128 of either (its default `--max-txn-ops`), and the store
+/// decorators add a compare and a put of their own (the audit chain head, the leader fence).
+pub const MAX_TXN_OPS: usize = 124;
+
 /// A key, its value and the revisions that created it and last modified it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyValue {
@@ -335,6 +340,12 @@ impl Txn {
     pub fn duplicate_key(&self) -> Option<&str> {
         let mut seen = std::collections::HashSet::new();
         self.ops.iter().map(Op::key).find(|key| !seen.insert(*key))
+    }
+
+    /// Whether every backend takes this transaction: at most [`MAX_TXN_OPS`] compares and
+    /// as many ops.
+    pub fn within_limit(&self) -> bool {
+        self.compares.len() <= MAX_TXN_OPS && self.ops.len() <= MAX_TXN_OPS
     }
 
     /// The first key this transaction compares or writes, to name it in errors.
