@@ -1,8 +1,9 @@
 //! How a replica follows the node records and rollouts other replicas write: one etcd watch on
 //! each prefix, applied to memory as changes arrive, instead of reading every record again.
 //! A third watch on events makes the event log read back the events other replicas committed
-//! as soon as they land, for this replica's live watches. After a broken watch it reads
-//! everything once, then watches again from where that read was.
+//! as soon as they land, for this replica's live watches. A broken watch is opened again from
+//! the last change it delivered; only when etcd no longer has that history (compacted), or a
+//! change could not be taken, is everything read again.
 
 use std::time::Duration;
 
@@ -11,50 +12,122 @@ use tracing::{debug, warn};
 use super::{Fleet, FleetError, NodeEntry};
 use crate::records::{NodeRecord, EVENTS, NODES};
 use crate::rollout::{RolloutRecord, ROLLOUTS};
-use crate::store::etcd::Change;
+use crate::store::etcd::{is_compacted, Change};
 use crate::store::{decode, EtcdStore, Revision, Store, StoreError, Versioned};
 
 /// Pause before watching again after a watch broke (etcd down or compacted).
 const REWATCH_AFTER: Duration = Duration::from_secs(1);
+/// Watches opened again from the same revision that broke before delivering anything, after
+/// which everything is read again: etcd may refuse that revision in a way not recognised.
+const STUCK_LIMIT: usize = 3;
+
+/// Up to which revision memory holds what each watch delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seen {
+    nodes: Revision,
+    rollouts: Revision,
+}
+
+/// Why following stopped: the watch stream broke (open it again from where it was), or memory
+/// can no longer be trusted to be complete (read everything again).
+enum Broke {
+    Watch(StoreError),
+    Reload(FleetError),
+}
 
 impl Fleet {
     /// Follows what other replicas write to node records, rollouts and events, until aborted.
     pub async fn follow(&self, etcd: EtcdStore) {
+        let mut seen = None;
+        // Watches opened again from the same point that broke again at once.
+        let mut stuck = 0;
         loop {
-            match self.follow_once(&etcd).await {
+            let before = seen;
+            match self.follow_once(&etcd, &mut seen).await {
                 Ok(()) => debug!("etcd ended the watch on node records and rollouts"),
-                Err(error) => {
-                    warn!(error = %error, "watch on node records and rollouts broke; reading them again")
+                Err(Broke::Watch(error)) if is_compacted(&error) || stuck >= STUCK_LIMIT => {
+                    warn!(error = %error, "the watch on node records and rollouts cannot resume; reading them again");
+                    seen = None;
+                }
+                Err(Broke::Watch(error)) => {
+                    warn!(error = %error, "watch on node records and rollouts broke; watching again from its last change");
+                }
+                Err(Broke::Reload(error)) => {
+                    warn!(error = %error, "cannot follow node records and rollouts; reading them again");
+                    seen = None;
                 }
             }
+            stuck = if seen.is_some() && seen == before {
+                stuck + 1
+            } else {
+                0
+            };
             tokio::time::sleep(REWATCH_AFTER).await;
         }
     }
 
-    /// Reads every record once, then applies the changes made after that read.
-    async fn follow_once(&self, etcd: &EtcdStore) -> Result<(), FleetError> {
-        let from: Revision = etcd.revision().await?;
-        self.reload_nodes().await?;
-        self.rollouts.refresh(&*self.store).await?;
-        let mut nodes = etcd.watch_prefix(NODES, from).await?;
-        let mut rollouts = etcd.watch_prefix(ROLLOUTS, from).await?;
-        let mut events = etcd.watch_prefix(EVENTS, from).await?;
+    /// Reads every record once unless `seen` says up to where memory has them, then applies
+    /// the changes made after that, moving `seen` along.
+    async fn follow_once(&self, etcd: &EtcdStore, seen: &mut Option<Seen>) -> Result<(), Broke> {
+        let from = match *seen {
+            Some(from) => from,
+            None => {
+                let at: Revision = etcd.revision().await.map_err(Broke::Watch)?;
+                self.reload_nodes().await.map_err(Broke::Reload)?;
+                self.rollouts
+                    .refresh(&*self.store)
+                    .await
+                    .map_err(Broke::Reload)?;
+                *seen.insert(Seen {
+                    nodes: at,
+                    rollouts: at,
+                })
+            }
+        };
+        let mut nodes = etcd
+            .watch_prefix(NODES, from.nodes)
+            .await
+            .map_err(Broke::Watch)?;
+        let mut rollouts = etcd
+            .watch_prefix(ROLLOUTS, from.rollouts)
+            .await
+            .map_err(Broke::Watch)?;
+        let mut events = etcd
+            .watch_prefix(EVENTS, from.nodes)
+            .await
+            .map_err(Broke::Watch)?;
         loop {
             tokio::select! {
                 // The event log reads them back in revision order, with its own last revision:
-                // the watch only says when (the supervisor's pass reads back each second too).
-                changes = events.next() => match changes? {
+                // the watch only says when (the supervisor's pass reads back each second too,
+                // so a read that fails here is made again there).
+                changes = events.next() => match changes.map_err(Broke::Watch)? {
                     Some(_) => {
-                        self.events.read_back().await?;
+                        if let Err(error) = self.events.read_back().await {
+                            debug!(error = %error, "cannot read back the events other replicas committed");
+                        }
                     }
                     None => return Ok(()),
                 },
-                changes = nodes.next() => match changes? {
-                    Some(changes) => self.take_node_changes(etcd, changes).await?,
+                changes = nodes.next() => match changes.map_err(Broke::Watch)? {
+                    Some(changes) => {
+                        let last = changes.last().map(Change::revision);
+                        self.take_node_changes(etcd, changes)
+                            .await
+                            .map_err(|error| Broke::Reload(error.into()))?;
+                        let seen = seen.as_mut().expect("set before watching");
+                        seen.nodes = last.unwrap_or(seen.nodes).max(seen.nodes);
+                    }
                     None => return Ok(()),
                 },
-                changes = rollouts.next() => match changes? {
-                    Some(changes) => self.take_rollout_changes(etcd, changes)?,
+                changes = rollouts.next() => match changes.map_err(Broke::Watch)? {
+                    Some(changes) => {
+                        let last = changes.last().map(Change::revision);
+                        self.take_rollout_changes(etcd, changes)
+                            .map_err(|error| Broke::Reload(error.into()))?;
+                        let seen = seen.as_mut().expect("set before watching");
+                        seen.rollouts = last.unwrap_or(seen.rollouts).max(seen.rollouts);
+                    }
                     None => return Ok(()),
                 },
             }

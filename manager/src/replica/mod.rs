@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::store::etcd::Lease;
-use crate::store::{EtcdStore, Op, Store, Txn, TxnOutcome};
+use crate::store::{EtcdStore, Op, Store, Txn, TxnOutcome, MAX_TXN_OPS};
 
 pub mod fence;
 
@@ -201,27 +201,59 @@ impl Replica {
         self.lost.borrow().is_none()
     }
 
-    /// Keeps the lease alive and campaigns, every third of the TTL, until aborted.
+    /// Keeps the lease alive and campaigns, every third of the TTL, and lists the sessions
+    /// other replicas hold, until aborted.
     pub fn run(self: &Arc<Self>) -> Option<JoinHandle<()>> {
         self.etcd.as_ref()?;
         let replica = self.clone();
         Some(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(replica.ttl / 3);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let step = tokio::time::timeout(replica.ttl / 3, replica.step());
-                match step.await.unwrap_or_else(|_| {
-                    Err(anyhow::anyhow!(
-                        "etcd did not answer within {:?}",
-                        replica.ttl / 3
-                    ))
-                }) {
-                    Ok(()) => replica.round_succeeded(),
-                    Err(error) => replica.round_failed(&format!("{error:#}")),
-                }
-            }
+            tokio::join!(replica.keep_lease(), replica.follow_sessions());
         }))
+    }
+
+    /// The lease rounds.
+    async fn keep_lease(&self) {
+        let mut tick = tokio::time::interval(self.ttl / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let step = tokio::time::timeout(self.ttl / 3, self.step());
+            match step.await.unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "etcd did not answer within {:?}",
+                    self.ttl / 3
+                ))
+            }) {
+                Ok(()) => self.round_succeeded(),
+                Err(error) => self.round_failed(&format!("{error:#}")),
+            }
+        }
+    }
+
+    /// Lists the sessions the other replicas hold, every third of the TTL. Beside the lease
+    /// rounds rather than in them: with tens of thousands of sessions the listing takes longer
+    /// than a round may, and a slow listing says nothing about the lease.
+    async fn follow_sessions(&self) {
+        let etcd = self.etcd.as_ref().expect("run only on etcd");
+        let mine = format!("{SESSIONS}{}/", self.name);
+        let mut tick = tokio::time::interval(self.ttl / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let others = match etcd.list(SESSIONS).await {
+                Ok(others) => others,
+                Err(error) => {
+                    debug!(replica = %self.name, error = %error, "cannot list the sessions other replicas hold");
+                    continue;
+                }
+            };
+            let elsewhere = others
+                .iter()
+                .filter(|kv| !kv.key.starts_with(&mine))
+                .filter_map(|kv| kv.key.rsplit('/').next().map(str::to_owned))
+                .collect();
+            self.state.lock().expect("replica lock poisoned").elsewhere = elsewhere;
+        }
     }
 
     fn round_succeeded(&self) {
@@ -263,7 +295,7 @@ impl Replica {
             .lock()
             .expect("replica lock poisoned")
             .leader_revision;
-        let current = etcd.get(LEADER_KEY).await?;
+        let current = etcd.get_now(LEADER_KEY).await?;
         self.state.lock().expect("replica lock poisoned").leader = current
             .as_ref()
             .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
@@ -286,14 +318,6 @@ impl Replica {
                 }
             }
         }
-        let others = etcd.list(SESSIONS).await?;
-        let mine = format!("{SESSIONS}{}/", self.name);
-        let elsewhere = others
-            .iter()
-            .filter(|kv| !kv.key.starts_with(&mine))
-            .filter_map(|kv| kv.key.rsplit('/').next().map(str::to_owned))
-            .collect();
-        self.state.lock().expect("replica lock poisoned").elsewhere = elsewhere;
         Ok(())
     }
 
@@ -304,8 +328,9 @@ impl Replica {
             let state = self.state.lock().expect("replica lock poisoned");
             state.held.iter().cloned().collect()
         };
-        if !held.is_empty() {
-            let ops = held
+        // In transactions etcd takes: a replica may hold tens of thousands of sessions.
+        for chunk in held.chunks(MAX_TXN_OPS) {
+            let ops = chunk
                 .iter()
                 .map(|node| Op::Put {
                     key: self.session_key(node),

@@ -4,6 +4,11 @@
 //! to the next one; a transaction moves on only if it certainly never reached the member
 //! (the connection was refused or could not be opened), because retrying one that may have
 //! been applied could report a conflict with itself. Every call is bounded by the timeout.
+//!
+//! KV calls wait for one of a fixed number of slots before they are sent: a flood of calls
+//! (a whole fleet reconnecting) then queues here, instead of in etcd, which goes on working
+//! on a call after its caller gave up, so that past some load every call would time out.
+//! The replica's lease round skips the queue ([`EtcdClient::range_now`]).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,6 +20,7 @@ use opi_proto::etcd::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
+use tokio::sync::SemaphorePermit;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status};
@@ -25,6 +31,8 @@ use super::config::{EtcdConfig, TlsFiles};
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// Interval of HTTP/2 pings, which detect a dead member on an idle connection.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// KV calls one client has in flight at once; the others wait for a slot, up to the timeout.
+const MAX_IN_FLIGHT: usize = 64;
 
 /// Why an etcd call failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +75,19 @@ pub enum EtcdError {
         /// What etcd said.
         problem: String,
     },
+    /// Every slot stayed taken for the whole timeout: the call was not sent.
+    #[error(
+        "{call} not sent to etcd: this manager's {in_flight} calls in flight did not leave a \
+         slot within {waited:?}"
+    )]
+    Busy {
+        /// The call.
+        call: &'static str,
+        /// How many calls were in flight.
+        in_flight: usize,
+        /// How long the call waited.
+        waited: Duration,
+    },
     /// A watch was refused or cancelled by etcd.
     #[error("etcd watch cancelled: {reason}")]
     WatchCancelled {
@@ -91,6 +112,8 @@ pub struct EtcdClient {
     tls: Option<Arc<ClientConfig>>,
     timeout: Duration,
     state: Mutex<State>,
+    /// One permit per KV call in flight.
+    slots: tokio::sync::Semaphore,
 }
 
 /// The member in use and its connection, if open.
@@ -127,11 +150,19 @@ impl EtcdClient {
             tls,
             timeout: config.timeout,
             state: Mutex::new(State::default()),
+            slots: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         })
     }
 
-    /// KV Range, retried on the next member when one cannot be reached.
+    /// KV Range, once a slot is free; retried on the next member when one cannot be reached.
     pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, EtcdError> {
+        let _slot = self.slot("Range").await?;
+        self.range_now(request).await
+    }
+
+    /// KV Range without waiting for a slot: for the few calls that say whether this replica
+    /// still reaches etcd, which must not queue behind a flood of others.
+    pub async fn range_now(&self, request: RangeRequest) -> Result<RangeResponse, EtcdError> {
         self.call("Range", Retry::Always, move |channel| {
             let request = request.clone();
             async move { kv(channel).range(request).await }
@@ -139,13 +170,27 @@ impl EtcdClient {
         .await
     }
 
-    /// KV Txn, retried on the next member only when it certainly was not sent.
+    /// KV Txn, once a slot is free; retried on the next member only when it certainly was
+    /// not sent.
     pub async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, EtcdError> {
+        let _slot = self.slot("Txn").await?;
         self.call("Txn", Retry::IfUnsent, move |channel| {
             let request = request.clone();
             async move { kv(channel).txn(request).await }
         })
         .await
+    }
+
+    /// Waits for a free slot, up to the timeout.
+    async fn slot(&self, call: &'static str) -> Result<SemaphorePermit<'_>, EtcdError> {
+        match tokio::time::timeout(self.timeout, self.slots.acquire()).await {
+            Ok(permit) => Ok(permit.expect("the slots are never closed")),
+            Err(_) => Err(EtcdError::Busy {
+                call,
+                in_flight: MAX_IN_FLIGHT,
+                waited: self.timeout,
+            }),
+        }
     }
 
     /// Runs `call` on the current member, then on the next ones while they cannot be reached.

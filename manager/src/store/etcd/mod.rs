@@ -30,7 +30,7 @@ use tracing::info;
 pub use client::{EtcdClient, EtcdError};
 pub use config::{ConfigError, EtcdConfig, TlsFiles, DEFAULT_PREFIX, SCHEME, TLS_SCHEME};
 pub use lease::Lease;
-pub use watch::{Change, PrefixWatch};
+pub use watch::{is_compacted, Change, PrefixWatch};
 
 use super::{Compare, KeyValue, Op, Revision, Store, StoreError, Txn, TxnOutcome};
 
@@ -79,6 +79,26 @@ impl EtcdStore {
             .range(request)
             .await
             .map_err(|error| self.read_error(subject, error))
+    }
+
+    /// The key and its revisions, read at once rather than after the calls waiting for a
+    /// slot: for the replica's lease round, which says whether etcd still answers.
+    pub async fn get_now(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let request = RangeRequest {
+            key: self.full_key(key),
+            ..RangeRequest::default()
+        };
+        let response = self
+            .client
+            .range_now(request)
+            .await
+            .map_err(|error| self.read_error(&format!("key `{key}`"), error))?;
+        response
+            .kvs
+            .into_iter()
+            .next()
+            .map(|kv| self.decode(kv))
+            .transpose()
     }
 
     /// Every key in `[from, end)`, paged, all at one revision.

@@ -129,6 +129,22 @@ impl PrefixWatch<'_> {
     }
 }
 
+/// Whether `error` says a watch started at a revision etcd compacted away: what it would have
+/// delivered is lost, and the watcher must read the keys again.
+pub fn is_compacted(error: &StoreError) -> bool {
+    let mut cause = std::error::Error::source(error);
+    while let Some(next) = cause {
+        if let Some(EtcdError::WatchCancelled {
+            compact_revision, ..
+        }) = next.downcast_ref::<EtcdError>()
+        {
+            return *compact_revision > 0;
+        }
+        cause = next.source();
+    }
+    false
+}
+
 /// Opens a Watch stream on `channel`, sends `create` and waits until etcd confirms it.
 async fn open_watch(
     channel: tonic::transport::Channel,
