@@ -252,19 +252,23 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
         true => store,
         false => FencedStore::wrap(store, replica.clone()),
     };
+    // Where the watches of a replica start: before the load, so that they miss nothing.
+    let follow_from = match replica.is_single() {
+        true => None,
+        false => {
+            let etcd = crate::store::EtcdStore::open(&store_url)?;
+            Some((etcd.revision().await?, etcd))
+        }
+    };
     let fleet = Fleet::load(store, authority, settings, Arc::new(certs)).await?;
     fleet.set_replica(replica.clone());
     let campaign = replica.run();
     let announcer =
         (!replica.is_single()).then(|| tokio::spawn(announce(fleet.clone(), replica.clone())));
-    let follower = match replica.is_single() {
-        true => None,
-        false => {
-            let etcd = crate::store::EtcdStore::open(&store_url)?;
-            let fleet = fleet.clone();
-            Some(tokio::spawn(async move { fleet.follow(etcd).await }))
-        }
-    };
+    let follower = follow_from.map(|(loaded_at, etcd)| {
+        let fleet = fleet.clone();
+        tokio::spawn(async move { fleet.follow(etcd, loaded_at).await })
+    });
     let metrics = start_metrics(args, &dir, &fleet, &registry).await?;
     let alerting = start_alerting(args, &fleet, &registry);
     let (shutdown, stopped) = oneshot::channel::<()>();

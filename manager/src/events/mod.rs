@@ -88,18 +88,14 @@ impl EventLog {
     }
 
     /// Commits `txn` with `drafts` appended as events, all or nothing; publishes the events
-    /// once committed. Commits that wait meanwhile are taken together in one transaction
-    /// ([`group`]), each still all or nothing and answered with its own outcome.
+    /// once committed. Commits that wait meanwhile, with events or without (sessions opening
+    /// by thousands after a restart), are taken together in one transaction ([`group`]), each
+    /// still all or nothing and answered with its own outcome.
     pub async fn commit(
         self: &Arc<Self>,
         txn: Txn,
         drafts: Vec<Draft>,
     ) -> Result<TxnOutcome, StoreError> {
-        // Nothing to number: no need to wait for other commits, so that the store can group
-        // this one with them (sessions opening and closing by thousands after a restart).
-        if drafts.is_empty() {
-            return self.store.txn(txn).await;
-        }
         let (done, outcome) = oneshot::channel();
         self.enqueue(group::Pending {
             txn,

@@ -15,8 +15,12 @@ use crate::rollout::{RolloutRecord, ROLLOUTS};
 use crate::store::etcd::{is_compacted, Change};
 use crate::store::{decode, EtcdStore, Revision, Store, StoreError, Versioned};
 
-/// Pause before watching again after a watch broke (etcd down or compacted).
+/// Pause before watching again after a watch broke (etcd down or compacted); before reading
+/// every record again it doubles at each try, up to [`MAX_REWATCH_AFTER`], so that a loaded
+/// etcd is not asked for every record each second.
 const REWATCH_AFTER: Duration = Duration::from_secs(1);
+/// Longest pause before watching again.
+const MAX_REWATCH_AFTER: Duration = Duration::from_secs(30);
 /// Watches opened again from the same revision that broke before delivering anything, after
 /// which everything is read again: etcd may refuse that revision in a way not recognised.
 const STUCK_LIMIT: usize = 3;
@@ -36,11 +40,16 @@ enum Broke {
 }
 
 impl Fleet {
-    /// Follows what other replicas write to node records, rollouts and events, until aborted.
-    pub async fn follow(&self, etcd: EtcdStore) {
-        let mut seen = None;
+    /// Follows what other replicas write to node records, rollouts and events after
+    /// `loaded_at` (the store revision read before the fleet was loaded), until aborted.
+    pub async fn follow(&self, etcd: EtcdStore, loaded_at: Revision) {
+        let mut seen = Some(Seen {
+            nodes: loaded_at,
+            rollouts: loaded_at,
+        });
         // Watches opened again from the same point that broke again at once.
         let mut stuck = 0;
+        let mut pause = REWATCH_AFTER;
         loop {
             let before = seen;
             match self.follow_once(&etcd, &mut seen).await {
@@ -57,12 +66,14 @@ impl Fleet {
                     seen = None;
                 }
             }
-            stuck = if seen.is_some() && seen == before {
-                stuck + 1
-            } else {
-                0
+            let progressed = seen.is_some() && seen != before;
+            stuck = if progressed { 0 } else { stuck + 1 };
+            // Resuming a watch is cheap; reading every record again is not.
+            pause = match seen {
+                None => (pause * 2).min(MAX_REWATCH_AFTER),
+                Some(_) => REWATCH_AFTER,
             };
-            tokio::time::sleep(REWATCH_AFTER).await;
+            tokio::time::sleep(pause).await;
         }
     }
 

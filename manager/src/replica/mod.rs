@@ -24,6 +24,7 @@ use crate::store::etcd::Lease;
 use crate::store::{EtcdStore, Op, Store, Txn, TxnOutcome, MAX_TXN_OPS};
 
 pub mod fence;
+mod keys;
 
 pub use fence::{as_leader, FencedStore, Lead};
 
@@ -53,6 +54,8 @@ pub struct Replica {
     lost: watch::Sender<Option<OffsetDateTime>>,
     /// Taken while [`Replica::confirm_recording`] asks etcd.
     confirming: tokio::sync::Mutex<()>,
+    /// Session keys waiting to be written ([`keys`]).
+    keys: Mutex<keys::KeyQueue>,
 }
 
 #[derive(Default)]
@@ -66,6 +69,8 @@ struct State {
     held: HashSet<String>,
     /// Nodes whose session another replica holds, as last listed.
     elsewhere: HashSet<String>,
+    /// When the listing of `elsewhere` that succeeded last was sent.
+    listed_at: Option<Instant>,
     /// The leader key's value (a replica name) as last read; `None` when absent or unread.
     leader: Option<String>,
     /// When the last keep-alive sent for an agent asking was sent, and whether it succeeded.
@@ -83,6 +88,7 @@ impl Replica {
             leading: watch::channel(true).0,
             lost: watch::channel(None).0,
             confirming: tokio::sync::Mutex::new(()),
+            keys: Mutex::default(),
         })
     }
 
@@ -96,6 +102,7 @@ impl Replica {
             leading: watch::channel(false).0,
             lost: watch::channel(None).0,
             confirming: tokio::sync::Mutex::new(()),
+            keys: Mutex::default(),
         }))
     }
 
@@ -207,6 +214,10 @@ impl Replica {
         self.etcd.as_ref()?;
         let replica = self.clone();
         Some(tokio::spawn(async move {
+            // Listed once first, so that the first round may lead.
+            if let Err(error) = replica.list_sessions().await {
+                debug!(replica = %replica.name, error = %error, "cannot list the sessions other replicas hold");
+            }
             tokio::join!(replica.keep_lease(), replica.follow_sessions());
         }))
     }
@@ -234,26 +245,31 @@ impl Replica {
     /// rounds rather than in them: with tens of thousands of sessions the listing takes longer
     /// than a round may, and a slow listing says nothing about the lease.
     async fn follow_sessions(&self) {
-        let etcd = self.etcd.as_ref().expect("run only on etcd");
-        let mine = format!("{SESSIONS}{}/", self.name);
         let mut tick = tokio::time::interval(self.ttl / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let others = match etcd.list(SESSIONS).await {
-                Ok(others) => others,
-                Err(error) => {
-                    debug!(replica = %self.name, error = %error, "cannot list the sessions other replicas hold");
-                    continue;
-                }
-            };
-            let elsewhere = others
-                .iter()
-                .filter(|kv| !kv.key.starts_with(&mine))
-                .filter_map(|kv| kv.key.rsplit('/').next().map(str::to_owned))
-                .collect();
-            self.state.lock().expect("replica lock poisoned").elsewhere = elsewhere;
+            if let Err(error) = self.list_sessions().await {
+                debug!(replica = %self.name, error = %error, "cannot list the sessions other replicas hold");
+            }
         }
+    }
+
+    /// Lists the sessions the other replicas hold.
+    async fn list_sessions(&self) -> Result<(), crate::store::StoreError> {
+        let etcd = self.etcd.as_ref().expect("run only on etcd");
+        let mine = format!("{SESSIONS}{}/", self.name);
+        let sent = Instant::now();
+        let others = etcd.list(SESSIONS).await?;
+        let elsewhere = others
+            .iter()
+            .filter(|kv| !kv.key.starts_with(&mine))
+            .filter_map(|kv| kv.key.rsplit('/').next().map(str::to_owned))
+            .collect();
+        let mut state = self.state.lock().expect("replica lock poisoned");
+        state.elsewhere = elsewhere;
+        state.listed_at = Some(sent);
+        Ok(())
     }
 
     fn round_succeeded(&self) {
@@ -299,6 +315,13 @@ impl Replica {
         self.state.lock().expect("replica lock poisoned").leader = current
             .as_ref()
             .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+        // A leader counts a node whose session is at another replica online by that listing:
+        // with none recent, it would count them offline, so it does not lead meanwhile.
+        let listed = self.state.lock().expect("replica lock poisoned").listed_at;
+        if listed.is_none_or(|at| at.elapsed() > self.ttl) {
+            self.step_down("the sessions other replicas hold were not listed within a lease");
+            return Ok(());
+        }
         match (ours, current) {
             (Some(revision), Some(kv)) if kv.create_revision == revision => {}
             (Some(_), _) => self.step_down("the leader key is gone or another replica's"),
@@ -376,33 +399,32 @@ impl Replica {
     }
 
     /// Records that this replica holds `node`'s session.
-    pub async fn hold(&self, node: &str) {
-        let Some(etcd) = &self.etcd else { return };
-        let lease = {
+    pub async fn hold(self: &Arc<Self>, node: &str) {
+        if self.etcd.is_none() {
+            return;
+        }
+        let recorded = {
             let mut state = self.state.lock().expect("replica lock poisoned");
             state.held.insert(node.into());
-            state.lease
+            state.lease.is_some()
         };
         // Without a lease yet, the next grant records it.
-        let Some(lease) = lease else { return };
-        let txn = Txn::new().put(self.session_key(node), Vec::new());
-        if let Err(error) = etcd.txn_with_lease(txn, lease.id).await {
-            warn!(node, error = %error, "cannot record the session in etcd");
+        if recorded {
+            self.write_key(node, true).await;
         }
     }
 
     /// Records that this replica no longer holds `node`'s session.
-    pub async fn release(&self, node: &str) {
-        let Some(etcd) = &self.etcd else { return };
+    pub async fn release(self: &Arc<Self>, node: &str) {
+        if self.etcd.is_none() {
+            return;
+        }
         self.state
             .lock()
             .expect("replica lock poisoned")
             .held
             .remove(node);
-        let txn = Txn::new().delete(self.session_key(node));
-        if let Err(error) = etcd.txn(txn).await {
-            warn!(node, error = %error, "cannot remove the session from etcd");
-        }
+        self.write_key(node, false).await;
     }
 
     /// Whether another replica held `node`'s session when last listed.
