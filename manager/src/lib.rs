@@ -34,3 +34,19 @@ pub mod signals;
 pub mod store;
 pub mod tokens;
 pub mod versions;
+
+/// An error and its causes on one line, separated by colons, a cause whose text the line
+/// already holds left out: for log fields and for errors passed on as text.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

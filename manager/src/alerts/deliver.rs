@@ -194,7 +194,7 @@ impl Worker {
                 self.metrics.count_delivery(false);
                 let retry_in = delivery.failed(Instant::now());
                 warn!(
-                    error = %error_chain(&error),
+                    error = %crate::error_chain(&error),
                     ?retry_in,
                     firing,
                     resolved,
@@ -297,18 +297,6 @@ impl Delivery {
         self.retry_at = Some(now + backoff);
         backoff
     }
-}
-
-/// An error and its causes, each once, separated by colons.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -242,7 +242,7 @@ fn member_error(error: &StoreError, member: &Pending, store: &str) -> StoreError
     match error {
         StoreError::Unavailable { store, source } => StoreError::Unavailable {
             store: store.clone(),
-            source: chain(source.as_ref()).into(),
+            source: crate::error_chain(source.as_ref()).into(),
         },
         StoreError::Fenced {
             store,
@@ -256,21 +256,9 @@ fn member_error(error: &StoreError, member: &Pending, store: &str) -> StoreError
         other => StoreError::Commit {
             store: store.into(),
             first_key: member.txn.first_key().into(),
-            source: chain(other).into(),
+            source: crate::error_chain(other).into(),
         },
     }
-}
-
-/// `error` and its causes, joined by `: `.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(next) = cause {
-        text.push_str(": ");
-        text.push_str(&next.to_string());
-        cause = next.source();
-    }
-    text
 }
 
 #[cfg(test)]

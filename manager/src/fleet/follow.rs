@@ -55,14 +55,14 @@ impl Fleet {
             match self.follow_once(&etcd, &mut seen).await {
                 Ok(()) => debug!("etcd ended the watch on node records and rollouts"),
                 Err(Broke::Watch(error)) if is_compacted(&error) || stuck >= STUCK_LIMIT => {
-                    warn!(error = %error, "the watch on node records and rollouts cannot resume; reading them again");
+                    warn!(error = %crate::error_chain(&error), "the watch on node records and rollouts cannot resume; reading them again");
                     seen = None;
                 }
                 Err(Broke::Watch(error)) => {
-                    warn!(error = %error, "watch on node records and rollouts broke; watching again from its last change");
+                    warn!(error = %crate::error_chain(&error), "watch on node records and rollouts broke; watching again from its last change");
                 }
                 Err(Broke::Reload(error)) => {
-                    warn!(error = %error, "cannot follow node records and rollouts; reading them again");
+                    warn!(error = %crate::error_chain(&error), "cannot follow node records and rollouts; reading them again");
                     seen = None;
                 }
             }

@@ -311,7 +311,7 @@ impl EtcdClient {
                 target.connect_with_connector(connector).await
             }
         };
-        connected.map_err(|error| chain(&error))
+        connected.map_err(|error| crate::error_chain(&error))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -367,7 +367,8 @@ fn tls_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, EtcdError> {
         std::fs::read_to_string(path).map_err(|error| bad(path, error.to_string()))
     };
     let ca = read(&files.ca)?;
-    let roots = opi_pki::tls::root_store(&ca).map_err(|error| bad(&files.ca, chain(&error)))?;
+    let roots = opi_pki::tls::root_store(&ca)
+        .map_err(|error| bad(&files.ca, crate::error_chain(&error)))?;
     let builder = ClientConfig::builder_with_provider(opi_pki::provider())
         .with_safe_default_protocol_versions()
         .map_err(|error| bad(&files.ca, error.to_string()))?
@@ -377,10 +378,10 @@ fn tls_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, EtcdError> {
         Some((cert, key)) => {
             let chain_pem = read(cert)?;
             let certs = opi_pki::tls::parse_certs(&chain_pem, "etcd client certificate")
-                .map_err(|error| bad(cert, chain(&error)))?;
+                .map_err(|error| bad(cert, crate::error_chain(&error)))?;
             let key_pem = opi_pki::SecretPem::new(read(key)?);
             let key_der = opi_pki::tls::parse_key(&key_pem, "etcd client")
-                .map_err(|error| bad(key, chain(&error)))?;
+                .map_err(|error| bad(key, crate::error_chain(&error)))?;
             builder
                 .with_client_auth_cert(certs, key_der)
                 .map_err(|error| bad(cert, error.to_string()))?
@@ -420,24 +421,9 @@ fn never_sent(status: &Status) -> bool {
 /// A status's message and the causes under it, on one line.
 fn describe(status: &Status) -> String {
     match std::error::Error::source(status) {
-        Some(source) => format!("{}: {}", status.message(), chain(source)),
+        Some(source) => format!("{}: {}", status.message(), crate::error_chain(source)),
         None => status.message().to_owned(),
     }
-}
-
-/// An error and its causes, on one line.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn list(failures: &[String]) -> String {
