@@ -434,6 +434,32 @@ async fn a_prefix_watch_resumes_from_a_revision_with_every_change_in_order() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_far_behind_gets_every_change_even_past_one_message() {
+    let etcd = Etcd::single();
+    let store = EtcdStore::open(&etcd.url()).expect("open");
+    // Twelve values of 512 KiB: 6 MiB of changes, past tonic's 4 MiB message default, which
+    // etcd sends at once to a watch that starts before them.
+    let value = vec![b'x'; 512 * 1024];
+    let mut revisions = Vec::new();
+    for i in 0..12 {
+        let txn = Txn::new().put(format!("nodes/big-{i:02}"), value.clone());
+        revisions.push(committed(store.txn(txn).await));
+    }
+
+    let mut watch = store.watch_prefix("nodes/", 0).await.expect("watch");
+    let mut seen = Vec::new();
+    while seen.len() < revisions.len() {
+        let batch = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("changes within 10 s")
+            .unwrap_or_else(|error| panic!("watch: {}", chain(&error)))
+            .expect("stream open");
+        seen.extend(batch.iter().map(Change::revision));
+    }
+    assert_eq!(seen, revisions, "every change once, in order");
+}
+
 fn committed(outcome: Result<TxnOutcome, StoreError>) -> u64 {
     match outcome.expect("txn") {
         TxnOutcome::Committed(revision) => revision,

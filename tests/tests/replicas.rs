@@ -418,3 +418,63 @@ fn a_leader_that_loses_etcd_stops_leading_before_its_lease_expires() {
         "{took:?}: the lease could have expired meanwhile"
     );
 }
+
+#[test]
+fn a_stopping_replica_saves_the_last_seen_times_of_its_own_sessions_only() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etcd = Etcd::single();
+    let url = etcd.url();
+    let addrs: Vec<String> = (0..2).map(|_| free_port()).collect();
+    let first = Manager::init_with(dir.path(), "lastseen", &["--store", &url]);
+    let second = first.copy_to(&dir.path().join("b"));
+    // Each replica advertises itself first, so that an agent enrolled through it holds its
+    // session there.
+    let extra = ["--heartbeat", "1s", "--metrics-listen", "127.0.0.1:0"];
+    let mut a = serve_as(first, "a", &url, &extra, &[&addrs[0], &addrs[1]], &addrs[0]);
+    let mut b = serve_as(
+        second,
+        "b",
+        &url,
+        &extra,
+        &[&addrs[1], &addrs[0]],
+        &addrs[1],
+    );
+    a.start();
+    b.start();
+    let mut agents: Vec<Agent> = [(&a, "at-a"), (&b, "at-b")]
+        .into_iter()
+        .map(|(replica, name)| {
+            let (_, token) = replica.opictl().create_token("workers", 1, &[]);
+            let mut agent = Agent::new(dir.path(), name);
+            ok(agent.enroll(&replica.endpoint(), &replica.ca_pin(), &token));
+            agent.start();
+            agent
+        })
+        .collect();
+    wait_until(WAIT, "one session at each replica", || {
+        session_nodes(&etcd, "a") == ["at-a"] && session_nodes(&etcd, "b") == ["at-b"]
+    });
+    // Replica a learns of b's node from etcd, as every replica does, and hears from its own
+    // node after the session opened, which makes a last-seen time to save.
+    wait_until(WAIT, "replica a to know both nodes", || {
+        a.opictl().nodes().len() == 2
+    });
+    wait_until(WAIT, "a heartbeat at replica a", || {
+        sample(&a.scrape(), "opi_heartbeats_total").is_some_and(|n| n >= 1.0)
+    });
+
+    a.terminate(WAIT);
+    let log = a.log_text();
+    let saved = log
+        .lines()
+        .find(|line| line.contains("last-seen times saved at shutdown"))
+        .unwrap_or_else(|| panic!("no last-seen line in the log of replica a:\n{log}"));
+    assert!(
+        saved.contains("nodes=1") && saved.contains("ended=1"),
+        "replica a wrote the last-seen time of its own session only: {saved}"
+    );
+    assert!(!log.contains("changed during shutdown"), "{log}");
+    for agent in &mut agents {
+        agent.stop();
+    }
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use opi_proto::v1::manager_message::Body;
 use opi_proto::v1::{GoingAway, ManagerMessage};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Fleet;
 use crate::records::{node_key, NodeRecord};
@@ -50,14 +50,22 @@ impl Fleet {
         let _ = stopping.wait_for(Option::is_some).await;
     }
 
-    /// Writes the last-seen time of every session the shutdown ended, [`SAVE_BATCH`] nodes per
-    /// transaction: one write per session made a large fleet's shutdown last seconds. A node
-    /// changed meanwhile keeps the time its own last write gave it.
+    /// Writes the last-seen time of every session the shutdown ended here, [`SAVE_BATCH`]
+    /// nodes per transaction: one write per session made a large fleet's shutdown last
+    /// seconds. A node changed meanwhile keeps the time its own last write gave it, and the
+    /// rest of its batch is written without it.
     pub async fn save_last_seen(&self) {
+        let names = std::mem::take(
+            &mut *self
+                .ended_by_shutdown
+                .lock()
+                .expect("shutdown lock poisoned"),
+        );
         let ended: Vec<(NodeRecord, Revision)> = {
             let nodes = self.nodes.read().expect("fleet lock poisoned");
-            nodes
-                .values()
+            names
+                .iter()
+                .filter_map(|name| nodes.get(name))
                 .filter(|e| e.live.is_none() && e.record.last_seen < Some(e.last_contact))
                 .map(|e| {
                     let mut record = e.record.clone();
@@ -66,23 +74,44 @@ impl Fleet {
                 })
                 .collect()
         };
+        let mut saved = 0;
         for batch in ended.chunks(SAVE_BATCH) {
+            saved += self.save_batch(batch.to_vec()).await;
+        }
+        info!(
+            nodes = saved,
+            ended = names.len(),
+            "last-seen times saved at shutdown"
+        );
+    }
+
+    /// Writes one batch of last-seen times, leaving out the nodes changed meanwhile; returns
+    /// how many were written.
+    async fn save_batch(&self, mut batch: Vec<(NodeRecord, Revision)>) -> usize {
+        while !batch.is_empty() {
             let txn = batch.iter().fold(Txn::new(), |txn, (record, revision)| {
                 let key = node_key(&record.name);
                 txn.when_revision(&key, *revision)
                     .put(&key, to_json(record))
             });
             match self.store().txn(txn).await {
-                Ok(TxnOutcome::Committed(_)) => {}
+                Ok(TxnOutcome::Committed(_)) => return batch.len(),
                 Ok(TxnOutcome::Conflict { key }) => {
-                    warn!(key = %key, nodes = batch.len(), "a node changed during shutdown; the last-seen times of its batch are not saved")
+                    debug!(key = %key, "a node changed during shutdown; its last-seen time is left as it was written");
+                    let before = batch.len();
+                    batch.retain(|(record, _)| node_key(&record.name) != key);
+                    if batch.len() == before {
+                        warn!(key = %key, nodes = batch.len(), "a write at shutdown conflicted on a key outside its batch; the batch's last-seen times are not saved");
+                        return 0;
+                    }
                 }
                 Err(error) => {
-                    warn!(error = %error, nodes = batch.len(), "cannot save last-seen times at shutdown")
+                    warn!(error = %error, nodes = batch.len(), "cannot save last-seen times at shutdown");
+                    return 0;
                 }
             }
         }
-        info!(nodes = ended.len(), "last-seen times saved at shutdown");
+        0
     }
 
     /// The going-away notice of one agent, with its own delay within the spread.

@@ -97,6 +97,9 @@ pub struct Fleet {
     rollouts: rollouts::RolloutCache,
     /// Enrollments waiting to be committed, by token.
     lanes: lanes::Lanes,
+    /// Nodes whose session the shutdown ended here, whose last-seen time
+    /// [`Fleet::save_last_seen`] writes.
+    ended_by_shutdown: Mutex<Vec<String>>,
     /// The manager's server certificate and CAs.
     certs: Arc<crate::identity::ManagerCerts>,
     /// The issuing CA and trust bundle in force; replaced during a CA rollover.
@@ -205,6 +208,7 @@ impl Fleet {
             profiles: RwLock::new(profiles),
             rollouts,
             lanes: lanes::Lanes::default(),
+            ended_by_shutdown: Mutex::default(),
             certs,
             trust: RwLock::new(Arc::new(trust)),
             replica: std::sync::OnceLock::new(),

@@ -281,6 +281,11 @@ impl Fleet {
         if self.is_stopping() {
             // Written with every other session's by `save_last_seen`; the replica's session
             // keys go with its lease.
+            let mut ended = self
+                .ended_by_shutdown
+                .lock()
+                .expect("shutdown lock poisoned");
+            ended.push(session.node.clone());
             return;
         }
         if let Some(replica) = self.replica.get() {

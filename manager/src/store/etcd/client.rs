@@ -28,7 +28,7 @@ use tonic::{Code, Status};
 use super::config::{EtcdConfig, TlsFiles};
 
 /// Largest response accepted from etcd; listings are paged well below it.
-const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+pub(super) const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// Interval of HTTP/2 pings, which detect a dead member on an idle connection.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// KV calls one client has in flight at once; the others wait for a slot, up to the timeout.

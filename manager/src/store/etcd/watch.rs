@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::Streaming;
 
-use super::client::{EtcdError, Retry};
+use super::client::{EtcdError, Retry, MAX_RESPONSE_BYTES};
 use super::{from_etcd, prefix_end, to_etcd, EtcdStore};
 use crate::store::{KeyValue, Revision, StoreError};
 
@@ -58,6 +58,9 @@ impl EtcdStore {
             range_end: prefix_end(&key),
             key,
             start_revision: to_etcd(after + 1),
+            // A watch catching up sends many revisions at once: split, they stay under the
+            // largest message accepted, and `next` joins them again.
+            fragment: true,
             ..WatchCreateRequest::default()
         };
         let subject = format!("a watch on `{prefix}`");
@@ -79,10 +82,12 @@ impl EtcdStore {
 }
 
 impl PrefixWatch<'_> {
-    /// The next changes, of one or more revisions in order; `None` when etcd ended the stream.
-    /// A start revision that etcd compacted away is an error naming the oldest one kept.
+    /// The next changes, of one or more whole revisions in order; `None` when etcd ended the
+    /// stream. A start revision that etcd compacted away is an error naming the oldest one
+    /// kept.
     pub async fn next(&mut self) -> Result<Option<Vec<Change>>, StoreError> {
         let subject = format!("a watch on `{}`", self.prefix);
+        let mut changes = Vec::new();
         loop {
             let response = match self.responses.message().await {
                 Ok(Some(response)) => response,
@@ -102,15 +107,13 @@ impl PrefixWatch<'_> {
                 };
                 return Err(self.store.read_error(&subject, error));
             }
-            if response.events.is_empty() {
-                continue;
+            for event in response.events {
+                changes.extend(self.change(event)?);
             }
-            let changes = response
-                .events
-                .into_iter()
-                .filter_map(|event| self.change(event).transpose())
-                .collect::<Result<Vec<_>, _>>()?;
-            return Ok(Some(changes));
+            // A fragment's revisions go on in the next response.
+            if !response.fragment && !changes.is_empty() {
+                return Ok(Some(changes));
+            }
         }
     }
 
@@ -160,6 +163,7 @@ async fn open_watch(
         .await
         .map_err(|_| tonic::Status::internal("watch request channel closed"))?;
     let mut responses = WatchClient::new(channel)
+        .max_decoding_message_size(MAX_RESPONSE_BYTES)
         .watch(ReceiverStream::new(outgoing))
         .await?
         .into_inner();
