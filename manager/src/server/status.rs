@@ -46,7 +46,7 @@ impl From<FleetError> for Status {
             FleetError::LoginCodeRefused { .. } => Code::Unauthenticated,
             FleetError::TooManyLoginFailures { .. } => Code::ResourceExhausted,
         };
-        let mut text = message(&error);
+        let mut text = crate::error_chain(&error);
         if let FleetError::Store(StoreError::Unavailable { .. }) = &error {
             text.push_str(STORE_LOST_HINT);
         }
@@ -57,18 +57,3 @@ impl From<FleetError> for Status {
 /// Said after a change refused because the fleet store is unreachable.
 const STORE_LOST_HINT: &str = "; this replica cannot reach its fleet store: it answers reads \
      from memory (marked stale) and refuses changes until the store is back, then retry";
-
-/// The error and its causes on one line, each said once.
-fn message(error: &FleetError) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}

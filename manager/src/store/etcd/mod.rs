@@ -93,6 +93,11 @@ impl EtcdStore {
             .range_now(request)
             .await
             .map_err(|error| self.read_error(&format!("key `{key}`"), error))?;
+        self.first(response)
+    }
+
+    /// The first key of a Range answer, decoded.
+    fn first(&self, response: pb::RangeResponse) -> Result<Option<KeyValue>, StoreError> {
         response
             .kvs
             .into_iter()
@@ -306,12 +311,7 @@ impl Store for EtcdStore {
             ..RangeRequest::default()
         };
         let response = self.range(&format!("key `{key}`"), request).await?;
-        response
-            .kvs
-            .into_iter()
-            .next()
-            .map(|kv| self.decode(kv))
-            .transpose()
+        self.first(response)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
