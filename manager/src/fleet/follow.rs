@@ -127,7 +127,7 @@ impl Fleet {
                             .await
                             .map_err(|error| Broke::Reload(error.into()))?;
                         let seen = seen.as_mut().expect("set before watching");
-                        seen.nodes = last.unwrap_or(seen.nodes).max(seen.nodes);
+                        seen.nodes = last.map_or(seen.nodes, |last| last.max(seen.nodes));
                     }
                     None => return Ok(()),
                 },
@@ -137,7 +137,7 @@ impl Fleet {
                         self.take_rollout_changes(etcd, changes)
                             .map_err(|error| Broke::Reload(error.into()))?;
                         let seen = seen.as_mut().expect("set before watching");
-                        seen.rollouts = last.unwrap_or(seen.rollouts).max(seen.rollouts);
+                        seen.rollouts = last.map_or(seen.rollouts, |last| last.max(seen.rollouts));
                     }
                     None => return Ok(()),
                 },

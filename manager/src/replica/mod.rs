@@ -247,6 +247,8 @@ impl Replica {
     async fn follow_sessions(&self) {
         let mut tick = tokio::time::interval(self.ttl / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is at once: `run` has just listed them.
+        tick.tick().await;
         loop {
             tick.tick().await;
             if let Err(error) = self.list_sessions().await {
