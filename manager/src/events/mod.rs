@@ -58,7 +58,7 @@ pub struct EventLog {
     commit_lock: tokio::sync::Mutex<u64>,
     last: AtomicU64,
     live: broadcast::Sender<EventRecord>,
-    recent: Mutex<HashMap<String, VecDeque<EventRecord>>>,
+    recent: Mutex<HashMap<String, Recent>>,
     retention: usize,
     /// Commits waiting to be taken together ([`group`]).
     queue: Mutex<group::Queue>,
@@ -68,12 +68,12 @@ impl EventLog {
     /// Opens the log, resuming after the last stored event.
     pub async fn open(store: Arc<dyn Store>, retention: usize) -> Result<Self, StoreError> {
         let tail = store.list_last(EVENTS, RECENT_PER_NODE * 100).await?;
-        let mut recent: HashMap<String, VecDeque<EventRecord>> = HashMap::new();
+        let mut recent: HashMap<String, Recent> = HashMap::new();
         let mut last = 0;
         for kv in &tail {
             let event = decode::<EventRecord>(&*store, kv)?.value;
             last = event.revision;
-            remember(&mut recent, event);
+            remember(&mut recent, &event);
         }
         let (live, _) = broadcast::channel(BROADCAST_CAPACITY);
         Ok(Self {
@@ -166,11 +166,14 @@ impl EventLog {
     /// The last events of one node, oldest first.
     pub fn recent(&self, node: &str, limit: usize) -> Vec<EventRecord> {
         let recent = self.recent.lock().expect("event lock poisoned");
-        let events = recent
-            .get(node)
-            .map(|q| q.iter().cloned().collect::<Vec<_>>())
-            .unwrap_or_default();
-        events[events.len().saturating_sub(limit)..].to_vec()
+        let Some(kept) = recent.get(node) else {
+            return Vec::new();
+        };
+        kept.0
+            .iter()
+            .skip(kept.0.len().saturating_sub(limit))
+            .map(|json| serde_json::from_slice(json).expect("recent events are encoded here"))
+            .collect()
     }
 
     /// A receiver of events committed from now on.
@@ -215,7 +218,7 @@ impl EventLog {
                 to = %event.to,
                 "event"
             );
-            remember(&mut recent, event.clone());
+            remember(&mut recent, &event);
             let _ = self.live.send(event);
         }
     }
@@ -273,14 +276,60 @@ impl Draft {
     }
 }
 
-fn remember(recent: &mut HashMap<String, VecDeque<EventRecord>>, event: EventRecord) {
+/// One node's last events, oldest first, each kept as its JSON: decoded, an event takes about
+/// three times as much memory (nine strings, and the slots a deque of them reserves ahead),
+/// and every replica keeps them for every node.
+#[derive(Default)]
+struct Recent(VecDeque<Box<[u8]>>);
+
+fn remember(recent: &mut HashMap<String, Recent>, event: &EventRecord) {
     // Events about a whole pool (rollouts) belong to no node's recent events.
     if event.node.is_empty() {
         return;
     }
-    let queue = recent.entry(event.node.clone()).or_default();
-    if queue.len() == RECENT_PER_NODE {
-        queue.pop_front();
+    let json = serde_json::to_vec(event).expect("an event always encodes");
+    let kept = &mut recent.entry(event.node.clone()).or_default().0;
+    if kept.len() == RECENT_PER_NODE {
+        kept.pop_front();
     }
-    queue.push_back(event);
+    kept.push_back(json.into_boxed_slice());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+
+    #[tokio::test]
+    async fn a_node_keeps_its_last_events_in_order_across_a_reopen() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("fleet.db")).expect("open store"));
+        let log = Arc::new(EventLog::open(store.clone(), 1000).await.expect("open log"));
+        let total = RECENT_PER_NODE + 5;
+        for i in 0..total {
+            let drafts = vec![
+                Draft::new("a", "pool", "health", "x", &format!("to-{i}"))
+                    .because("Reason", format!("message {i}")),
+                Draft::new("b", "pool", "health", "x", "y"),
+            ];
+            log.commit(Txn::new(), drafts).await.expect("commit");
+        }
+
+        let kept = log.recent("a", 100);
+        assert_eq!(kept.len(), RECENT_PER_NODE);
+        let to: Vec<_> = kept.iter().map(|e| e.to.clone()).collect();
+        let expected: Vec<_> = (5..total).map(|i| format!("to-{i}")).collect();
+        assert_eq!(to, expected, "the oldest ones dropped, oldest first");
+        assert_eq!(kept[0].message, "message 5");
+        assert!(kept.windows(2).all(|w| w[0].revision < w[1].revision));
+        assert!(kept.iter().all(|e| e.node == "a" && e.pool == "pool"));
+        let last_three = log.recent("a", 3);
+        assert_eq!(last_three, kept[kept.len() - 3..]);
+        assert!(log.recent("nobody", 10).is_empty());
+
+        drop(log);
+        let reopened = EventLog::open(store, 1000).await.expect("reopen log");
+        assert_eq!(reopened.recent("a", 100), kept, "read back from the store");
+    }
 }
