@@ -160,7 +160,9 @@ pub struct Running {
 /// Runs `serve` until SIGINT or SIGTERM.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let notifier = Arc::new(Notifier::from_env());
+    let starting = std::time::Instant::now();
     let running = start_notifying(&args, notifier.clone()).await?;
+    info!(after = ?starting.elapsed(), addr = %running.addr, "serving");
     notifier.ready(&format!(
         "serving fleet {} on {}",
         running.fleet.fleet_name(),
@@ -369,16 +371,35 @@ impl Running {
         for task in [self.campaign, self.announcer].into_iter().flatten() {
             task.abort();
         }
+        let stopping = std::time::Instant::now();
         self.fleet.shut_down();
         let _ = self.shutdown.send(());
-        match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.task).await {
-            Ok(finished) => finished.context("server task panicked")??,
-            Err(_) => {
-                tracing::warn!(after = ?DRAIN_TIMEOUT, "connections still open at shutdown; closing them");
-                self.task.abort();
+        let task = &mut self.task;
+        let drain = async move {
+            match tokio::time::timeout(DRAIN_TIMEOUT, &mut *task).await {
+                Ok(finished) => finished
+                    .context("server task panicked")?
+                    .map_err(anyhow::Error::from),
+                Err(_) => {
+                    tracing::warn!(after = ?DRAIN_TIMEOUT, "connections still open at shutdown; closing them");
+                    task.abort();
+                    Ok(())
+                }
             }
-        }
+        };
+        // The last-seen times are saved while the connections close: sessions end (their
+        // agents told) long before a large fleet's connections are all gone.
+        let fleet = &self.fleet;
+        let save = async move {
+            fleet.sessions_ended(DRAIN_TIMEOUT).await;
+            fleet.save_last_seen().await;
+        };
+        let (drained, ()) = tokio::join!(drain, save);
+        drained?;
+        info!(after = ?stopping.elapsed(), "connections closed");
+        // Sessions that ended after the first save: attached meanwhile, or slow to end.
         self.fleet.save_last_seen().await;
+        info!(after = ?stopping.elapsed(), "stopped");
         Ok(())
     }
 }
