@@ -257,7 +257,20 @@ impl Fleet {
         &self,
         name: &str,
         audit: Option<audit::Entry>,
+        change: impl FnMut(&mut NodeRecord, &mut Vec<Draft>) -> Result<(), FleetError>,
+    ) -> Result<NodeRecord, FleetError> {
+        self.update_node_unless(name, audit, change, None).await
+    }
+
+    /// [`Fleet::update_node`], except that a change that drafts no event and that `slight`
+    /// (given the record before and after it) calls slight is not written: the stored record
+    /// is returned as it is.
+    pub(super) async fn update_node_unless(
+        &self,
+        name: &str,
+        audit: Option<audit::Entry>,
         mut change: impl FnMut(&mut NodeRecord, &mut Vec<Draft>) -> Result<(), FleetError>,
+        slight: Option<fn(&NodeRecord, &NodeRecord) -> bool>,
     ) -> Result<NodeRecord, FleetError> {
         for _ in 0..super::CAS_ATTEMPTS {
             let (mut record, revision) = match self.node_record(name) {
@@ -271,8 +284,14 @@ impl Fleet {
                 }
                 Err(error) => return Err(error),
             };
+            let before = slight.map(|_| record.clone());
             let mut drafts = Vec::new();
             change(&mut record, &mut drafts)?;
+            if let (Some(slight), Some(before)) = (slight, before) {
+                if drafts.is_empty() && slight(&before, &record) {
+                    return Ok(before);
+                }
+            }
             let key = node_key(name);
             let txn = Txn::new()
                 .when_revision(&key, revision)

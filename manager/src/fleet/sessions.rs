@@ -115,7 +115,9 @@ impl Fleet {
     }
 
     /// Writes what a session's opening changes in the node's record: the certificate it
-    /// came with, facts, boot id, last seen, the applied generation and the hello's report.
+    /// came with, facts, boot id, address, the applied generation and the hello's report.
+    /// An opening that changes only what every opening refreshes ([`only_refreshed`]) writes
+    /// nothing, so that a fleet reconnecting after a restart does not rewrite every record.
     async fn record_arrival(&self, name: &str, arrival: &Arrival) -> Result<(), FleetError> {
         let hello = &arrival.hello;
         let now = arrival.at;
@@ -123,7 +125,7 @@ impl Fleet {
             .node(name)
             .ok()
             .and_then(|view| self.generation_wanted(&view.record.pool, name));
-        self.update_node(name, None, |record, drafts| {
+        let change = |record: &mut NodeRecord, drafts: &mut Vec<_>| {
             check_serial(record, &arrival.serial)?;
             // A session with the newest certificate supersedes the previous one, which stays
             // accepted only until then (in case the renewal's answer was lost).
@@ -160,8 +162,9 @@ impl Fleet {
                 drafts,
             );
             Ok(())
-        })
-        .await?;
+        };
+        self.update_node_unless(name, None, change, Some(only_refreshed))
+            .await?;
         Ok(())
     }
 
@@ -419,6 +422,28 @@ pub(super) struct Arrival {
 }
 
 /// Refuses a certificate the node's record no longer accepts (renewed or rotated since).
+/// Whether a session's opening changed `before` into `after` only in what every opening
+/// refreshes: the last-seen time, the source port, and when the conditions were observed.
+/// Those stay in the session's live state; the record keeps the last written ones (the
+/// last-seen time is written again when the session ends).
+fn only_refreshed(before: &NodeRecord, after: &NodeRecord) -> bool {
+    let ip = |addr: &str| addr.parse::<SocketAddr>().map(|a| a.ip()).ok();
+    if ip(&before.remote_addr) != ip(&after.remote_addr)
+        || before.supervision.conditions.len() != after.supervision.conditions.len()
+    {
+        return false;
+    }
+    let mut refreshed = after.clone();
+    refreshed.last_seen = before.last_seen;
+    refreshed.remote_addr.clone_from(&before.remote_addr);
+    refreshed.supervision.conditions_observed_at = before.supervision.conditions_observed_at;
+    let conditions = refreshed.supervision.conditions.iter_mut();
+    for (condition, was) in conditions.zip(&before.supervision.conditions) {
+        condition.last_observed = was.last_observed;
+    }
+    refreshed == *before
+}
+
 fn check_serial(record: &NodeRecord, serial: &str) -> Result<(), FleetError> {
     if record.accepts_serial(serial) {
         return Ok(());
@@ -427,4 +452,52 @@ fn check_serial(record: &NodeRecord, serial: &str) -> Result<(), FleetError> {
         name: record.name.clone(),
         serial: serial.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use time::Duration;
+
+    use super::*;
+    use crate::fleet::supervise::tests::{condition, record};
+    use crate::records::{ConditionStatus, Severity};
+
+    fn arrived() -> NodeRecord {
+        let mut record = record();
+        record.remote_addr = "10.0.0.7:41000".into();
+        record.last_seen = Some(OffsetDateTime::UNIX_EPOCH);
+        let mut ok = condition("DiskPressure", ConditionStatus::Ok, Severity::None);
+        ok.last_observed = Some(OffsetDateTime::UNIX_EPOCH);
+        record.supervision.conditions = vec![ok];
+        record
+    }
+
+    #[test]
+    fn an_opening_that_only_refreshes_is_not_worth_a_write() {
+        let before = arrived();
+        let later = OffsetDateTime::UNIX_EPOCH + Duration::hours(1);
+        let mut after = before.clone();
+        after.last_seen = Some(later);
+        after.remote_addr = "10.0.0.7:52000".into();
+        after.supervision.conditions_observed_at = Some(later);
+        after.supervision.conditions[0].last_observed = Some(later);
+        assert!(only_refreshed(&before, &after));
+    }
+
+    #[test]
+    fn an_opening_that_changes_what_the_record_says_is_written() {
+        let before = arrived();
+        let changes: [fn(&mut NodeRecord); 5] = [
+            |r| r.remote_addr = "10.0.0.8:41000".into(),
+            |r| r.boot_id = "rebooted".into(),
+            |r| r.facts.kernel = "6.1.0-28".into(),
+            |r| r.supervision.conditions[0].status = ConditionStatus::Problem,
+            |r| r.supervision.conditions.clear(),
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut after = before.clone();
+            change(&mut after);
+            assert!(!only_refreshed(&before, &after), "change {i}");
+        }
+    }
 }

@@ -252,11 +252,12 @@ pub fn status_name(status: ConditionStatus) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::records::{Facts, NodeState, Supervision};
 
-    fn record() -> NodeRecord {
+    /// A node record with nothing set, for tests.
+    pub(in crate::fleet) fn record() -> NodeRecord {
         NodeRecord {
             name: "n1".into(),
             pool: "p".into(),
@@ -280,7 +281,12 @@ mod tests {
         }
     }
 
-    fn condition(kind: &str, status: ConditionStatus, severity: Severity) -> ConditionRecord {
+    /// A condition of `kind`, for tests.
+    pub(in crate::fleet) fn condition(
+        kind: &str,
+        status: ConditionStatus,
+        severity: Severity,
+    ) -> ConditionRecord {
         ConditionRecord {
             kind: kind.into(),
             subject: String::new(),
