@@ -195,6 +195,10 @@ fn welcome(fleet: &Fleet, session: &Session) -> ManagerMessage {
 
 /// Reads heartbeats until the agent leaves, the manager closes the session, or the
 /// certificate the session was opened with expires.
+///
+/// Every session's task holds this future for as long as the session lasts, so the rare
+/// calls that go to the store are boxed while they run: inline, their state made the future
+/// 4.4 KiB instead of 1.7.
 async fn serve_session(
     fleet: Arc<Fleet>,
     session: Session,
@@ -226,7 +230,7 @@ async fn serve_session(
                 Ok(Some(AgentMessage { body: Some(AgentBody::Report(report)) })) => {
                     match convert::conditions_from_proto(report.conditions) {
                         Ok(conditions) => {
-                            if let Err(error) = fleet.report(&session, conditions).await {
+                            if let Err(error) = Box::pin(fleet.report(&session, conditions)).await {
                                 warn!(error = %error, "cannot apply health report");
                             }
                         }
@@ -236,7 +240,7 @@ async fn serve_session(
                 Ok(Some(AgentMessage { body: Some(AgentBody::Apply(report)) })) => {
                     match convert::apply_report_from_proto(report) {
                         Ok(report) => {
-                            if let Err(error) = fleet.apply_report(&session, report).await {
+                            if let Err(error) = Box::pin(fleet.apply_report(&session, report)).await {
                                 warn!(error = %error, "cannot record apply report");
                             }
                         }
@@ -244,12 +248,13 @@ async fn serve_session(
                     }
                 }
                 Ok(Some(AgentMessage { body: Some(AgentBody::BundleStored(stored)) })) => {
-                    if let Err(error) = fleet.trust_bundle_stored(&session, stored.digest).await {
+                    let stored = Box::pin(fleet.trust_bundle_stored(&session, stored.digest));
+                    if let Err(error) = stored.await {
                         warn!(error = %error, "cannot record the trust bundle the node stored");
                     }
                 }
                 Ok(Some(AgentMessage { body: Some(AgentBody::Compliance(report)) })) => {
-                    let received = crate::compliance::receive(&fleet, &session.node, report).await;
+                    let received = Box::pin(crate::compliance::receive(&fleet, &session.node, report)).await;
                     if let Err(error) = received {
                         warn!(error = %error, "cannot record compliance evidence");
                     }
@@ -274,5 +279,5 @@ async fn serve_session(
             }
         }
     }
-    fleet.detach(&session).await;
+    Box::pin(fleet.detach(&session)).await;
 }
