@@ -276,9 +276,9 @@ impl Draft {
     }
 }
 
-/// One node's last events, oldest first, each kept as its JSON: decoded, an event takes about
-/// three times as much memory (nine strings, and the slots a deque of them reserves ahead),
-/// and every replica keeps them for every node.
+/// One node's last events, oldest first, each kept as its JSON rather than decoded (nine
+/// strings each, in a deque that reserves slots ahead): every replica keeps them for every
+/// node.
 #[derive(Default)]
 struct Recent(VecDeque<Box<[u8]>>);
 
