@@ -14,7 +14,7 @@ const AGENTS: [&str; 3] = ["r1", "r2", "r3"];
 /// backoff alone would wait up to a minute (its ceiling doubles from 1 s, capped at 60 s).
 const FAILURES_WHILE_DOWN: usize = 6;
 /// Longest wait for the agents' failures: they take a few seconds after the notice (its
-/// delay, at most 1 s for three agents, then short retries), and up to about a minute with
+/// delay, then one attempt per spread: 1 s for three agents), and up to about a minute with
 /// the backoff alone, which this wait allows so that a regression fails on the return time.
 const DOWN_WAIT: Duration = Duration::from_secs(90);
 /// Slack over [`NOTICE_RETRY_CAP`] for the agents to be back: connection, handshake and hello

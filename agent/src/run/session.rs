@@ -333,8 +333,9 @@ impl Agent {
             }
             Some(ManagerBody::GoingAway(notice)) => {
                 let after = Duration::from_millis(notice.reconnect_after_ms.into());
-                info!(endpoint = %endpoint, reason = %notice.reason, after = ?after, "the manager is going away; reconnecting after the delay it drew for this node");
-                self.reconnect.going_away(after);
+                let spread = Duration::from_millis(notice.spread_ms.into());
+                info!(endpoint = %endpoint, reason = %notice.reason, after = ?after, spread = ?spread, "the manager is going away; reconnecting after the delay it drew for this node");
+                self.reconnect.going_away(after, spread);
                 false
             }
             None => {
