@@ -58,7 +58,8 @@ struct Args {
     #[arg(long)]
     json: bool,
     /// After printing the report, keep the agents connected (reconnecting when their session
-    /// is lost) until standard input closes.
+    /// is lost) until standard input closes, then print the final report (sessions lost and
+    /// opened again meanwhile).
     #[arg(long)]
     hold: bool,
     /// Index of the first agent's name (`sim-NNNNN`), for simulators sharing one fleet.
@@ -107,7 +108,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         hold: args.hold,
         first: args.first,
     };
-    sim::run(config, |report| {
+    let hold = args.hold;
+    let emit = move |report: &sim::Report| {
         if json {
             println!("{}", serde_json::to_string(report)?);
         } else {
@@ -115,7 +117,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         std::io::Write::flush(&mut std::io::stdout())?;
         Ok(())
-    })
-    .await?;
+    };
+    let last = sim::run(config, emit).await?;
+    if hold {
+        emit(&last)?;
+    }
     Ok(())
 }

@@ -25,6 +25,9 @@ pub(super) const STORM_TIMEOUT: Duration = Duration::from_secs(300);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between two checks of a server's state.
 pub(super) const POLL: Duration = Duration::from_millis(100);
+/// Pause between two scrapes of the restarted managers' sessions: each scrape makes a manager
+/// count every node, and ten a second took CPU from the reconnections being measured.
+pub(super) const STORM_POLL: Duration = Duration::from_millis(500);
 /// Runs of each timed `opictl` command; the median is reported.
 const OPICTL_RUNS: usize = 5;
 
@@ -128,6 +131,7 @@ impl Drop for Server {
 /// A simulator holding its agents connected until dropped.
 pub(super) struct Held {
     pub(super) child: Child,
+    pub(super) stdout: BufReader<ChildStdout>,
     pub(super) report: Report,
 }
 
@@ -183,6 +187,10 @@ impl Bench {
         let final_report = release(held)?;
         row.manager.sessions_lost = final_report.sessions_lost;
         row.manager.reconnected = final_report.reconnected;
+        eprintln!(
+            "bench: sessions opened again {}, failed attempts {}",
+            final_report.reconnected, final_report.failed_attempts
+        );
         drop(restarted?);
         Ok(row)
     }
@@ -239,7 +247,7 @@ impl Bench {
                 row.storm_secs = Some(started.elapsed().as_secs_f64());
                 return Ok(manager);
             }
-            std::thread::sleep(POLL);
+            std::thread::sleep(STORM_POLL);
         }
         row.notes.push(format!(
             "reconnection storm: not every agent was back within {STORM_TIMEOUT:?}"
@@ -336,7 +344,7 @@ impl Bench {
             .arg(humantime::format_duration(self.heartbeat).to_string())
             .arg("--data-dir")
             .arg(data_dir)
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", manager_log());
         self.spawn(&mut command, log)
     }
 
@@ -429,9 +437,13 @@ impl Bench {
             .stderr(Stdio::inherit())
             .spawn()
             .context("start opi-fleet-sim")?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let report = first_report(stdout).context("opi-fleet-sim report")?;
-        Ok(Held { child, report })
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let report = next_report(&mut stdout).context("opi-fleet-sim report")?;
+        Ok(Held {
+            child,
+            stdout,
+            report,
+        })
     }
 }
 
@@ -450,19 +462,27 @@ fn simulate(command: &mut Command) -> anyhow::Result<Report> {
 }
 
 /// The first line of a simulator's standard output, as a report.
-pub(super) fn first_report(stdout: ChildStdout) -> anyhow::Result<Report> {
+pub(super) fn next_report(stdout: &mut BufReader<ChildStdout>) -> anyhow::Result<Report> {
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
+    stdout.read_line(&mut line)?;
     anyhow::ensure!(!line.is_empty(), "the simulator ended without a report");
     Ok(serde_json::from_str(&line)?)
 }
 
-/// Closes a held simulator's standard input and returns its final report.
+/// Closes a held simulator's standard input and returns its final report, which counts the
+/// sessions lost and opened again since the first.
 pub(super) fn release(mut held: Held) -> anyhow::Result<Report> {
     drop(held.child.stdin.take());
+    let last = next_report(&mut held.stdout).context("opi-fleet-sim final report");
     let status = held.child.wait()?;
     anyhow::ensure!(status.success(), "opi-fleet-sim failed ({status})");
-    Ok(held.report)
+    last
+}
+
+/// The managers' log filter: `OPI_BENCH_LOG` (say `info` to see a restart's phases), else
+/// warnings only.
+pub(super) fn manager_log() -> String {
+    std::env::var("OPI_BENCH_LOG").unwrap_or_else(|_| "warn".into())
 }
 
 /// Sends SIGTERM and waits for the process to exit.

@@ -124,6 +124,9 @@ pub struct Report {
     pub sessions_lost: u64,
     /// Sessions opened again after a loss.
     pub reconnected: u64,
+    /// Attempts to open a lost session again that failed (refused, timed out, or cut).
+    #[serde(default)]
+    pub failed_attempts: u64,
     /// Median heartbeat handling time on the target.
     pub p50_seconds: Option<f64>,
     /// 99th percentile of the heartbeat handling time on the target.
@@ -206,6 +209,7 @@ pub async fn run(
     while agents.join_next().await.is_some() {}
     report.sessions_lost = counters.lost.load(Ordering::Relaxed);
     report.reconnected = counters.reconnected.load(Ordering::Relaxed);
+    report.failed_attempts = counters.failed_attempts.load(Ordering::Relaxed);
     Ok(report)
 }
 
@@ -299,6 +303,7 @@ impl Report {
             reports_sent: reports.iter().map(|r| r.reports_sent).sum(),
             sessions_lost: reports.iter().map(|r| r.sessions_lost).sum(),
             reconnected: reports.iter().map(|r| r.reconnected).sum(),
+            failed_attempts: reports.iter().map(|r| r.failed_attempts).sum(),
             p50_seconds: worst(|r| r.p50_seconds),
             p99_seconds: worst(|r| r.p99_seconds),
             target_rss_kib: reports.iter().map(|r| r.target_rss_kib).sum(),

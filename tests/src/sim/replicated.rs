@@ -4,14 +4,16 @@
 //! on each side, so one manager (or one simulator) cannot hold more agents than its open-file
 //! limit; replicas are how a fleet grows past it.
 
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use super::bench::{
-    addresses, first_report, idle_rss, release, stop, Bench, Held, Row, Server, POLL, STORM_TIMEOUT,
+    addresses, idle_rss, manager_log, next_report, release, stop, Bench, Held, Row, Server,
+    STORM_POLL, STORM_TIMEOUT,
 };
 use super::scrape::Snapshot;
 use super::Report;
@@ -19,6 +21,8 @@ use crate::etcd::Etcd;
 
 /// Lease of the replicas' leader key.
 const LEADER_LEASE: &str = "10s";
+/// How often a restart prints how many sessions are back.
+const STORM_TRACE: Duration = Duration::from_secs(2);
 
 /// One replica's data directory and the addresses its server listens on.
 struct Place {
@@ -96,7 +100,7 @@ impl Bench {
         }
         let reports = sims
             .iter_mut()
-            .map(|held| first_report(held.child.stdout.take().expect("piped stdout")))
+            .map(|held| next_report(&mut held.stdout))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut row = Row {
             agents,
@@ -116,6 +120,10 @@ impl Bench {
         let finals = Report::combine(&finals);
         row.manager.sessions_lost = finals.sessions_lost;
         row.manager.reconnected = finals.reconnected;
+        eprintln!(
+            "bench: sessions opened again {}, failed attempts {}",
+            finals.reconnected, finals.failed_attempts
+        );
         drop(restarted?);
         Ok(row)
     }
@@ -174,7 +182,7 @@ impl Bench {
             .arg(humantime::format_duration(self.heartbeat).to_string())
             .arg("--data-dir")
             .arg(&place.data_dir)
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", manager_log());
         self.spawn(&mut command, log)
     }
 
@@ -203,6 +211,10 @@ impl Bench {
                 .into_iter()
                 .try_for_each(|stop| stop.join().expect("stop thread"))
         })?;
+        eprintln!(
+            "bench: replicas stopped {:.1}s after SIGTERM",
+            started.elapsed().as_secs_f64()
+        );
         let mut restarted = Vec::new();
         let mut metrics = Vec::new();
         for place in places {
@@ -211,16 +223,24 @@ impl Bench {
             metrics.push(place.metrics.parse().context("metrics address")?);
         }
         let expected = row.manager.connected as f64;
+        let mut traced = Instant::now();
         while started.elapsed() < STORM_TIMEOUT {
             let sessions: f64 = metrics
                 .iter()
                 .map(|&addr| Snapshot::take_blocking(addr).map_or(0.0, |s| s.sessions))
                 .sum();
+            if traced.elapsed() >= STORM_TRACE {
+                traced = Instant::now();
+                eprintln!(
+                    "bench: {:.0}s after SIGTERM, {sessions} of {expected} sessions back",
+                    started.elapsed().as_secs_f64()
+                );
+            }
             if sessions >= expected {
                 row.storm_secs = Some(started.elapsed().as_secs_f64());
                 return Ok(restarted);
             }
-            std::thread::sleep(POLL);
+            std::thread::sleep(STORM_POLL);
         }
         row.notes.push(format!(
             "reconnection storm: not every agent was back within {STORM_TIMEOUT:?}"
@@ -230,14 +250,16 @@ impl Bench {
 
     /// Starts a simulator (already given `--hold`) without waiting for its report.
     fn hold_started(command: &mut Command) -> anyhow::Result<Held> {
-        let child = command
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .context("start opi-fleet-sim")?;
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         Ok(Held {
             child,
+            stdout,
             report: Report::default(),
         })
     }
@@ -247,7 +269,7 @@ impl Bench {
 fn finish(mut sims: Vec<Held>) -> anyhow::Result<Report> {
     let reports = sims
         .iter_mut()
-        .map(|held| first_report(held.child.stdout.take().expect("piped stdout")))
+        .map(|held| next_report(&mut held.stdout))
         .collect::<anyhow::Result<Vec<_>>>()?;
     for held in sims {
         release(held)?;
