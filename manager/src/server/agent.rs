@@ -240,7 +240,8 @@ async fn serve_session(
                 Ok(Some(AgentMessage { body: Some(AgentBody::Apply(report)) })) => {
                     match convert::apply_report_from_proto(report) {
                         Ok(report) => {
-                            if let Err(error) = Box::pin(fleet.apply_report(&session, report)).await {
+                            let applied = Box::pin(fleet.apply_report(&session, report));
+                            if let Err(error) = applied.await {
                                 warn!(error = %error, "cannot record apply report");
                             }
                         }
@@ -254,8 +255,8 @@ async fn serve_session(
                     }
                 }
                 Ok(Some(AgentMessage { body: Some(AgentBody::Compliance(report)) })) => {
-                    let received = Box::pin(crate::compliance::receive(&fleet, &session.node, report)).await;
-                    if let Err(error) = received {
+                    let received = crate::compliance::receive(&fleet, &session.node, report);
+                    if let Err(error) = Box::pin(received).await {
                         warn!(error = %error, "cannot record compliance evidence");
                     }
                 }
