@@ -421,7 +421,6 @@ pub(super) struct Arrival {
     at: OffsetDateTime,
 }
 
-/// Refuses a certificate the node's record no longer accepts (renewed or rotated since).
 /// Whether a session's opening changed `before` into `after` only in what every opening
 /// refreshes: the last-seen time, the source port, and when the conditions were observed.
 /// Those stay in the session's live state; the record keeps the last written ones (the
@@ -444,6 +443,7 @@ fn only_refreshed(before: &NodeRecord, after: &NodeRecord) -> bool {
     refreshed == *before
 }
 
+/// Refuses a certificate the node's record no longer accepts (renewed or rotated since).
 fn check_serial(record: &NodeRecord, serial: &str) -> Result<(), FleetError> {
     if record.accepts_serial(serial) {
         return Ok(());
