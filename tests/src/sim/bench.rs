@@ -91,6 +91,20 @@ pub struct Row {
     pub notes: Vec<String>,
 }
 
+impl Row {
+    /// Takes from the simulators' final report what happened after the first: sessions lost
+    /// and opened again (the restart), and the attempts that failed meanwhile.
+    pub(super) fn take_final(&mut self, last: &Report) {
+        self.manager.sessions_lost = last.sessions_lost;
+        self.manager.reconnected = last.reconnected;
+        self.manager.failed_attempts = last.failed_attempts;
+        eprintln!(
+            "bench: sessions opened again {}, failed attempts {}",
+            last.reconnected, last.failed_attempts
+        );
+    }
+}
+
 /// Heartbeats at saturation: the same agents sending as fast as they may.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Saturation {
@@ -185,12 +199,7 @@ impl Bench {
         self.loaded_measurements(&mut row, &data_dir, &listen);
         let restarted = self.storm(&mut row, manager, &data_dir, &listen, &metrics, &log);
         let final_report = release(held)?;
-        row.manager.sessions_lost = final_report.sessions_lost;
-        row.manager.reconnected = final_report.reconnected;
-        eprintln!(
-            "bench: sessions opened again {}, failed attempts {}",
-            final_report.reconnected, final_report.failed_attempts
-        );
+        row.take_final(&final_report);
         drop(restarted?);
         Ok(row)
     }

@@ -117,13 +117,7 @@ impl Bench {
             .into_iter()
             .map(release)
             .collect::<anyhow::Result<Vec<Report>>>()?;
-        let finals = Report::combine(&finals);
-        row.manager.sessions_lost = finals.sessions_lost;
-        row.manager.reconnected = finals.reconnected;
-        eprintln!(
-            "bench: sessions opened again {}, failed attempts {}",
-            finals.reconnected, finals.failed_attempts
-        );
+        row.take_final(&Report::combine(&finals));
         drop(restarted?);
         Ok(row)
     }
