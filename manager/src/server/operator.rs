@@ -51,6 +51,8 @@ impl Operator for OperatorService {
             .fleet
             .events()
             .recent(&body.node, limit)
+            .await
+            .map_err(crate::fleet::FleetError::from)?
             .iter()
             .map(event_to_proto)
             .collect();
