@@ -288,6 +288,24 @@ impl ConditionRecord {
 /// Key prefix of events.
 pub const EVENTS: &str = "events/";
 
+/// Key prefix of the last-seen times managers saved when they stopped, a few keys per manager
+/// (its replica name), each holding up to a few thousand nodes.
+pub const SHUTDOWNS: &str = "shutdowns/";
+
+/// Key of part `part` of what manager `holder` saved when it last stopped.
+pub fn shutdown_key(holder: &str, part: usize) -> String {
+    format!("{SHUTDOWNS}{holder}/{part:06}")
+}
+
+/// Nodes whose sessions a stopping manager ended, each with when it last heard from the node
+/// (Unix seconds). Times saved this way only ever move a node's last-seen time forward.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShutdownRecord {
+    #[serde(with = "time::serde::rfc3339")]
+    pub stopped_at: OffsetDateTime,
+    pub last_seen: BTreeMap<String, i64>,
+}
+
 /// Key of the event with `revision`; zero-padded so key order is revision order.
 pub fn event_key(revision: u64) -> String {
     format!("{EVENTS}{revision:020}")

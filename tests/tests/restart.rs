@@ -5,8 +5,12 @@
 use std::time::{Duration, Instant};
 
 use opi_agent::run::reconnect::NOTICE_RETRY_CAP;
-use opi_tests::{ok, sample, wait_until, wait_until_every, Agent, Manager, POLL_OPICTL, WAIT};
+use opi_tests::{
+    node, ok, sample, wait_until, wait_until_every, Agent, Manager, POLL_OPICTL, WAIT,
+};
 use tempfile::TempDir;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
 /// Agents of the test.
 const AGENTS: [&str; 3] = ["r1", "r2", "r3"];
@@ -20,6 +24,11 @@ const DOWN_WAIT: Duration = Duration::from_secs(90);
 /// Slack over [`NOTICE_RETRY_CAP`] for the agents to be back: connection, handshake and hello
 /// on a loaded machine.
 const BACK_SLACK: Duration = Duration::from_secs(6);
+/// How long the agent of the last-seen test sends heartbeats before the manager stops.
+const HEARD_FOR: Duration = Duration::from_secs(5);
+/// Its last heartbeat may come up to one interval (1 s) before the stop, and the saved time
+/// is in whole seconds.
+const LAST_HEARTBEAT_SLACK: time::Duration = time::Duration::seconds(2);
 /// What an agent logs on the notice.
 const NOTICE_LINE: &str = "the manager is going away";
 /// What an agent logs on each failed attempt.
@@ -69,6 +78,57 @@ fn agents_come_back_within_seconds_of_a_restart_however_long_the_manager_was_dow
         || sessions(&manager) == AGENTS.len(),
     );
     println!("every agent was back {back:?} after the restart");
+}
+
+#[test]
+fn a_node_that_stays_away_after_a_restart_keeps_the_last_seen_time_saved_at_shutdown() {
+    let dir = TempDir::new().unwrap();
+    let mut manager = Manager::init(dir.path(), "e2e").with_args(&[
+        "--heartbeat",
+        "1s",
+        "--offline-after",
+        "3s",
+        "--report-freshness",
+        "3s",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    manager.start();
+    let mut agent = enrolled(&dir, &manager, "away");
+    agent.start();
+    wait_until_every(POLL_OPICTL, WAIT, "the session open", || {
+        sessions(&manager) == 1
+    });
+    // Heartbeats for a while, so that the last one is well after the session opened, which
+    // is when the node record was last written.
+    std::thread::sleep(HEARD_FOR);
+    let heard = OffsetDateTime::now_utc();
+
+    manager.terminate(WAIT);
+    agent.stop();
+    let log = manager.log_text();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("last-seen times saved at shutdown")
+                && line.contains("nodes=1")),
+        "{log}"
+    );
+    manager.start();
+    let opictl = manager.opictl();
+    let offline = wait_until(WAIT, "the node offline after the grace period", || {
+        node(&opictl.nodes(), "away").is_some_and(|n| n["connectivity"] == "offline")
+    });
+    println!("the node was offline {offline:?} after the restart");
+    let nodes = opictl.nodes();
+    let shown = node(&nodes, "away").expect("node listed")["last_seen"]
+        .as_str()
+        .expect("a last-seen time")
+        .to_string();
+    let seen = OffsetDateTime::parse(&shown, &Rfc3339).expect("an RFC 3339 time");
+    assert!(
+        seen >= heard - LAST_HEARTBEAT_SLACK,
+        "last seen {shown}, though heartbeats came until {heard}"
+    );
 }
 
 /// An agent named `name`, enrolled in pool `workers` with a single-use token.

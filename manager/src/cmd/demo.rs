@@ -258,6 +258,7 @@ fn serve_args(data_dir: &Path, listen: SocketAddr) -> ServeArgs {
         offline_after: Duration::from_secs(40),
         report_freshness: Duration::from_secs(60),
         event_retention: crate::events::DEFAULT_RETENTION,
+        reconnect_rate: crate::fleet::going_away::RECONNECTS_PER_SEC,
         expired_renewal_window: crate::fleet::DEFAULT_EXPIRED_RENEWAL_WINDOW,
         profile_signer: Vec::new(),
         server_cert_ttl: opi_pki::ca::SERVER_CERT_TTL,

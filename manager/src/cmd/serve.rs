@@ -17,6 +17,7 @@ use tracing::info;
 use super::leader::{announce, supervise, SUPERVISE_EVERY};
 use crate::alerts::{AlertSettings, Alerting, AlertmanagerUrl, RuleSettings};
 use crate::datadir::{self, DataDir};
+use crate::fleet::going_away::RECONNECTS_PER_SEC;
 use crate::fleet::{Fleet, Settings};
 use crate::identity::ManagerCerts;
 use crate::metrics::{Exporter, MetricsServer, Registry};
@@ -104,6 +105,11 @@ pub struct ServeArgs {
     /// Events kept in the store; older ones are pruned.
     #[arg(long, default_value_t = crate::events::DEFAULT_RETENTION)]
     pub event_retention: usize,
+    /// Sessions this manager takes back per second after a restart, which sizes the spread
+    /// of the reconnection delays it gives its agents when it stops (at most 60s). Lower it
+    /// where replicas share a machine: each takes its share of what the machine takes.
+    #[arg(long, value_name = "SESSIONS", default_value_t = RECONNECTS_PER_SEC)]
+    pub reconnect_rate: u32,
     /// Serve Prometheus metrics over plain HTTP at ADDR:PORT/metrics [default: no metrics];
     /// port 0 picks a free port, written to DATA_DIR/run/metrics-addr.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -248,6 +254,7 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
         node_cert_ttl: args.node_cert_ttl,
         heartbeat: args.heartbeat,
         endpoints: endpoints.clone(),
+        reconnect_rate: args.reconnect_rate,
     };
     let replica = open_replica(args, &store_url, addr)?;
     let store = match replica.is_single() {
@@ -392,7 +399,9 @@ impl Running {
         let fleet = &self.fleet;
         let save = async move {
             fleet.sessions_ended(DRAIN_TIMEOUT).await;
+            info!(after = ?stopping.elapsed(), "sessions ended");
             fleet.save_last_seen().await;
+            info!(after = ?stopping.elapsed(), "last-seen times saved");
         };
         let (drained, ()) = tokio::join!(drain, save);
         drained?;
@@ -423,6 +432,9 @@ fn check_args(args: &ServeArgs) -> anyhow::Result<()> {
     }
     if args.event_retention == 0 {
         problems.push("--event-retention must be at least 1".to_string());
+    }
+    if !(1..=1_000_000).contains(&args.reconnect_rate) {
+        problems.push("--reconnect-rate must be between 1 and 1000000 sessions a second".into());
     }
     let (shortest, longest) = ALERT_RESEND_RANGE;
     if args.alert_resend < shortest || args.alert_resend > longest {

@@ -208,14 +208,14 @@ pub(super) fn take_record(
         Some(entry) if v.mod_revision > entry.revision => {
             let retarget =
                 entry.live.is_some() && v.value.config.desired != entry.record.config.desired;
-            entry.record = v.value;
+            *entry.record = v.value;
             entry.revision = v.mod_revision;
             retarget
         }
         Some(_) => false,
         None => {
             let entry = NodeEntry {
-                record: v.value,
+                record: Box::new(v.value),
                 revision: v.mod_revision,
                 live: None,
                 last_contact: time::OffsetDateTime::now_utc(),

@@ -318,7 +318,7 @@ impl Fleet {
         let entry = nodes
             .get(name)
             .ok_or_else(|| FleetError::UnknownNode { name: name.into() })?;
-        Ok((entry.record.clone(), entry.revision))
+        Ok(((*entry.record).clone(), entry.revision))
     }
 
     /// Reads a node this replica does not know from the store, where another replica may

@@ -375,7 +375,7 @@ impl Fleet {
         let entry = nodes
             .get_mut(name)
             .ok_or_else(|| FleetError::UnknownNode { name: name.into() })?;
-        Ok(std::mem::replace(&mut entry.live, live))
+        Ok(std::mem::replace(&mut entry.live, live.map(Box::new)).map(|live| *live))
     }
 }
 

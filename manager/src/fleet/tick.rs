@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use tracing::warn;
 
 use super::supervise::{apply_axes, desired_health, status_name, Observed};
-use super::{Fleet, NodeEntry};
+use super::{shutdowns, Fleet, NodeEntry};
 use crate::events::Draft;
 use crate::events::FlapDetector;
 use crate::records::{Connectivity, NodeState, Severity};
@@ -45,7 +45,14 @@ impl Fleet {
                 })
                 .collect()
         };
+        // A node turned offline gets the last-seen time its manager saved when it stopped,
+        // if that is later than its record's.
+        let saved = match due.iter().any(|(_, observed)| !observed.online) {
+            true => Some(self.saved_times().await),
+            false => None,
+        };
         for (name, observed) in due {
+            let saved_at = saved.as_ref().and_then(|s| s.get(&name).copied());
             let result = self
                 .update_node(&name, None, |record, drafts| {
                     let mut flaps = self.flaps.lock().expect("flap lock poisoned");
@@ -87,6 +94,9 @@ impl Fleet {
                         flaps.set_emitted(&name, &calm.condition, status);
                     }
                     apply_axes(record, observed, &flaps, now, drafts);
+                    if let Some(at) = saved_at.filter(|_| !observed.online) {
+                        shutdowns::raise_last_seen(record, at);
+                    }
                     Ok(())
                 })
                 .await;
