@@ -62,6 +62,9 @@ pub struct Counters {
     pub reconnected: AtomicU64,
     /// Attempts to open a lost session again that failed.
     pub failed_attempts: AtomicU64,
+    /// Those of `failed_attempts` that found nobody listening: cheap, unlike a timed-out
+    /// handshake.
+    pub refused_attempts: AtomicU64,
 }
 
 impl Plan {
@@ -184,9 +187,28 @@ async fn reopen(
                 reconnect.opened();
                 return Some(opened);
             }
-            Err(_) => counters.failed_attempts.fetch_add(1, Ordering::Relaxed),
+            Err(error) => {
+                counters.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                if refused(&error) {
+                    counters.refused_attempts.fetch_add(1, Ordering::Relaxed);
+                } else if FAILURES_SHOWN.fetch_add(1, Ordering::Relaxed) < SHOW_FAILURES {
+                    eprintln!("opi-fleet-sim: {} could not reopen its session: {error:#}", creds.name);
+                }
+            }
         };
     }
+}
+
+/// Failed attempts other than refusals printed, to tell what failed.
+const SHOW_FAILURES: u64 = 5;
+static FAILURES_SHOWN: AtomicU64 = AtomicU64::new(0);
+
+/// Whether an attempt failed because nobody listened at the target.
+fn refused(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+    })
 }
 
 /// Why a session's heartbeat loop ended.

@@ -98,9 +98,10 @@ impl Row {
         self.manager.sessions_lost = last.sessions_lost;
         self.manager.reconnected = last.reconnected;
         self.manager.failed_attempts = last.failed_attempts;
+        self.manager.refused_attempts = last.refused_attempts;
         eprintln!(
-            "bench: sessions opened again {}, failed attempts {}",
-            last.reconnected, last.failed_attempts
+            "bench: sessions opened again {}, failed attempts {} ({} refused)",
+            last.reconnected, last.failed_attempts, last.refused_attempts
         );
     }
 }

@@ -127,6 +127,9 @@ pub struct Report {
     /// Attempts to open a lost session again that failed (refused, timed out, or cut).
     #[serde(default)]
     pub failed_attempts: u64,
+    /// Those of `failed_attempts` that found nobody listening.
+    #[serde(default)]
+    pub refused_attempts: u64,
     /// Median heartbeat handling time on the target.
     pub p50_seconds: Option<f64>,
     /// 99th percentile of the heartbeat handling time on the target.
@@ -210,6 +213,7 @@ pub async fn run(
     report.sessions_lost = counters.lost.load(Ordering::Relaxed);
     report.reconnected = counters.reconnected.load(Ordering::Relaxed);
     report.failed_attempts = counters.failed_attempts.load(Ordering::Relaxed);
+    report.refused_attempts = counters.refused_attempts.load(Ordering::Relaxed);
     Ok(report)
 }
 
@@ -304,6 +308,7 @@ impl Report {
             sessions_lost: reports.iter().map(|r| r.sessions_lost).sum(),
             reconnected: reports.iter().map(|r| r.reconnected).sum(),
             failed_attempts: reports.iter().map(|r| r.failed_attempts).sum(),
+            refused_attempts: reports.iter().map(|r| r.refused_attempts).sum(),
             p50_seconds: worst(|r| r.p50_seconds),
             p99_seconds: worst(|r| r.p99_seconds),
             target_rss_kib: reports.iter().map(|r| r.target_rss_kib).sum(),
