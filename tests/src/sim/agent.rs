@@ -192,7 +192,10 @@ async fn reopen(
                 if refused(&error) {
                     counters.refused_attempts.fetch_add(1, Ordering::Relaxed);
                 } else if FAILURES_SHOWN.fetch_add(1, Ordering::Relaxed) < SHOW_FAILURES {
-                    eprintln!("opi-fleet-sim: {} could not reopen its session: {error:#}", creds.name);
+                    eprintln!(
+                        "opi-fleet-sim: {} could not reopen its session: {error:#}",
+                        creds.name
+                    );
                 }
             }
         };
