@@ -1,16 +1,35 @@
-//! The manager's serving certificate, replaceable while the server runs, and the facts the
-//! manager watches on its own certificates (names, validity).
+//! The manager's serving certificate, replaceable while the server runs, the facts the
+//! manager watches on its own certificates (names, validity), and the socket it listens on.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use time::OffsetDateTime;
+use tokio::net::{TcpListener, TcpSocket};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::tls::{parse_certs, parse_key, ClientAuth, TlsError, ALPN_H2};
 use crate::{provider, SecretPem};
+
+/// Connections the kernel holds for a server before it accepts them (capped by
+/// `net.core.somaxconn`, 4096 by default). The manager binds before its fleet loads, and a
+/// fleet coming back after a restart arrives meanwhile: with tokio's 1024 the queue
+/// overflowed, and the kernel's retransmissions (after 1, 3, 7, 15 s...) held agents back.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Listens on `addr` with a [`LISTEN_BACKLOG`]; within a tokio runtime.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// What a certificate says about its subject and validity.
 #[derive(Clone, Debug, PartialEq, Eq)]

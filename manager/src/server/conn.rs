@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 /// Time a client has to complete the TLS handshake, unless `serve --handshake-timeout` says.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in flight at most; further connections wait in the kernel's backlog.
-const MAX_PENDING_HANDSHAKES: usize = 1024;
+const MAX_PENDING_HANDSHAKES: usize = 128;
 
 /// Who is on the other end of a connection.
 #[derive(Clone, Debug)]

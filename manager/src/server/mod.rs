@@ -68,11 +68,10 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Binds `addr`; separate from [`serve`] so callers learn the port before serving.
+/// Binds `addr` with the kernel queue of [`opi_pki::serving::LISTEN_BACKLOG`]; separate from
+/// [`serve`] so callers learn the port before serving.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })
+    opi_pki::serving::listen(addr).map_err(|source| ServeError::Bind { addr, source })
 }
 
 /// Where the manager listens.

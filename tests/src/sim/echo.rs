@@ -34,7 +34,7 @@ use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Handshakes in flight at most, as on the manager.
-const MAX_PENDING_HANDSHAKES: usize = 1024;
+const MAX_PENDING_HANDSHAKES: usize = 128;
 /// Time a client has to complete the TLS handshake, as on the manager.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lifetime of the echo server's certificate.
@@ -65,9 +65,8 @@ pub async fn serve(
     ready: impl FnOnce(EchoAddrs) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let (acceptor, client_auth, signer) = tls(data_dir, listen)?;
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("bind {listen}"))?;
+    // The manager's listen backlog, so that the ceiling queues connections alike.
+    let listener = opi_pki::serving::listen(listen).with_context(|| format!("bind {listen}"))?;
     let metrics = TcpListener::bind(metrics_listen)
         .await
         .with_context(|| format!("bind {metrics_listen}"))?;
