@@ -127,10 +127,15 @@ impl EventLog {
             let Some(newest) = page.last().map(|e| e.revision) else {
                 return Ok(taken);
             };
+            // A short page was the end of the log when read: no second read to find it empty.
+            let more = page.len() == TAKE_IN_PAGE;
             taken += page.len();
             *last = newest;
             self.last.store(newest, Ordering::Release);
             self.publish(page);
+            if !more {
+                return Ok(taken);
+            }
         }
     }
 

@@ -7,12 +7,13 @@
 
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tracing::{debug, warn};
 
 use super::{Fleet, FleetError, NodeEntry};
 use crate::records::{NodeRecord, EVENTS, NODES};
 use crate::rollout::{RolloutRecord, ROLLOUTS};
-use crate::store::etcd::{is_compacted, Change};
+use crate::store::etcd::{is_compacted, Change, PrefixWatch};
 use crate::store::{decode, EtcdStore, Revision, Store, StoreError, Versioned};
 
 /// Pause before watching again after a watch broke (etcd down or compacted); before reading
@@ -113,9 +114,19 @@ impl Fleet {
                 // the watch only says when (the supervisor's pass reads back each second too,
                 // so a read that fails here is made again there).
                 changes = events.next() => match changes.map_err(Broke::Watch)? {
-                    Some(_) => {
-                        if let Err(error) = self.events.read_back().await {
-                            debug!(error = %error, "cannot read back the events other replicas committed");
+                    Some(changes) => {
+                        // Notices already queued are for events the same read takes in: one
+                        // read per batch of commits, not one per commit; and none for this
+                        // replica's own commits, already in its log.
+                        let mut newest = newest_event(&changes);
+                        let ended = take_ready(&mut events, &mut newest);
+                        if newest > self.events.last_revision() {
+                            if let Err(error) = self.events.read_back().await {
+                                debug!(error = %error, "cannot read back the events other replicas committed");
+                            }
+                        }
+                        if let Some(ended) = ended {
+                            return ended.map_err(Broke::Watch);
                         }
                     }
                     None => return Ok(()),
@@ -198,6 +209,29 @@ impl Fleet {
     }
 }
 
+/// Takes the event notices `events` already holds, without waiting, raising `newest` to the
+/// newest event they name; `Some` with how following ends when the watch ended (`Ok`) or
+/// broke meanwhile.
+fn take_ready(events: &mut PrefixWatch<'_>, newest: &mut u64) -> Option<Result<(), StoreError>> {
+    loop {
+        match events.next().now_or_never()? {
+            Ok(Some(changes)) => *newest = newest_event(&changes).max(*newest),
+            Ok(None) => return Some(Ok(())),
+            Err(error) => return Some(Err(error)),
+        }
+    }
+}
+
+/// Revision of the newest event written among `changes` (0 when none: deletions of pruned
+/// events say nothing new).
+fn newest_event(changes: &[Change]) -> u64 {
+    let revision = |change: &Change| match change {
+        Change::Put(kv) => kv.key.strip_prefix(EVENTS)?.parse().ok(),
+        Change::Delete { .. } => None,
+    };
+    changes.iter().filter_map(revision).max().unwrap_or(0)
+}
+
 /// Puts `v` in memory if it is newer than what memory holds; true when the node's session is
 /// here and its desired generation changed.
 pub(super) fn take_record(
@@ -223,5 +257,32 @@ pub(super) fn take_record(
             nodes.insert(entry.record.name.clone(), entry);
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::event_key;
+    use crate::store::KeyValue;
+
+    fn put(key: String) -> Change {
+        Change::Put(KeyValue {
+            key,
+            value: Vec::new(),
+            create_revision: 1,
+            mod_revision: 1,
+        })
+    }
+
+    #[test]
+    fn the_newest_event_is_read_from_the_keys_written() {
+        let changes = [put(event_key(7)), put(event_key(12)), put(event_key(9))];
+        assert_eq!(newest_event(&changes), 12);
+        let pruned = Change::Delete {
+            key: event_key(40),
+            revision: 3,
+        };
+        assert_eq!(newest_event(&[pruned, put("nodes/n1".into())]), 0);
     }
 }

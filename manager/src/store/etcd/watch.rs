@@ -34,6 +34,9 @@ pub struct PrefixWatch<'a> {
     // Kept open: etcd ends the watch when the request side closes.
     _requests: mpsc::Sender<WatchRequest>,
     responses: Streaming<WatchResponse>,
+    /// Changes of a fragmented revision received so far: kept here rather than in `next`, so
+    /// that a `next` dropped in a `select!` loses nothing.
+    partial: Vec<Change>,
 }
 
 impl Change {
@@ -77,6 +80,7 @@ impl EtcdStore {
             prefix: prefix.into(),
             _requests: requests,
             responses,
+            partial: Vec::new(),
         })
     }
 }
@@ -84,10 +88,9 @@ impl EtcdStore {
 impl PrefixWatch<'_> {
     /// The next changes, of one or more whole revisions in order; `None` when etcd ended the
     /// stream. A start revision that etcd compacted away is an error naming the oldest one
-    /// kept.
+    /// kept. Cancel-safe: a call dropped before it completes loses no change.
     pub async fn next(&mut self) -> Result<Option<Vec<Change>>, StoreError> {
         let subject = format!("a watch on `{}`", self.prefix);
-        let mut changes = Vec::new();
         loop {
             let response = match self.responses.message().await {
                 Ok(Some(response)) => response,
@@ -108,11 +111,12 @@ impl PrefixWatch<'_> {
                 return Err(self.store.read_error(&subject, error));
             }
             for event in response.events {
-                changes.extend(self.change(event)?);
+                let change = self.change(event)?;
+                self.partial.extend(change);
             }
             // A fragment's revisions go on in the next response.
-            if !response.fragment && !changes.is_empty() {
-                return Ok(Some(changes));
+            if !response.fragment && !self.partial.is_empty() {
+                return Ok(Some(std::mem::take(&mut self.partial)));
             }
         }
     }
