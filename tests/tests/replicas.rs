@@ -478,3 +478,93 @@ fn a_stopping_replica_saves_the_last_seen_times_of_its_own_sessions_only() {
         agent.stop();
     }
 }
+
+#[test]
+fn each_replica_judges_the_reports_of_the_sessions_it_holds() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etcd = Etcd::single();
+    let url = etcd.url();
+    let addrs: Vec<String> = (0..2).map(|_| free_port()).collect();
+    let first = Manager::init_with(dir.path(), "fresh", &["--store", &url]);
+    let second = first.copy_to(&dir.path().join("b"));
+    // Heartbeats carry when the agent last checked its conditions; a report older than the
+    // freshness limit makes the node's health unknown.
+    let extra = [
+        "--heartbeat",
+        "1s",
+        "--report-freshness",
+        "3s",
+        "--offline-after",
+        "60s",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    let mut a = serve_as(first, "a", &url, &extra, &[&addrs[0], &addrs[1]], &addrs[0]);
+    let mut b = serve_as(
+        second,
+        "b",
+        &url,
+        &extra,
+        &[&addrs[1], &addrs[0]],
+        &addrs[1],
+    );
+    a.start();
+    b.start();
+    let agents: Vec<Agent> = [(&a, "at-a"), (&b, "at-b")]
+        .into_iter()
+        .map(|(replica, name)| {
+            let (_, token) = replica.opictl().create_token("workers", 1, &[]);
+            let mut agent = Agent::new(dir.path(), name);
+            ok(agent.enroll(&replica.endpoint(), &replica.ca_pin(), &token));
+            agent.start();
+            agent
+        })
+        .collect();
+    wait_until(WAIT, "one session at each replica", || {
+        session_nodes(&etcd, "a") == ["at-a"] && session_nodes(&etcd, "b") == ["at-b"]
+    });
+    let leader = wait_for_leader(&a);
+    let (follower, held, own) = if leader == "a" {
+        (&b, &agents[1], &agents[0])
+    } else {
+        (&a, &agents[0], &agents[1])
+    };
+
+    // Three freshness limits: the leader sees only the record of the follower's node, whose
+    // report time is the session's opening; it took that node for one gone stale.
+    std::thread::sleep(Duration::from_secs(9));
+    let stale = |node: &str| {
+        events(&etcd)
+            .into_iter()
+            .filter(|e| e.node == node && e.reason == "StaleReport")
+            .count()
+    };
+    for agent in &agents {
+        assert_eq!(stale(&agent.name), 0, "{} was never stale", agent.name);
+        let nodes = follower.opictl().nodes();
+        let node = nodes.iter().find(|n| n["name"] == agent.name.as_str());
+        // Degraded under a root of its own (no kubelet there), but known.
+        let health = &node.expect("node listed")["health"];
+        assert_ne!(health, "unknown", "{}", agent.name);
+    }
+
+    // The follower judges its own node: frozen, it sends nothing, and its report goes stale.
+    held.freeze();
+    wait_until(
+        WAIT,
+        "the follower to mark its frozen node's report stale",
+        || stale(&held.name) == 1,
+    );
+    held.thaw();
+    assert_eq!(stale(&own.name), 0, "the leader's own node stayed fresh");
+}
+
+/// The name of the replica that leads, once one does.
+fn wait_for_leader(replica: &Manager) -> String {
+    let mut leader = None;
+    wait_until(WAIT, "a leader", || {
+        leader = leader_at(replica);
+        leader.is_some()
+    });
+    leader.expect("a leader")
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use opi_systemd::Notifier;
 use tracing::{info, warn};
 
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, Pass};
 use crate::replica::{as_leader, Replica};
 
 /// Interval of the supervisor's pass over the fleet.
@@ -35,7 +35,7 @@ pub async fn announce(fleet: Arc<Fleet>, replica: Arc<Replica>) {
 
 /// While this replica leads: runs the supervisor's pass and steps the rollouts every second,
 /// prunes old events at start and every minute, and signs an audit checkpoint every
-/// `checkpoints`.
+/// `checkpoints`. While it does not: supervises the nodes whose sessions it holds.
 pub async fn supervise(
     fleet: Arc<Fleet>,
     replica: Arc<Replica>,
@@ -61,11 +61,16 @@ pub async fn supervise(
         // Checked before each pass, whose writes are then fenced (see `crate::replica`).
         let Some(lead) = replica.lead() else {
             leading = false;
+            // The nodes whose sessions this replica holds are judged here, leader or not,
+            // while it can record what it finds.
+            if fleet.store_lost_since().is_none() {
+                fleet.supervise(Pass::Held).await;
+            }
             continue;
         };
         leading = true;
         as_leader(lead, async {
-            fleet.supervise().await;
+            fleet.supervise(Pass::Leader).await;
             fleet.advance_rollouts().await;
             if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
                 last_prune = Some(std::time::Instant::now());

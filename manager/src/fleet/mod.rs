@@ -45,6 +45,7 @@ pub use limiter::FailureLimiter;
 pub use login::{LoggedIn, LoginCodeSpec};
 pub use profiles::SetOutcome;
 pub use sessions::{recording_message, Session, SessionHello};
+pub use tick::Pass;
 pub use tokens::{NewToken, TokenSpec};
 
 /// Compare-and-swap attempts before a concurrent update is reported to the caller.

@@ -12,9 +12,21 @@ use crate::events::Draft;
 use crate::events::FlapDetector;
 use crate::records::{Connectivity, NodeState, Severity};
 
+/// Which nodes a supervisor's pass looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// The leader's: every node but those whose session another replica holds.
+    Leader,
+    /// A replica's that does not lead: the nodes whose session it holds.
+    Held,
+}
+
 impl Fleet {
-    /// Brings every node's supervised axes up to date; called about once a second.
-    pub async fn supervise(&self) {
+    /// Brings the supervised axes of the nodes `pass` covers up to date; called about once a
+    /// second. A session's replica judges its node, since only it sees the node's reports
+    /// arrive: the leader, which sees only the record, took every node held elsewhere for
+    /// one whose report went stale.
+    pub async fn supervise(&self, pass: Pass) {
         let now = OffsetDateTime::now_utc();
         let calmed = self
             .flaps
@@ -37,6 +49,10 @@ impl Fleet {
             nodes
                 .values()
                 .filter(|e| e.record.state == NodeState::Active)
+                .filter(|e| match pass {
+                    Pass::Held => e.live.is_some(),
+                    Pass::Leader => e.live.is_some() || !self.held_elsewhere(e),
+                })
                 .filter_map(|e| {
                     let observed = self.observe(e, now);
                     let calming = calmed.iter().any(|c| c.node == e.record.name);
@@ -106,17 +122,19 @@ impl Fleet {
         }
     }
 
+    /// Whether another replica held the node's session when last listed.
+    fn held_elsewhere(&self, entry: &NodeEntry) -> bool {
+        self.replica
+            .get()
+            .is_some_and(|r| r.held_elsewhere(&entry.record.name))
+    }
+
     /// What memory says of a node now.
     fn observe(&self, entry: &NodeEntry, now: OffsetDateTime) -> Observed {
         let grace = self.settings.offline_after;
-        let elsewhere = || {
-            self.replica
-                .get()
-                .is_some_and(|r| r.held_elsewhere(&entry.record.name))
-        };
         let online = match &entry.live {
             Some(live) => now - live.last_seen <= grace,
-            None if elsewhere() => true,
+            None if self.held_elsewhere(entry) => true,
             None => {
                 entry.record.supervision.connectivity == Connectivity::Online
                     && now - entry.last_contact <= grace
