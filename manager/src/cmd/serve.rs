@@ -149,6 +149,8 @@ pub struct Running {
     pub endpoints: Vec<String>,
     /// Address of the metrics listener, when serving metrics.
     pub metrics_addr: Option<SocketAddr>,
+    /// Closed first when stopping.
+    listeners: server::Listeners,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<Result<(), ServeError>>,
     supervisor: JoinHandle<()>,
@@ -294,12 +296,12 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
         call: args.call_timeout,
     };
     let listeners = server::Listeners {
-        agents: listener,
-        operators,
+        agents: Arc::new(listener),
+        operators: operators.map(Arc::new),
     };
     let task = tokio::spawn(server::serve(
         fleet.clone(),
-        listeners,
+        listeners.clone(),
         tls,
         client_auth,
         limits,
@@ -324,6 +326,7 @@ async fn start_notifying(args: &ServeArgs, notifier: Arc<Notifier>) -> anyhow::R
         fleet,
         endpoints,
         metrics_addr: metrics.as_ref().map(|m| m.addr),
+        listeners,
         shutdown,
         task,
         supervisor,
@@ -364,6 +367,8 @@ fn open_replica(
 impl Running {
     /// Stops serving and waits for the server to finish, at most [`DRAIN_TIMEOUT`].
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        // Before agents are told to come back later, so that none comes back to this process.
+        self.listeners.close();
         if let Some(alerting) = self.alerting {
             alerting.stop().await;
         }

@@ -50,7 +50,7 @@ impl Connected for TlsConn {
 
 /// Accepts connections on `listener`, handshakes them, and sends the established ones.
 pub async fn accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     acceptor: TlsAcceptor,
     client_auth: Arc<ClientAuth>,
     established: mpsc::Sender<Result<TlsConn, io::Error>>,
@@ -65,6 +65,8 @@ pub async fn accept_loop(
             .expect("semaphore never closed");
         let (tcp, remote) = match listener.accept().await {
             Ok(accepted) => accepted,
+            // The listener was closed (`Listeners::close`): shutting down.
+            Err(error) if error.kind() == io::ErrorKind::InvalidInput => return,
             Err(error) => {
                 warn!(error = %error, "cannot accept connection");
                 tokio::time::sleep(Duration::from_millis(50)).await;
