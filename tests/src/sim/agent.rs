@@ -193,7 +193,8 @@ async fn reopen(
                     counters.refused_attempts.fetch_add(1, Ordering::Relaxed);
                 } else if FAILURES_SHOWN.fetch_add(1, Ordering::Relaxed) < SHOW_FAILURES {
                     eprintln!(
-                        "opi-fleet-sim: {} could not reopen its session: {error:#}",
+                        "opi-fleet-sim: {} {} could not reopen its session: {error:#}",
+                        time::OffsetDateTime::now_utc(),
                         creds.name
                     );
                 }
@@ -202,7 +203,7 @@ async fn reopen(
     }
 }
 
-/// Failed attempts other than refusals printed, to tell what failed.
+/// Failed attempts other than refusals printed, with the time, to tell what failed and when.
 const SHOW_FAILURES: u64 = 5;
 static FAILURES_SHOWN: AtomicU64 = AtomicU64::new(0);
 
