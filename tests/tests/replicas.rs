@@ -423,37 +423,8 @@ fn a_leader_that_loses_etcd_stops_leading_before_its_lease_expires() {
 fn a_stopping_replica_saves_the_last_seen_times_of_its_own_sessions_only() {
     let dir = tempfile::tempdir().expect("temp dir");
     let etcd = Etcd::single();
-    let url = etcd.url();
-    let addrs: Vec<String> = (0..2).map(|_| free_port()).collect();
-    let first = Manager::init_with(dir.path(), "lastseen", &["--store", &url]);
-    let second = first.copy_to(&dir.path().join("b"));
-    // Each replica advertises itself first, so that an agent enrolled through it holds its
-    // session there.
     let extra = ["--heartbeat", "1s", "--metrics-listen", "127.0.0.1:0"];
-    let mut a = serve_as(first, "a", &url, &extra, &[&addrs[0], &addrs[1]], &addrs[0]);
-    let mut b = serve_as(
-        second,
-        "b",
-        &url,
-        &extra,
-        &[&addrs[1], &addrs[0]],
-        &addrs[1],
-    );
-    a.start();
-    b.start();
-    let mut agents: Vec<Agent> = [(&a, "at-a"), (&b, "at-b")]
-        .into_iter()
-        .map(|(replica, name)| {
-            let (_, token) = replica.opictl().create_token("workers", 1, &[]);
-            let mut agent = Agent::new(dir.path(), name);
-            ok(agent.enroll(&replica.endpoint(), &replica.ca_pin(), &token));
-            agent.start();
-            agent
-        })
-        .collect();
-    wait_until(WAIT, "one session at each replica", || {
-        session_nodes(&etcd, "a") == ["at-a"] && session_nodes(&etcd, "b") == ["at-b"]
-    });
+    let (mut a, _b, mut agents) = two_replicas_with_an_agent_each(dir.path(), &etcd, &extra);
     // Replica a learns of b's node from etcd, as every replica does, and hears from its own
     // node after the session opened, which makes a last-seen time to save.
     wait_until(WAIT, "replica a to know both nodes", || {
@@ -483,10 +454,6 @@ fn a_stopping_replica_saves_the_last_seen_times_of_its_own_sessions_only() {
 fn each_replica_judges_the_reports_of_the_sessions_it_holds() {
     let dir = tempfile::tempdir().expect("temp dir");
     let etcd = Etcd::single();
-    let url = etcd.url();
-    let addrs: Vec<String> = (0..2).map(|_| free_port()).collect();
-    let first = Manager::init_with(dir.path(), "fresh", &["--store", &url]);
-    let second = first.copy_to(&dir.path().join("b"));
     // Heartbeats carry when the agent last checked its conditions; a report older than the
     // freshness limit makes the node's health unknown.
     let extra = [
@@ -499,30 +466,7 @@ fn each_replica_judges_the_reports_of_the_sessions_it_holds() {
         "--metrics-listen",
         "127.0.0.1:0",
     ];
-    let mut a = serve_as(first, "a", &url, &extra, &[&addrs[0], &addrs[1]], &addrs[0]);
-    let mut b = serve_as(
-        second,
-        "b",
-        &url,
-        &extra,
-        &[&addrs[1], &addrs[0]],
-        &addrs[1],
-    );
-    a.start();
-    b.start();
-    let agents: Vec<Agent> = [(&a, "at-a"), (&b, "at-b")]
-        .into_iter()
-        .map(|(replica, name)| {
-            let (_, token) = replica.opictl().create_token("workers", 1, &[]);
-            let mut agent = Agent::new(dir.path(), name);
-            ok(agent.enroll(&replica.endpoint(), &replica.ca_pin(), &token));
-            agent.start();
-            agent
-        })
-        .collect();
-    wait_until(WAIT, "one session at each replica", || {
-        session_nodes(&etcd, "a") == ["at-a"] && session_nodes(&etcd, "b") == ["at-b"]
-    });
+    let (a, b, agents) = two_replicas_with_an_agent_each(dir.path(), &etcd, &extra);
     let leader = wait_for_leader(&a);
     let (follower, held, own) = if leader == "a" {
         (&b, &agents[1], &agents[0])
@@ -557,6 +501,39 @@ fn each_replica_judges_the_reports_of_the_sessions_it_holds() {
     );
     held.thaw();
     assert_eq!(stale(&own.name), 0, "the leader's own node stayed fresh");
+}
+
+/// Replicas "a" and "b" of one fleet on `etcd`, served with `extra`, and agents "at-a" and
+/// "at-b" enrolled through each, once each holds its session at the replica it enrolled with.
+fn two_replicas_with_an_agent_each(
+    dir: &std::path::Path,
+    etcd: &Etcd,
+    extra: &[&str],
+) -> (Manager, Manager, Vec<Agent>) {
+    let url = etcd.url();
+    let addrs: Vec<String> = (0..2).map(|_| free_port()).collect();
+    let first = Manager::init_with(dir, "pair", &["--store", &url]);
+    let second = first.copy_to(&dir.join("b"));
+    // Each replica advertises itself first, so that an agent enrolled through it holds its
+    // session there.
+    let mut a = serve_as(first, "a", &url, extra, &[&addrs[0], &addrs[1]], &addrs[0]);
+    let mut b = serve_as(second, "b", &url, extra, &[&addrs[1], &addrs[0]], &addrs[1]);
+    a.start();
+    b.start();
+    let agents: Vec<Agent> = [(&a, "at-a"), (&b, "at-b")]
+        .into_iter()
+        .map(|(replica, name)| {
+            let (_, token) = replica.opictl().create_token("workers", 1, &[]);
+            let mut agent = Agent::new(dir, name);
+            ok(agent.enroll(&replica.endpoint(), &replica.ca_pin(), &token));
+            agent.start();
+            agent
+        })
+        .collect();
+    wait_until(WAIT, "one session at each replica", || {
+        session_nodes(etcd, "a") == ["at-a"] && session_nodes(etcd, "b") == ["at-b"]
+    });
+    (a, b, agents)
 }
 
 /// The name of the replica that leads, once one does.
