@@ -33,9 +33,9 @@ impl Fleet {
             .lock()
             .expect("flap lock poisoned")
             .calm_down(Instant::now());
-        if let Some(replica) = self.replica.get() {
+        if let Some(replica) = self.replica.get().filter(|_| pass == Pass::Leader) {
             // A session another replica holds is contact: the grace period runs from when
-            // it was last listed.
+            // it was last listed (only the leader judges nodes without a session here).
             let mut nodes = self.nodes.write().expect("fleet lock poisoned");
             for entry in nodes.values_mut().filter(|e| e.live.is_none()) {
                 if replica.held_elsewhere(&entry.record.name) {
