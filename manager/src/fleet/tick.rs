@@ -129,12 +129,12 @@ impl Fleet {
             .is_some_and(|r| r.held_elsewhere(&entry.record.name))
     }
 
-    /// What memory says of a node now.
+    /// What memory says of a node a pass covers now (never one held elsewhere: its replica
+    /// judges it).
     fn observe(&self, entry: &NodeEntry, now: OffsetDateTime) -> Observed {
         let grace = self.settings.offline_after;
         let online = match &entry.live {
             Some(live) => now - live.last_seen <= grace,
-            None if self.held_elsewhere(entry) => true,
             None => {
                 entry.record.supervision.connectivity == Connectivity::Online
                     && now - entry.last_contact <= grace
