@@ -20,6 +20,11 @@ use crate::{provider, SecretPem};
 /// overflowed, and the kernel's retransmissions (after 1, 3, 7, 15 s...) held agents back.
 pub const LISTEN_BACKLOG: u32 = 4096;
 
+/// TLS handshakes a server runs at once; further connections wait in the kernel's queue.
+/// With 1,024, a reconnecting fleet's handshakes queued every other task of the manager,
+/// etcd calls included, for 0.3-2 s.
+pub const MAX_HANDSHAKES_IN_FLIGHT: usize = 128;
+
 /// Listens on `addr` with a [`LISTEN_BACKLOG`]; within a tokio runtime.
 pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use opi_pki::serving::MAX_HANDSHAKES_IN_FLIGHT;
 use opi_pki::tls::{ClientAuth, PeerCert};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,8 +20,6 @@ use tracing::{debug, warn};
 
 /// Time a client has to complete the TLS handshake, unless `serve --handshake-timeout` says.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in flight at most; further connections wait in the kernel's backlog.
-const MAX_PENDING_HANDSHAKES: usize = 128;
 
 /// Who is on the other end of a connection.
 #[derive(Clone, Debug)]
@@ -56,7 +55,7 @@ pub async fn accept_loop(
     established: mpsc::Sender<Result<TlsConn, io::Error>>,
     handshake_timeout: Duration,
 ) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES_IN_FLIGHT));
     loop {
         let permit = permits
             .clone()

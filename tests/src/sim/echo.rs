@@ -14,6 +14,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::Context;
+use opi_pki::serving::MAX_HANDSHAKES_IN_FLIGHT;
 use opi_pki::tls::{server_config, ClientAuth};
 use opi_proto::v1::agent_message::Body;
 use opi_proto::v1::agent_server::{Agent, AgentServer};
@@ -33,8 +34,6 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status, Streaming};
 
-/// Handshakes in flight at most, as on the manager.
-const MAX_PENDING_HANDSHAKES: usize = 128;
 /// Time a client has to complete the TLS handshake, as on the manager.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lifetime of the echo server's certificate.
@@ -77,7 +76,7 @@ pub async fn serve(
 
     let counts = Arc::new(EchoCounts::default());
     tokio::spawn(serve_metrics(metrics, counts.clone()));
-    let (established, incoming) = mpsc::channel(MAX_PENDING_HANDSHAKES);
+    let (established, incoming) = mpsc::channel(MAX_HANDSHAKES_IN_FLIGHT);
     tokio::spawn(accept_loop(listener, acceptor, client_auth, established));
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(opi_pki::channel::KEEPALIVE_INTERVAL))
@@ -116,7 +115,7 @@ async fn accept_loop(
     client_auth: Arc<ClientAuth>,
     established: mpsc::Sender<io::Result<EchoConn>>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES_IN_FLIGHT));
     loop {
         let permit = permits
             .clone()
