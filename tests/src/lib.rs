@@ -392,9 +392,8 @@ impl Manager {
     /// Sends SIGTERM and waits for the manager to exit; returns how long it took.
     pub fn terminate(&mut self, timeout: Duration) -> Duration {
         let mut child = self.child.take().expect("manager started");
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let start = std::time::Instant::now();
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM sent");
+        send_signal(&child, nix::sys::signal::Signal::SIGTERM);
         wait_until(timeout, "the manager to exit after SIGTERM", || {
             child.try_wait().expect("manager status").is_some()
         });
@@ -478,6 +477,12 @@ impl Opictl {
             .expect("nodes array")
             .clone()
     }
+}
+
+/// Sends `signal` to a process the tests started.
+fn send_signal(child: &Child, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, signal).unwrap_or_else(|e| panic!("{signal} not sent: {e}"));
 }
 
 /// One agent with its own root directory.
@@ -643,9 +648,7 @@ impl Agent {
     }
 
     fn signal(&self, signal: nix::sys::signal::Signal) {
-        let child = self.child.as_ref().expect("agent started");
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, signal).expect("signal sent to the agent");
+        send_signal(self.child.as_ref().expect("agent started"), signal);
     }
 
     /// The agent's log so far.
